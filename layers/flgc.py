@@ -1,0 +1,183 @@
+"""FLGC: fully learnable group convolution.
+
+Wang et al., "Fully Learnable Group Convolution for Acceleration of Deep Neural Networks",
+CVPR 2019 (arXiv 1904.00346). A grouped convolution whose split of input channels and
+filters into G groups is learned: logits ``A_in`` (C x G) and ``A_out`` (N x G) give hard
+one-hot assignments ``B_in``, ``B_out`` in the forward pass; the connection mask
+``M = B_out @ B_in^T`` (1 where a filter and a channel share a group) multiplies the weight.
+Gradients reach the logits through a straight-through estimator (hard forward, softmax
+backward).
+
+The reference code assigns by plain argmax, which leaves groups unbalanced (so no standard
+grouped convolution can run the result, and the real cost is ``sum_g |C_g| |N_g| K^2 D^2``).
+Here the default is a balanced assignment: every group gets exactly C/G channels and N/G
+filters, chosen from the logits by :func:`balanced_assignment`, so the nominal cost holds
+and the layer deploys exactly to ``nn.Conv2d(groups=G)``. Free (argmax) assignment is kept
+as an option and is counted by its true connections.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["FLGConv2d", "balanced_assignment", "param_groups_without_logit_decay"]
+
+
+@torch.no_grad()
+def balanced_assignment(logits: torch.Tensor) -> torch.Tensor:
+    """Assign each row of ``logits`` (R x G) to a group so that every group gets R/G rows.
+
+    Rows propose to their best group that still has room; each group accepts its highest
+    scoring proposals up to its remaining capacity (deferred acceptance). Every round fills at
+    least one group or places every proposer, so it ends within G rounds, and every step is a
+    tensor operation (runs on the logits' device). Returns group indices (R,), int64.
+    """
+    rows, groups = logits.shape
+    if rows % groups:
+        raise ValueError(f"{rows} rows cannot be split into {groups} equal groups")
+    capacity = torch.full((groups,), rows // groups, dtype=torch.long, device=logits.device)
+    assignment = torch.full((rows,), -1, dtype=torch.long, device=logits.device)
+    scores = logits.detach().float()
+    while True:
+        pending = (assignment < 0).nonzero().squeeze(1)
+        if pending.numel() == 0:
+            return assignment
+        open_scores = scores[pending].masked_fill(capacity[None, :] <= 0, -math.inf)
+        best_score, choice = open_scores.max(dim=1)
+        # Rank the proposals within each group by score: sort by score, then stably by group.
+        by_score = torch.argsort(best_score, descending=True)
+        order = by_score[torch.argsort(choice[by_score], stable=True)]
+        sorted_choice = choice[order]
+        group_start = torch.searchsorted(sorted_choice, sorted_choice, right=False)
+        rank = torch.arange(order.numel(), device=logits.device) - group_start
+        accepted = order[rank < capacity[sorted_choice]]
+        assignment[pending[accepted]] = choice[accepted]
+        capacity -= torch.bincount(choice[accepted], minlength=groups)
+
+
+def _straight_through_one_hot(logits: torch.Tensor, hard_index: torch.Tensor) -> torch.Tensor:
+    """One-hot of ``hard_index`` in the forward pass, gradient of softmax(logits) backward."""
+    soft = logits.softmax(dim=1)
+    hard = F.one_hot(hard_index, logits.shape[1]).to(soft.dtype)
+    return hard + soft - soft.detach()
+
+
+class FLGConv2d(nn.Module):
+    """Fully learnable group convolution (training form).
+
+    Args:
+        in_channels: C.
+        out_channels: N.
+        groups: G; with ``balanced=True`` it must divide C and N.
+        kernel_size, stride, padding, bias: as in :class:`torch.nn.Conv2d`
+            (padding defaults to "same" for odd kernels).
+        balanced: every group gets exactly C/G channels and N/G filters (default). With
+            ``False`` each channel and filter takes its argmax group, as in the paper's code.
+
+    Example:
+        >>> layer = FLGConv2d(32, 64, groups=4, kernel_size=1)
+        >>> layer(torch.randn(2, 32, 8, 8)).shape
+        torch.Size([2, 64, 8, 8])
+        >>> int(layer.connection_mask().sum())  # 4 groups of 8 channels x 16 filters
+        512
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        groups: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int | None = None,
+        bias: bool = False,
+        balanced: bool = True,
+    ) -> None:
+        super().__init__()
+        if groups < 1 or (balanced and (in_channels % groups or out_channels % groups)):
+            raise ValueError(
+                f"FLGC groups {groups} must divide in_channels {in_channels} and out_channels {out_channels}"
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.groups = groups
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = kernel_size // 2 if padding is None else padding
+        self.balanced = balanced
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        # Fan-in of the grouped conv this layer becomes, so activations keep their scale.
+        nn.init.kaiming_normal_(self.weight, mode="fan_in", nonlinearity="relu")
+        self.weight.data.mul_(math.sqrt(groups))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.in_logits = nn.Parameter(torch.randn(in_channels, groups) * 0.01)
+        self.out_logits = nn.Parameter(torch.randn(out_channels, groups) * 0.01)
+
+    def _assign(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.balanced:
+            return balanced_assignment(logits)
+        return logits.detach().argmax(dim=1)
+
+    def input_groups(self) -> torch.Tensor:
+        """Group index of every input channel, (C,)."""
+        return self._assign(self.in_logits)
+
+    def output_groups(self) -> torch.Tensor:
+        """Group index of every filter, (N,)."""
+        return self._assign(self.out_logits)
+
+    def connection_mask(self) -> torch.Tensor:
+        """(N, C) 0/1 mask: 1 where filter and channel share a group. No gradient."""
+        with torch.no_grad():
+            return self._mask(self.output_groups(), self.input_groups(), straight_through=False)
+
+    def _mask(self, out_groups: torch.Tensor, in_groups: torch.Tensor, straight_through: bool) -> torch.Tensor:
+        if straight_through:
+            b_out = _straight_through_one_hot(self.out_logits, out_groups)
+            b_in = _straight_through_one_hot(self.in_logits, in_groups)
+        else:
+            b_out = F.one_hot(out_groups, self.groups).to(self.weight.dtype)
+            b_in = F.one_hot(in_groups, self.groups).to(self.weight.dtype)
+        return b_out @ b_in.t()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = self._mask(self.output_groups(), self.input_groups(), straight_through=self.training)
+        weight = self.weight * mask[:, :, None, None].to(self.weight.dtype)
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, groups={self.groups}, "
+            f"kernel_size={self.kernel_size}, stride={self.stride}, balanced={self.balanced}"
+        )
+
+
+def param_groups_without_logit_decay(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Optimizer parameter groups: FLGC assignment logits (and biases/BatchNorm, which by
+    convention take no decay either) in a group with ``weight_decay=0``; the rest decayed.
+
+    Decaying the logits would pull every assignment towards a tie and make them flip at
+    random, which is why the FLGC paper keeps them out of weight decay.
+    """
+    no_decay_ids = {id(p) for p in _flgc_logits(model.modules())}
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if id(param) in no_decay_ids or param.ndim <= 1 else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def _flgc_logits(modules: Iterable[nn.Module]) -> Iterable[nn.Parameter]:
+    for module in modules:
+        if isinstance(module, FLGConv2d):
+            yield module.in_logits
+            yield module.out_logits

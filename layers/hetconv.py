@@ -1,0 +1,98 @@
+"""HetConv: heterogeneous kernel-based convolution.
+
+Singh et al., "HetConv: Heterogeneous Kernel-Based Convolutions for Deep CNNs", CVPR 2019
+(arXiv 1903.04120). Each of the N filters has KxK kernels on M/P of its M input channels and
+1x1 kernels on the rest, which costs ``1/P + (1 - 1/P)/K^2`` of a standard convolution.
+
+Efficient (block) form used here: a grouped KxK convolution with ``groups=P`` (filter block g
+sees channel block g) plus a dense 1x1 convolution whose block diagonal (filter block g x
+channel block g) is zero. It equals the paper's strided layout (filter i has its KxK kernels
+on channels j with ``(j - i) mod P == 0``) up to a permutation of inputs and outputs.
+
+The zero block is enforced in the forward pass (``pwc.weight * mask``), not by zeroing
+gradients after ``backward()`` as the reference code does: forward masking is exact under
+any optimizer, weight decay, AMP and gradient clipping.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["HetConv2d", "hetconv_block_mask"]
+
+
+def hetconv_block_mask(out_channels: int, in_channels: int, part: int) -> torch.Tensor:
+    """1 where the 1x1 branch may connect filter ``o`` to channel ``i``, 0 on the block diagonal."""
+    filter_block = torch.arange(out_channels) // (out_channels // part)
+    channel_block = torch.arange(in_channels) // (in_channels // part)
+    return (filter_block[:, None] != channel_block[None, :]).float()
+
+
+class HetConv2d(nn.Module):
+    """Heterogeneous-kernel convolution in its efficient block form.
+
+    Args:
+        in_channels: M, must be divisible by ``part``.
+        out_channels: N, must be divisible by ``part``.
+        part: P. ``P = 1`` is a plain KxK convolution (no 1x1 branch); ``P = M`` leaves one
+            KxK kernel per filter.
+        kernel_size, stride, padding, bias: as in :class:`torch.nn.Conv2d`
+            (padding defaults to "same" for odd kernels).
+
+    Example:
+        >>> layer = HetConv2d(64, 128, part=4)
+        >>> layer(torch.randn(2, 64, 16, 16)).shape
+        torch.Size([2, 128, 16, 16])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        part: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int | None = None,
+        bias: bool = False,
+    ) -> None:
+        super().__init__()
+        if part < 1 or in_channels % part or out_channels % part:
+            raise ValueError(
+                f"HetConv part {part} must divide in_channels {in_channels} and out_channels {out_channels}"
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.part = part
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = kernel_size // 2 if padding is None else padding
+        self.gwc = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, self.padding, groups=part, bias=bias
+        )
+        if part > 1:
+            self.pwc: nn.Conv2d | None = nn.Conv2d(in_channels, out_channels, 1, stride, 0, bias=False)
+            self.register_buffer("mask", hetconv_block_mask(out_channels, in_channels, part)[:, :, None, None])
+            with torch.no_grad():
+                self.pwc.weight.mul_(self.mask)
+        else:
+            self.pwc = None
+            self.register_buffer("mask", None)
+
+    def pointwise_weight(self) -> torch.Tensor:
+        """The 1x1 weight as the forward pass uses it (block diagonal exactly zero)."""
+        assert self.pwc is not None
+        return self.pwc.weight * self.mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.gwc(x)
+        if self.pwc is not None:
+            y = y + F.conv2d(x, self.pointwise_weight(), None, self.stride)
+        return y
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, part={self.part}, "
+            f"kernel_size={self.kernel_size}, stride={self.stride}"
+        )

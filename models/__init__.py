@@ -1,0 +1,19 @@
+"""CIFAR model families built from an :class:`Architecture` by one factory, :func:`build_model`."""
+
+from . import mobilenetv2, vgg  # noqa: F401  (registers the families)
+from .architecture import Architecture, ArchitectureError, LayerSlot, LayerSpec, scaled_channels
+from .registry import ModelFamily, build_model, get_model_family, model_names, register_model, validate
+
+__all__ = [
+    "Architecture",
+    "ArchitectureError",
+    "LayerSlot",
+    "LayerSpec",
+    "ModelFamily",
+    "build_model",
+    "get_model_family",
+    "model_names",
+    "register_model",
+    "scaled_channels",
+    "validate",
+]

@@ -1,0 +1,64 @@
+"""Model families by name: each knows its searchable layers at a width and how to build itself."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from .architecture import Architecture, ArchitectureError, LayerSlot
+
+__all__ = ["ModelFamily", "build_model", "get_model_family", "model_names", "register_model", "validate"]
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    name: str
+    description: str
+    slots: Callable[[float], list[LayerSlot]]  # searchable layers at a width multiplier
+    build: Callable[[Architecture], nn.Module]
+
+
+_REGISTRY: dict[str, ModelFamily] = {}
+
+
+def register_model(family: ModelFamily) -> ModelFamily:
+    _REGISTRY[family.name] = family
+    return family
+
+
+def model_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_model_family(name: str) -> ModelFamily:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ArchitectureError(f"unknown model {name!r}; known models: {', '.join(model_names())}") from None
+
+
+def validate(arch: Architecture) -> list[LayerSlot]:
+    """Check ``arch`` against its model's searchable layers; return the slots.
+
+    Raises :class:`ArchitectureError` naming the layer and the legal values."""
+    family = get_model_family(arch.model)
+    if not 0 < arch.width <= 4:
+        raise ArchitectureError(f"width {arch.width} is out of range; use a multiplier in (0, 4]")
+    if arch.num_classes < 2:
+        raise ArchitectureError(f"num_classes must be at least 2, got {arch.num_classes}")
+    slots = family.slots(arch.width)
+    if len(arch.layers) != len(slots):
+        raise ArchitectureError(
+            f"{arch.model} has {len(slots)} searchable layers but the architecture gives {len(arch.layers)} layer specs"
+        )
+    for spec, slot in zip(arch.layers, slots):
+        spec.check(slot)
+    return slots
+
+
+def build_model(arch: Architecture) -> nn.Module:
+    """Validate ``arch`` and build its model (the one factory every caller uses)."""
+    validate(arch)
+    return get_model_family(arch.model).build(arch)

@@ -1,0 +1,144 @@
+"""Settings of a search: one typed value that the CLI fills and every later step reads."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BACKENDS",
+    "OBJECTIVES",
+    "PRESETS",
+    "SAMPLERS",
+    "TUNABLE",
+    "Settings",
+    "SettingsError",
+    "TrainingSettings",
+]
+
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
+BACKENDS = ("optuna", "ray")
+OBJECTIVES = ("accuracy", "mflops", "params")
+# Training hyperparameters that --tune can add to a space, with their search ranges.
+TUNABLE: dict[str, tuple[str, Any]] = {
+    "lr": ("log", (1e-3, 0.4)),
+    "weight_decay": ("log", (1e-5, 1e-2)),
+    "label_smoothing": ("float", (0.0, 0.2)),
+    "batch_size": ("choice", (32, 64, 128, 256)),
+}
+# Presets fill options the user did not give on the command line.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {"dataset": "digits", "width": 0.25, "epochs": 3, "batch_size": 64, "lr": 0.05},
+    "cifar": {"dataset": "cifar10", "width": 1.0, "epochs": 15, "batch_size": 128, "lr": 0.1},
+}
+
+
+class SettingsError(ValueError):
+    """A user-facing problem with the options."""
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How one candidate is trained and evaluated (identical for every trial of a study,
+    except for the hyperparameters a ``--tune`` sweep samples)."""
+
+    dataset: str = "cifar10"
+    data_dir: str = "data"
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    warmup_epochs: float = 1.0
+    val_size: int | None = None
+    split_seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # used only on CUDA
+    channels_last: bool = True  # used only on CUDA
+    threads: int | None = None  # torch CPU threads per trial (None: torch's default)
+
+    def replace(self, **changes: Any) -> TrainingSettings:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainingSettings:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a search run needs."""
+
+    space: str = "vgg_hetconv"
+    budget: int = 50
+    width: float | None = None
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    tune: tuple[str, ...] = ()
+    objectives: tuple[str, ...] = ("accuracy", "mflops")
+    sampler: str = "tpe"
+    seed: int = 0
+    backend: str = "optuna"
+    results_dir: str = "results"
+    storage: str | None = None
+    study_name: str | None = None
+    max_mflops: float | None = None
+    baselines: bool = False
+    preset: str | None = None
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        t = self.training
+        if self.budget <= 0:
+            raise SettingsError(f"--budget must be a positive number of trials, got {self.budget}")
+        if self.sampler not in SAMPLERS:
+            raise SettingsError(f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)}")
+        if self.backend not in BACKENDS:
+            raise SettingsError(f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
+        bad = [o for o in self.objectives if o not in OBJECTIVES]
+        if bad or "accuracy" not in self.objectives or len(set(self.objectives)) != len(self.objectives):
+            raise SettingsError(
+                f"--objectives must list accuracy and any of {', '.join(OBJECTIVES[1:])} once each, got {','.join(self.objectives)}"
+            )
+        bad = [name for name in self.tune if name not in TUNABLE]
+        if bad:
+            raise SettingsError(f"cannot --tune {', '.join(bad)}; tunable: {', '.join(TUNABLE)}")
+        if t.epochs <= 0 or t.batch_size <= 0:
+            raise SettingsError("--epochs and --batch-size must be positive")
+        if t.lr <= 0 or t.weight_decay < 0 or not 0 <= t.label_smoothing < 1 or t.warmup_epochs < 0:
+            raise SettingsError("--lr must be > 0, --weight-decay >= 0, --label-smoothing in [0, 1), --warmup-epochs >= 0")
+        if self.max_mflops is not None and self.max_mflops <= 0:
+            raise SettingsError(f"--max-mflops must be positive, got {self.max_mflops}")
+        if self.width is not None and not 0 < self.width <= 4:
+            raise SettingsError(f"--width must be in (0, 4], got {self.width}")
+
+    @property
+    def study(self) -> str:
+        return self.study_name or f"{Path(self.space).stem}-{self.training.dataset}"
+
+    @property
+    def storage_url(self) -> str:
+        if self.storage:
+            return self.storage
+        return f"sqlite:///{Path(self.results_dir).resolve() / 'studies.db'}"
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.results_dir) / self.study
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["tune"], data["objectives"] = list(self.tune), list(self.objectives)
+        return data

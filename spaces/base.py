@@ -1,0 +1,148 @@
+"""A search space: per searchable layer of one model, the legal choices."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from models import Architecture, LayerSlot, LayerSpec, get_model_family
+
+__all__ = ["SearchSpace", "SpaceError", "TrialLike"]
+
+
+class SpaceError(ValueError):
+    """A user-facing problem with a space (unknown name, malformed file, illegal choice)."""
+
+
+class TrialLike(Protocol):
+    """What a space needs from an Optuna trial (any object with ``suggest_categorical``)."""
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any: ...
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Per-layer choices for one model at one width.
+
+    ``choices[i]`` lists the legal :class:`LayerSpec` of searchable layer ``i`` (``slots[i]``).
+    A candidate is sampled with one categorical parameter per layer, named after the layer
+    and valued by the spec's label (``hetconv:4``), so that the dashboard reads naturally.
+
+    Example:
+        >>> import optuna
+        >>> from spaces import get_space
+        >>> space = get_space("vgg_hetconv", width=0.25)
+        >>> study = optuna.create_study()
+        >>> arch = space.sample(study.ask())
+        >>> len(arch.layers)
+        12
+    """
+
+    name: str
+    description: str
+    model: str
+    width: float
+    num_classes: int
+    slots: tuple[LayerSlot, ...]
+    choices: tuple[tuple[LayerSpec, ...], ...]
+    default_type: str  # what a bare number means in ``uniform``: "hetconv" (part) or "flgc" (groups)
+
+    @classmethod
+    def from_choices(
+        cls,
+        name: str,
+        description: str,
+        model: str,
+        width: float,
+        num_classes: int,
+        default_type: str,
+        choose: Any,
+    ) -> SearchSpace:
+        """Build a space by calling ``choose(slot) -> list[LayerSpec]`` for every searchable layer."""
+        slots = tuple(get_model_family(model).slots(width))
+        choices = []
+        for slot in slots:
+            legal = tuple(dict.fromkeys(choose(slot)))
+            if not legal:
+                raise SpaceError(f"space {name}: layer {slot.name} has no legal choice")
+            for spec in legal:
+                spec.check(slot)
+            choices.append(legal)
+        return cls(name, description, model, float(width), num_classes, slots, tuple(choices), default_type)
+
+    # -- candidates ---------------------------------------------------------------------
+
+    def sample(self, trial: TrialLike) -> Architecture:
+        labels = {
+            slot.name: trial.suggest_categorical(slot.name, [spec.label for spec in options])
+            for slot, options in zip(self.slots, self.choices)
+        }
+        return self.from_params(labels)
+
+    def from_params(self, params: Mapping[str, Any]) -> Architecture:
+        """The architecture of a trial's parameters (layer name -> label)."""
+        specs = []
+        for slot, options in zip(self.slots, self.choices):
+            if slot.name not in params:
+                raise SpaceError(f"space {self.name}: no choice for layer {slot.name}")
+            spec = LayerSpec.from_label(params[slot.name])
+            if spec not in options:
+                legal = ", ".join(o.label for o in options)
+                raise SpaceError(f"space {self.name}: {spec.label} is not a choice of layer {slot.name} ({legal})")
+            specs.append(spec)
+        return Architecture(self.model, self.width, self.num_classes, tuple(specs))
+
+    def to_params(self, arch: Architecture) -> dict[str, str]:
+        """Inverse of :meth:`from_params` (used to enqueue baselines)."""
+        return {slot.name: spec.label for slot, spec in zip(self.slots, arch.layers)}
+
+    def dense(self) -> Architecture:
+        """The dense model of this space (every searchable layer a standard conv)."""
+        return Architecture(self.model, self.width, self.num_classes, (LayerSpec.dense(),) * len(self.slots))
+
+    def uniform_values(self) -> list[str]:
+        """Choices legal at every layer, in the order of the first layer's choices."""
+        common = set(self.choices[0]).intersection(*map(set, self.choices[1:]))
+        return [self._uniform_name(spec) for spec in self.choices[0] if spec in common]
+
+    def _uniform_name(self, spec: LayerSpec) -> str:
+        if spec.type == self.default_type and spec.balanced:
+            return str(spec.part if spec.type == "hetconv" else spec.groups)
+        return spec.label
+
+    def uniform(self, value: str | int) -> Architecture:
+        """Every searchable layer at the same choice: ``4`` (the space's own layer type) or a
+        label such as ``hetconv:4``; ``dense`` is the dense model."""
+        text = str(value).strip()
+        if text == "dense":
+            return self.dense()
+        if text.isdigit():
+            text = f"{self.default_type}:{text}"
+        spec = LayerSpec.from_label(text)
+        for slot, options in zip(self.slots, self.choices):
+            if spec not in options:
+                legal = ", ".join(self.uniform_values())
+                raise SpaceError(
+                    f"{value} is not a legal uniform value of space {self.name} "
+                    f"(not a choice of layer {slot.name}); legal: dense, {legal}"
+                )
+        return Architecture(self.model, self.width, self.num_classes, (spec,) * len(self.slots))
+
+    # -- description ----------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Number of distinct candidates."""
+        return math.prod(len(options) for options in self.choices)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What must match for two runs to share a study."""
+        return {
+            "space": self.name,
+            "model": self.model,
+            "width": self.width,
+            "num_classes": self.num_classes,
+            "choices": {slot.name: [s.label for s in opts] for slot, opts in zip(self.slots, self.choices)},
+        }
