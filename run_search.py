@@ -29,12 +29,58 @@ def _add_width(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=float, default=None, help="width multiplier of the model (default: the space's, 1.0)")
 
 
+def _add_search_options(parser: argparse.ArgumentParser) -> None:
+    from search.settings import OBJECTIVES, PRESETS, SAMPLERS, TUNABLE, TrainingSettings
+
+    d = TrainingSettings()
+    g = parser.add_argument_group("what to search")
+    g.add_argument("--space", default="vgg_hetconv", help="built-in space name or a .yaml/.json space file (default: vgg_hetconv)")
+    g.add_argument("--budget", type=int, default=50, help="finished trials in the study; re-running continues up to it (default: 50)")
+    g.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="quick: digits, width 0.25, 3 epochs (CPU minutes); cifar: CIFAR-10, width 1, 15 epochs")
+    _add_width(g)
+    g.add_argument("--objectives", default="accuracy,mflops",
+                   help=f"comma-separated, accuracy plus any of {', '.join(OBJECTIVES[1:])} (default: accuracy,mflops)")
+    g.add_argument("--max-mflops", type=float, default=None, help="FLOPs ceiling: candidates above it are not trained")
+    g.add_argument("--tune", default="", help=f"also sweep training hyperparameters: comma-separated from {', '.join(TUNABLE)}")
+    g.add_argument("--baselines", action="store_true", help="queue the uniform configurations of the space as ordinary trials")
+
+    g = parser.add_argument_group("data and training")
+    g.add_argument("--dataset", default=None, help=f"cifar10, cifar100 or digits (default: {d.dataset})")
+    g.add_argument("--data-dir", default=None, help=f"where the CIFAR files are or go (default: {d.data_dir})")
+    g.add_argument("--epochs", type=int, default=None, help=f"training epochs per candidate (default: {d.epochs})")
+    g.add_argument("--batch-size", type=int, default=None, help=f"(default: {d.batch_size})")
+    g.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default: {d.lr})")
+    g.add_argument("--momentum", type=float, default=None, help=f"Nesterov momentum (default: {d.momentum})")
+    g.add_argument("--weight-decay", type=float, default=None, help=f"(default: {d.weight_decay}; never on FLGC logits)")
+    g.add_argument("--label-smoothing", type=float, default=None, help=f"(default: {d.label_smoothing})")
+    g.add_argument("--warmup-epochs", type=float, default=None, help=f"linear warm-up before the cosine decay (default: {d.warmup_epochs})")
+    g.add_argument("--val-size", type=int, default=None, help="validation images held out of the training set (default: 5000 CIFAR, 20%% digits)")
+    g.add_argument("--split-seed", type=int, default=None, help=f"seed of the train/validation split (default: {d.split_seed})")
+    g.add_argument("--device", default=None, help="auto (CUDA if present), cpu, cuda, cuda:1 ... (default: auto)")
+    g.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads per trial (default: torch's)")
+
+    g = parser.add_argument_group("driver and storage")
+    g.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="(default: tpe)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial's training (default: 0)")
+    g.add_argument("--backend", default="optuna", help="optuna (one machine) or ray (cluster) (default: optuna)")
+    g.add_argument("--study-name", default=None, help="(default: <space>-<dataset>)")
+    g.add_argument("--max-failures", type=int, default=5, help="stop after this many failed trials in a row (default: 5)")
+    g.add_argument("--no-report", action="store_true", help="do not write the report and exports at the end")
+    g.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_common(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_search.py",
         description="Per-layer search of FLGC groups and HetConv parts; Pareto front of accuracy vs MFLOPs.",
     )
     sub = parser.add_subparsers(dest="command")
+
+    search = sub.add_parser("search", help="run or continue a search (the default command)")
+    _add_search_options(search)
 
     flops = sub.add_parser("flops", help="MFLOPs and parameters of uniform models of a space")
     flops.add_argument("--space", required=True, help="space name or space file")
@@ -47,31 +93,78 @@ def build_parser() -> argparse.ArgumentParser:
     spaces.add_argument("files", nargs="*", help="space files to list too")
     spaces.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_width(spaces)
+
+    for name, text in (("report", "write report.html, trials.csv, pareto.csv from the storage"),
+                       ("export", "write one JSON config per Pareto-optimal trial")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--study", required=True, help="study name (see the dashboard or run.json)")
+        _add_common(cmd)
+
+    retrain = sub.add_parser("retrain", help="train an exported config on the full training set, report test accuracy")
+    retrain.add_argument("config", help="an exported JSON config (results/<study>/pareto/*.json)")
+    retrain.add_argument("--epochs", type=int, default=None, help="(default: the config's training epochs)")
+    retrain.add_argument("--device", default=None, help="(default: auto)")
+    retrain.add_argument("--data-dir", default=None, help="(default: the config's)")
     return parser
+
+
+def settings_from_args(args: argparse.Namespace):
+    """Explicit options win over the preset, the preset over the defaults."""
+    from search.settings import PRESETS, Settings, TrainingSettings
+
+    preset = PRESETS.get(args.preset or "", {})
+    training_keys = ("dataset", "data_dir", "epochs", "batch_size", "lr", "momentum", "weight_decay",
+                     "label_smoothing", "warmup_epochs", "val_size", "split_seed", "device", "threads")
+    training = {k: getattr(args, k) if getattr(args, k) is not None else preset[k]
+                for k in training_keys if getattr(args, k) is not None or k in preset}
+    training["amp"] = not args.no_amp
+    width = args.width if args.width is not None else preset.get("width")
+    split = lambda text: tuple(x.strip() for x in text.split(",") if x.strip())  # noqa: E731
+    return Settings(
+        space=args.space, budget=args.budget, width=width, training=TrainingSettings(**training),
+        tune=split(args.tune), objectives=split(args.objectives), sampler=args.sampler, seed=args.seed,
+        backend=args.backend, results_dir=args.results_dir, storage=args.storage, study_name=args.study_name,
+        max_mflops=args.max_mflops, baselines=args.baselines, preset=args.preset,
+        max_failures=args.max_failures, quiet=args.quiet,
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    from search import commands
+
+    if args.command == "flops":
+        commands.print_table(commands.flops_rows(args.space, args.uniform, args.width, args.classes), args.json)
+    elif args.command == "spaces":
+        commands.print_table(commands.space_rows(args.width, args.files), args.json)
+    elif args.command == "search":
+        commands.search(settings_from_args(args), write_report=not args.no_report)
+    elif args.command == "report":
+        commands.report(args.study, args.storage, args.results_dir)
+    elif args.command == "export":
+        commands.export(args.study, args.storage, args.results_dir)
+    elif args.command == "retrain":
+        commands.retrain(args.config, epochs=args.epochs, device=args.device, data_dir=args.data_dir)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         argv = ["search", *argv]
-    parser = build_parser()
-    args = parser.parse_args(argv)
-
-    from models import ArchitectureError
-    from search.commands import flops_rows, print_table, space_rows
-    from spaces import SpaceError
+    args = build_parser().parse_args(argv)
+    from search.errors import USER_ERRORS, SearchAborted
 
     try:
-        if args.command == "flops":
-            print_table(flops_rows(args.space, args.uniform, args.width, args.classes), args.json)
-        elif args.command == "spaces":
-            print_table(space_rows(args.width, args.files), args.json)
-        else:
-            parser.error(f"command {args.command!r} is not available yet")
-    except (ArchitectureError, SpaceError) as err:
+        return run(args)
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0
+    except SearchAborted as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the study is kept; run the same command again to continue", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -21,43 +21,62 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FLGConv2d", "balanced_assignment", "param_groups_without_logit_decay"]
+__all__ = ["FLGConv2d", "balanced_assignment", "is_stable_assignment", "param_groups_without_logit_decay"]
+
+
+def is_stable_assignment(logits: torch.Tensor, assignment: torch.Tensor) -> bool:
+    """True if ``assignment`` is balanced and no row prefers a group that holds a row with a
+    lower logit for it. With distinct logits the stable assignment is unique, so a stable
+    previous assignment is the answer again (the cheap path of :class:`FLGConv2d`)."""
+    rows, groups = logits.shape
+    if assignment.shape != (rows,) or assignment.min() < 0 or assignment.max() >= groups:
+        return False
+    if not bool((torch.bincount(assignment, minlength=groups) == rows // groups).all()):
+        return False
+    scores = torch.nan_to_num(logits.detach().double(), nan=-1e300, posinf=1e300, neginf=-1e300)
+    own = scores.gather(1, assignment[:, None])
+    weakest = torch.full((groups,), math.inf, dtype=scores.dtype, device=scores.device)
+    weakest = weakest.scatter_reduce(0, assignment, own.squeeze(1), reduce="amin")
+    envy = (scores > own) & (scores > weakest[None, :])
+    return not bool(envy.any())
 
 
 @torch.no_grad()
-def balanced_assignment(logits: torch.Tensor) -> torch.Tensor:
+def balanced_assignment(logits: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
     """Assign each row of ``logits`` (R x G) to a group so that every group gets R/G rows.
 
-    Rows propose to their best group that still has room; each group accepts its highest
-    scoring proposals up to its remaining capacity (deferred acceptance). Every round fills at
-    least one group or places every proposer, so it ends within G rounds, and every step is a
-    tensor operation (runs on the logits' device). Returns group indices (R,), int64.
+    The result is the stable assignment (as in deferred acceptance, where rows and groups
+    both rank by the logit of the pair): no row prefers another group that holds a row with
+    a lower logit for it. Because both sides rank by the same numbers, that assignment is
+    unique and greedy selection finds it: take (row, group) pairs by decreasing logit and
+    keep each pair whose row is unplaced and whose group has room. That is O(RG log RG) with
+    a bounded loop, which beat a vectorized proposal-rounds version (whose rounds can chain
+    into the hundreds on near-tied logits). Returns group indices (R,), int64, on the logits'
+    device. ``previous``, if still stable under ``logits``, is returned as is.
     """
     rows, groups = logits.shape
     if rows % groups:
         raise ValueError(f"{rows} rows cannot be split into {groups} equal groups")
-    capacity = torch.full((groups,), rows // groups, dtype=torch.long, device=logits.device)
-    assignment = torch.full((rows,), -1, dtype=torch.long, device=logits.device)
-    scores = logits.detach().float()
-    while True:
-        pending = (assignment < 0).nonzero().squeeze(1)
-        if pending.numel() == 0:
-            return assignment
-        open_scores = scores[pending].masked_fill(capacity[None, :] <= 0, -math.inf)
-        best_score, choice = open_scores.max(dim=1)
-        # Rank the proposals within each group by score: sort by score, then stably by group.
-        by_score = torch.argsort(best_score, descending=True)
-        order = by_score[torch.argsort(choice[by_score], stable=True)]
-        sorted_choice = choice[order]
-        group_start = torch.searchsorted(sorted_choice, sorted_choice, right=False)
-        rank = torch.arange(order.numel(), device=logits.device) - group_start
-        accepted = order[rank < capacity[sorted_choice]]
-        assignment[pending[accepted]] = choice[accepted]
-        capacity -= torch.bincount(choice[accepted], minlength=groups)
+    if previous is not None and is_stable_assignment(logits, previous):
+        return previous
+    scores = torch.nan_to_num(logits.detach().double(), nan=-1e300, posinf=1e300, neginf=-1e300).cpu().numpy()
+    order = np.argsort(-scores, axis=None, kind="stable")
+    room = [rows // groups] * groups
+    assignment = [-1] * rows
+    unplaced = rows
+    for row, group in zip(*(a.tolist() for a in np.divmod(order, groups))):
+        if assignment[row] < 0 and room[group] > 0:
+            assignment[row] = group
+            room[group] -= 1
+            unplaced -= 1
+            if unplaced == 0:
+                break
+    return torch.tensor(assignment, dtype=torch.long, device=logits.device)
 
 
 def _straight_through_one_hot(logits: torch.Tensor, hard_index: torch.Tensor) -> torch.Tensor:
@@ -117,19 +136,26 @@ class FLGConv2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.in_logits = nn.Parameter(torch.randn(in_channels, groups) * 0.01)
         self.out_logits = nn.Parameter(torch.randn(out_channels, groups) * 0.01)
+        # Last assignments (not saved: they follow from the logits).
+        self.register_buffer("_in_groups", None, persistent=False)
+        self.register_buffer("_out_groups", None, persistent=False)
 
-    def _assign(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.balanced:
-            return balanced_assignment(logits)
-        return logits.detach().argmax(dim=1)
+    def _assign(self, logits: torch.Tensor, cache: str) -> torch.Tensor:
+        if not self.balanced:
+            return logits.detach().argmax(dim=1)
+        # The assignment changes rarely between steps: checking that the last one is still
+        # stable is far cheaper than solving again.
+        assignment = balanced_assignment(logits, getattr(self, cache))
+        setattr(self, cache, assignment)
+        return assignment
 
     def input_groups(self) -> torch.Tensor:
         """Group index of every input channel, (C,)."""
-        return self._assign(self.in_logits)
+        return self._assign(self.in_logits, "_in_groups")
 
     def output_groups(self) -> torch.Tensor:
         """Group index of every filter, (N,)."""
-        return self._assign(self.out_logits)
+        return self._assign(self.out_logits, "_out_groups")
 
     def connection_mask(self) -> torch.Tensor:
         """(N, C) 0/1 mask: 1 where filter and channel share a group. No gradient."""

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from spaces import get_space, space_names
 
 from .cost import architecture_cost, cheapest_and_dearest
 
-__all__ = ["flops_rows", "print_table", "space_rows"]
+__all__ = ["export", "flops_rows", "print_table", "report", "retrain", "search", "space_rows", "write_outputs"]
 
 
 def flops_rows(space_name: str, uniform: str, width: float | None, num_classes: int = 10) -> list[dict[str, Any]]:
     """One row per uniform model: ``uniform`` is a value, ``dense`` or ``all``."""
     space = get_space(space_name, width=width, num_classes=num_classes)
-    values = ["dense", *space.uniform_values()] if uniform == "all" else [uniform]
+    values = space.uniform_values() if uniform == "all" else [uniform]
     rows = []
     for value in values:
         cost = architecture_cost(space.uniform(value))
@@ -64,3 +65,81 @@ def print_table(rows: list[dict[str, Any]], as_json: bool = False, out=sys.stdou
     print("  ".join(c.ljust(widths[c]) for c in columns).rstrip(), file=out)
     for row in rows:
         print("  ".join(str(row[c]).ljust(widths[c]) for c in columns).rstrip(), file=out)
+
+
+def _open_existing_study(name: str, storage_url: str | None, results_dir: str):
+    from .errors import UserError
+    from .settings import Settings
+    from .storage import find_study, open_storage
+
+    url = storage_url or Settings(results_dir=results_dir).storage_url
+    study = find_study(open_storage(url), name)
+    if study is None:
+        import optuna
+
+        names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(url), include_best_trial=False)]
+        raise UserError(f"no study '{name}' in {url}; studies there: {', '.join(names) or 'none'}")
+    return study
+
+
+def write_outputs(study, study_dir: Path, out=sys.stderr) -> None:
+    """Report and export of a study, both from the storage."""
+    from .export import export_pareto
+    from .report import write_report
+
+    files = write_report(study, study_dir)
+    configs = export_pareto(study, study_dir / "pareto")
+    print(f"report: {files.html}  (trials.csv, pareto.csv beside it)", file=out)
+    if files.png_notice:
+        print(files.png_notice, file=out)
+    print(f"exported {len(configs)} Pareto-optimal configs to {study_dir / 'pareto'}", file=out)
+
+
+def search(settings, write_report: bool = True) -> None:
+    from .errors import UserError
+    from .train import resolve_device
+
+    try:
+        resolve_device(settings.training.device)
+    except (ValueError, RuntimeError) as err:
+        raise UserError(str(err)) from None
+    if settings.backend == "ray":
+        from .ray_driver import run_ray_search
+
+        study = run_ray_search(settings)
+    else:
+        from .optuna_driver import run_optuna_search
+
+        study = run_optuna_search(settings)
+    if write_report:
+        write_outputs(study, settings.study_dir)
+
+
+def report(name: str, storage_url: str | None, results_dir: str) -> None:
+    from .report import write_report
+
+    study = _open_existing_study(name, storage_url, results_dir)
+    files = write_report(study, Path(results_dir) / name)
+    print(f"report: {files.html}")
+    if files.png_notice:
+        print(files.png_notice, file=sys.stderr)
+
+
+def export(name: str, storage_url: str | None, results_dir: str) -> None:
+    from .export import export_pareto
+
+    study = _open_existing_study(name, storage_url, results_dir)
+    configs = export_pareto(study, Path(results_dir) / name / "pareto")
+    print(f"exported {len(configs)} Pareto-optimal configs to {Path(results_dir) / name / 'pareto'}")
+    for path in configs:
+        print(f"  {path}")
+
+
+def retrain(config: str, epochs: int | None, device: str | None, data_dir: str | None) -> None:
+    from .retrain import retrain_config
+
+    summary = retrain_config(config, epochs=epochs, device=device, data_dir=data_dir)
+    print(
+        f"test accuracy {summary['test_accuracy']:.4f} after {summary['epochs']} epochs on the full training set "
+        f"({summary['mflops']:.2f} MFLOPs, {summary['params']} params); weights: {summary['weights']}"
+    )

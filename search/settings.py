@@ -30,7 +30,7 @@ TUNABLE: dict[str, tuple[str, Any]] = {
 }
 # Presets fill options the user did not give on the command line.
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {"dataset": "digits", "width": 0.25, "epochs": 3, "batch_size": 64, "lr": 0.05},
+    "quick": {"dataset": "digits", "width": 0.25, "epochs": 5, "batch_size": 64, "lr": 0.1, "warmup_epochs": 0.5},
     "cifar": {"dataset": "cifar10", "width": 1.0, "epochs": 15, "batch_size": 128, "lr": 0.1},
 }
 
@@ -90,6 +90,7 @@ class Settings:
     study_name: str | None = None
     max_mflops: float | None = None
     baselines: bool = False
+    max_failures: int = 5
     preset: str | None = None
     quiet: bool = False
 
@@ -116,6 +117,8 @@ class Settings:
             raise SettingsError("--epochs and --batch-size must be positive")
         if t.lr <= 0 or t.weight_decay < 0 or not 0 <= t.label_smoothing < 1 or t.warmup_epochs < 0:
             raise SettingsError("--lr must be > 0, --weight-decay >= 0, --label-smoothing in [0, 1), --warmup-epochs >= 0")
+        if self.max_failures < 1:
+            raise SettingsError(f"--max-failures must be at least 1, got {self.max_failures}")
         if self.max_mflops is not None and self.max_mflops <= 0:
             raise SettingsError(f"--max-mflops must be positive, got {self.max_mflops}")
         if self.width is not None and not 0 < self.width <= 4:

@@ -103,9 +103,10 @@ class SearchSpace:
         return Architecture(self.model, self.width, self.num_classes, (LayerSpec.dense(),) * len(self.slots))
 
     def uniform_values(self) -> list[str]:
-        """Choices legal at every layer, in the order of the first layer's choices."""
+        """``dense`` (always buildable), then the choices legal at every layer, in the order
+        of the first layer's choices."""
         common = set(self.choices[0]).intersection(*map(set, self.choices[1:]))
-        return [self._uniform_name(spec) for spec in self.choices[0] if spec in common]
+        return ["dense"] + [self._uniform_name(s) for s in self.choices[0] if s in common and s.type != "dense"]
 
     def _uniform_name(self, spec: LayerSpec) -> str:
         if spec.type == self.default_type and spec.balanced:
@@ -120,13 +121,18 @@ class SearchSpace:
             return self.dense()
         if text.isdigit():
             text = f"{self.default_type}:{text}"
-        spec = LayerSpec.from_label(text)
+        try:
+            spec = LayerSpec.from_label(text)
+        except ValueError:
+            raise SpaceError(
+                f"{value!r} is not a uniform value of space {self.name}; legal: {', '.join(self.uniform_values())}"
+            ) from None
         for slot, options in zip(self.slots, self.choices):
             if spec not in options:
                 legal = ", ".join(self.uniform_values())
                 raise SpaceError(
                     f"{value} is not a legal uniform value of space {self.name} "
-                    f"(not a choice of layer {slot.name}); legal: dense, {legal}"
+                    f"(not a choice of layer {slot.name}); legal: {legal}"
                 )
         return Architecture(self.model, self.width, self.num_classes, (spec,) * len(self.slots))
 

@@ -98,6 +98,8 @@ def load_space_file(path: str | Path, width: float | None, num_classes: int) -> 
 
     types = {spec.type for specs in [default or [], *per_layer.values()] for spec in specs}
     default_type = data.get("default_type") or ("flgc" if "flgc" in types and "hetconv" not in types else "hetconv")
+    if default_type not in ("hetconv", "flgc"):
+        raise SpaceError(f"space file {path}: default_type must be hetconv or flgc, got {default_type!r}")
     try:
         return SearchSpace.from_choices(
             str(data.get("name") or path.stem),

@@ -1,0 +1,31 @@
+"""The user-facing errors: the CLI prints each as one line and exits with code 2."""
+
+from __future__ import annotations
+
+from models import ArchitectureError
+from spaces import SpaceError
+
+from .data import DataError
+from .settings import SettingsError
+from .storage import StorageError, StudyMismatch
+
+__all__ = ["USER_ERRORS", "SearchAborted", "UserError"]
+
+
+class UserError(ValueError):
+    """Any other problem the user can fix (a missing file, a study that does not exist)."""
+
+
+class SearchAborted(RuntimeError):
+    """The search cannot go on (one-line reason); the study is kept. Exit code 1."""
+
+
+USER_ERRORS: tuple[type[Exception], ...] = (
+    ArchitectureError,
+    SpaceError,
+    DataError,
+    SettingsError,
+    StorageError,
+    StudyMismatch,
+    UserError,
+)

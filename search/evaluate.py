@@ -1,0 +1,126 @@
+"""The one evaluation path every backend calls: architecture -> model -> cost -> training -> metrics."""
+
+from __future__ import annotations
+
+import functools
+import gc
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from models import Architecture, build_model
+
+from .cost import Cost, count_cost
+from .data import Dataset, load_dataset
+from .settings import TrainingSettings
+from .train import EpochCallback, EpochRecord, resolve_device, train_model
+
+__all__ = ["TrialResult", "evaluate", "get_dataset", "release_memory", "result_attributes"]
+
+
+@dataclass
+class TrialResult:
+    """What one trained candidate measured. ``accuracy`` is the validation accuracy after the
+    last epoch (not the best epoch: picking the best epoch on the validation split would bias
+    the objective upwards)."""
+
+    architecture: Architecture
+    accuracy: float
+    val_loss: float
+    cost: Cost
+    curve: list[EpochRecord]
+    train_seconds: float
+    device: str
+    seed: int
+    epochs_run: int
+    stopped_early: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        return {"accuracy": self.accuracy, "mflops": self.cost.mflops, "params": float(self.cost.params)}
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_dataset(name: str, data_dir: str, val_size: int | None, split_seed: int, full_train: bool) -> Dataset:
+    return load_dataset(name, data_dir, val_size=val_size, split_seed=split_seed, full_train=full_train)
+
+
+def get_dataset(training: TrainingSettings, full_train: bool = False) -> Dataset:
+    """The data set of ``training``, loaded once per process (trials of a study share it)."""
+    return _cached_dataset(training.dataset, str(training.data_dir), training.val_size, training.split_seed, full_train)
+
+
+def release_memory(device: torch.device | str | None = None) -> None:
+    """Free what a finished trial left behind (Python garbage and the CUDA cache)."""
+    gc.collect()
+    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
+        torch.cuda.empty_cache()
+
+
+def evaluate(
+    arch: Architecture,
+    training: TrainingSettings,
+    seed: int,
+    on_epoch: EpochCallback | None = None,
+    full_train: bool = False,
+    model_hook: Callable[[torch.nn.Module], None] | None = None,
+) -> TrialResult:
+    """Build ``arch``, train it with ``training`` and measure it.
+
+    Search uses the validation split (``full_train=False``); final retraining trains on the
+    whole training set and measures the test split (``full_train=True``). FLOPs are counted
+    on the trained model, which matters only for free (unbalanced) FLGC, whose connections
+    are learned.
+    """
+    if training.threads:
+        torch.set_num_threads(training.threads)
+    device = resolve_device(training.device)
+    data = get_dataset(training, full_train=full_train)
+    if arch.num_classes != data.num_classes:
+        raise ValueError(f"architecture has {arch.num_classes} classes but {data.name} has {data.num_classes}")
+    torch.manual_seed(seed)
+    model = build_model(arch)
+    started = time.perf_counter()
+    history = train_model(model, data, training, seed, device, on_epoch, evaluate_on="test" if full_train else "val")
+    seconds = time.perf_counter() - started
+    model.to("cpu", memory_format=torch.contiguous_format)
+    cost = count_cost(model)
+    last = history[-1]
+    result = TrialResult(
+        architecture=arch,
+        accuracy=float(last.val_accuracy if last.val_accuracy is not None else float("nan")),
+        val_loss=float(last.val_loss if last.val_loss is not None else float("nan")),
+        cost=cost,
+        curve=history,
+        train_seconds=seconds,
+        device=str(device),
+        seed=seed,
+        epochs_run=len(history),
+        stopped_early=len(history) < training.epochs,
+    )
+    if model_hook is not None:
+        model_hook(model)
+    del model
+    release_memory(device)
+    return result
+
+
+def result_attributes(result: TrialResult) -> dict[str, Any]:
+    """The user attributes a trial records (both backends write exactly these)."""
+    return {
+        "status": "early_stopped" if result.stopped_early else "ok",
+        "architecture": result.architecture.to_json(),
+        "mflops": result.cost.mflops,
+        "mflops_all_ops": result.cost.mflops_all_ops,
+        "params": result.cost.params,
+        "curve": [record.to_json() for record in result.curve],
+        "train_seconds": round(result.train_seconds, 3),
+        "epochs_run": result.epochs_run,
+        "device": result.device,
+        "seed": result.seed,
+        "fidelity": "full",
+        **result.extra,
+    }

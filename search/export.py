@@ -1,0 +1,73 @@
+"""Export of Pareto-optimal configs: one JSON file per trial on the front, enough to rebuild
+and retrain the exact model anywhere (architecture, metrics, training recipe, seed, versions)."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from .front import pareto_records
+from .settings import TrainingSettings
+from .storage import TrialRecord, load_records, study_objectives
+from .study import package_versions
+
+__all__ = ["CONFIG_FORMAT", "config_of", "export_pareto"]
+
+CONFIG_FORMAT = "flgc-hetconv-nas/config/v1"
+
+
+def config_of(study: optuna.Study, record: TrialRecord) -> dict[str, Any]:
+    """The exported config of one trial."""
+    assert record.architecture is not None
+    training = TrainingSettings.from_json(study.user_attrs.get("training", {})).replace(**record.hyperparameters)
+    return {
+        "format": CONFIG_FORMAT,
+        "study": study.study_name,
+        "trial": record.number,
+        "space": study.user_attrs.get("space_name"),
+        "dataset": study.user_attrs.get("dataset"),
+        "architecture": record.architecture.to_json(),
+        "metrics": {
+            **record.values,
+            "mflops": record.mflops,
+            "mflops_all_ops": record.mflops_all_ops,
+            "params": record.params,
+            "val_accuracy": record.accuracy,
+            "epochs_run": record.epochs_run,
+            "train_seconds": record.train_seconds,
+        },
+        "training": training.to_json(),
+        "hyperparameters": record.hyperparameters,
+        "seed": record.seed,
+        "baseline": record.baseline,
+        "trained_on": record.device,
+        "versions": package_versions(),
+        "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def export_pareto(study: optuna.Study, out_dir: Path) -> list[Path]:
+    """Write ``trial_<n>.json`` for every Pareto-optimal trial into ``out_dir`` and remove
+    configs of trials that are no longer on the front (the front moves as a search runs)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    front = pareto_records(load_records(study), study_objectives(study))
+    written = []
+    for record in front:
+        path = out_dir / f"trial_{record.number}.json"
+        _write_atomic(path, json.dumps(config_of(study, record), indent=2, sort_keys=False))
+        written.append(path)
+    configs = {p for p in out_dir.glob("trial_*.json") if p.stem[len("trial_"):].isdigit()}
+    for stale in configs - set(written):  # retrain outputs (trial_N.retrain.json, .pt) stay
+        stale.unlink()
+    return written

@@ -1,0 +1,167 @@
+"""The Optuna backend: one process asks the study for candidates and evaluates them.
+
+Multi-objective (validation accuracy up, MFLOPs down by default). FLOPs are counted before
+training, so a candidate over ``--max-mflops`` is recorded as infeasible through Optuna's
+trial constraints (the sampler learns to avoid the region) without training it and without
+spending budget.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+import optuna
+from optuna.trial import TrialState
+
+from .cost import architecture_cost
+from .errors import SearchAborted
+from .evaluate import evaluate, release_memory, result_attributes
+from .front import pareto_records
+from .progress import Progress
+from .settings import Settings
+from .storage import load_records, study_objectives
+from .study import (
+    SearchContext,
+    baseline_architectures,
+    count_finished,
+    open_search,
+    sample_hyperparameters,
+    trial_seed,
+    write_run_json,
+)
+from .train import TrialFailed
+
+__all__ = ["make_sampler", "run_optuna_search"]
+
+# Give up when this many candidates in a row are over the FLOPs ceiling.
+MAX_INFEASIBLE_IN_A_ROW = 500
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"unknown sampler {name!r}")
+
+
+def _enqueue_baselines(context: SearchContext) -> int:
+    """Queue the uniform configurations not yet in the study (once, also across re-runs)."""
+    study = context.study
+    present = {t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)}
+    queued = 0
+    for value, arch in baseline_architectures(context.space).items():
+        if value not in present:
+            study.enqueue_trial(context.space.to_params(arch), user_attrs={"baseline": value})
+            queued += 1
+    return queued
+
+
+def _front_summary(study: optuna.Study) -> tuple[int, float | None]:
+    records = load_records(study)
+    accuracies = [r.values["accuracy"] for r in records if r.feasible_complete]
+    front = pareto_records(records, study_objectives(study))
+    return len(front), max(accuracies, default=None)
+
+
+def _run_trial(context: SearchContext, trial: optuna.Trial) -> str:
+    """Evaluate one asked trial and tell the study; returns a short line for the progress."""
+    settings, space, study = context.settings, context.space, context.study
+    arch = space.sample(trial)
+    hyper = sample_hyperparameters(trial, settings)
+    trial.set_user_attr("architecture", arch.to_json())
+    if hyper:
+        trial.set_user_attr("hyperparameters", hyper)
+    cost = architecture_cost(arch)
+    if settings.max_mflops is not None:
+        trial.set_constraint("mflops_over_ceiling", cost.mflops - settings.max_mflops)
+        if cost.mflops > settings.max_mflops:
+            for key, value in {"status": "infeasible", "mflops": cost.mflops,
+                               "mflops_all_ops": cost.mflops_all_ops, "params": cost.params}.items():  # fmt: skip
+                trial.set_user_attr(key, value)
+            # Accuracy 0 (never trained) with its real cost; excluded from fronts and budget.
+            study.tell(trial, [0.0 if o == "accuracy" else _metric(o, cost) for o in settings.objectives])
+            return f"trial {trial.number}: {cost.mflops:.2f} MFLOPs over the ceiling, not trained"
+    seed = trial_seed(settings, trial.number)
+    training = settings.training.replace(**hyper)
+    try:
+        result = evaluate(arch, training, seed)
+    except TrialFailed as err:
+        trial.set_user_attr("fail_reason", str(err))
+        study.tell(trial, state=TrialState.FAIL)
+        return f"trial {trial.number}: failed ({err})"
+    for key, value in result_attributes(result).items():
+        trial.set_user_attr(key, value)
+    metrics = result.metrics()
+    study.tell(trial, [metrics[o] for o in settings.objectives])
+    return f"trial {trial.number}: acc {result.accuracy:.4f} @ {result.cost.mflops:.2f} MFLOPs in {result.train_seconds:.1f}s"
+
+
+def _metric(name: str, cost) -> float:
+    return {"mflops": cost.mflops, "params": float(cost.params)}[name]
+
+
+def run_optuna_search(settings: Settings) -> optuna.Study:
+    """Run (or continue) the study of ``settings`` until it has ``budget`` finished trials."""
+    context = open_search(settings)
+    study = context.study
+    done = count_finished(study)
+    # Offset the sampler's seed by the trials already there, so a continued study does not
+    # replay the random start-up candidates of the first run.
+    sampler = make_sampler(settings.sampler, settings.seed + len(study.get_trials(deepcopy=False)))
+    study = optuna.load_study(study_name=study.study_name, storage=context.storage, sampler=sampler)
+    context.study = study
+    write_run_json(context)
+    progress = Progress(settings.budget, done, quiet=settings.quiet)
+    if settings.baselines:
+        queued = _enqueue_baselines(context)
+        if queued:
+            progress.message(f"queued {queued} uniform baselines of {context.space.name}")
+    progress.message(
+        f"study '{study.study_name}' in {settings.storage_url}: {done}/{settings.budget} finished trials; "
+        f"space {context.space.name} ({len(context.space.slots)} layers, {context.space.size:.3g} candidates)"
+    )
+    infeasible_in_a_row = failures_in_a_row = 0
+    while done < settings.budget:
+        trial = study.ask()
+        try:
+            line = _run_trial(context, trial)
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted")
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        except Exception as err:  # one broken trial must not end or corrupt the study
+            reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr("traceback", traceback.format_exc(limit=8)[-4000:])
+            study.tell(trial, state=TrialState.FAIL)
+            release_memory()
+            line = f"trial {trial.number}: failed ({reason})"
+        frozen = study.get_trials(deepcopy=False)[trial.number]
+        if frozen.state == TrialState.FAIL:
+            failures_in_a_row += 1
+            progress.message(line)
+            if failures_in_a_row >= settings.max_failures:
+                raise SearchAborted(
+                    f"{failures_in_a_row} trials in a row failed (last: {frozen.user_attrs.get('fail_reason')}); "
+                    "the study is kept, fix the cause and run the same command again"
+                )
+            continue
+        failures_in_a_row = 0
+        if frozen.user_attrs.get("status") == "infeasible":
+            progress.message(line)
+            infeasible_in_a_row += 1
+            if infeasible_in_a_row >= MAX_INFEASIBLE_IN_A_ROW:
+                raise SearchAborted(
+                    f"{MAX_INFEASIBLE_IN_A_ROW} candidates in a row were over --max-mflops {settings.max_mflops}; raise the ceiling"
+                )
+            continue
+        infeasible_in_a_row = 0
+        done = count_finished(study)
+        pareto_size, best = _front_summary(study)
+        progress.trial(done, pareto_size, best, line)
+    return study

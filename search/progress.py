@@ -1,0 +1,51 @@
+"""Progress of a running search: one line per finished trial, readable in a terminal and in
+cluster logs alike (no carriage-return bars that turn into noise in a log file)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+__all__ = ["Progress"]
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class Progress:
+    """Prints ``[#####-----] 12/50 | pareto 5 | best 0.912 | trial 17: acc 0.90 @ 4.1 MFLOPs, 8.3s | 8.0 s/trial | ETA 5m04s``."""
+
+    def __init__(self, budget: int, already_done: int, out: TextIO | None = None, quiet: bool = False) -> None:
+        self.budget = budget
+        self.start_done = already_done
+        self.started = time.perf_counter()
+        self.out = out or sys.stderr
+        self.quiet = quiet
+
+    def _bar(self, done: int, width: int = 20) -> str:
+        filled = min(width, int(width * done / max(self.budget, 1)))
+        return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=self.out, flush=True)
+
+    def trial(self, done: int, pareto_size: int, best_accuracy: float | None, line: str) -> None:
+        elapsed = time.perf_counter() - self.started
+        finished_here = done - self.start_done
+        per_trial = elapsed / finished_here if finished_here > 0 else None
+        parts = [f"{self._bar(done)} {done}/{self.budget}", f"pareto {pareto_size}"]
+        if best_accuracy is not None:
+            parts.append(f"best acc {best_accuracy:.4f}")
+        parts.append(line)
+        if per_trial is not None:
+            parts.append(f"{per_trial:.1f} s/trial")
+            parts.append(f"ETA {_duration(per_trial * max(self.budget - done, 0))}")
+        self.message(" | ".join(parts))

@@ -1,0 +1,165 @@
+"""The study storage: the single source of truth of a search.
+
+Everything a report or an export needs is recorded in the Optuna storage: the study's
+attributes (space fingerprint, dataset, objectives, reference point, training settings) and
+each trial's attributes (architecture JSON, both MFLOPs counts, parameters, per-epoch
+curves, time, device, seed, status). :func:`load_records` reads them back as plain records,
+so reports and exports can be rebuilt after a crash, on another machine, or while a search
+is still running.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from models import Architecture
+
+__all__ = [
+    "OBJECTIVE_SENSES",
+    "StorageError",
+    "StudyMismatch",
+    "TrialRecord",
+    "find_study",
+    "load_records",
+    "open_storage",
+    "study_objectives",
+    "to_record",
+]
+
+# Direction of every objective the tool knows.
+OBJECTIVE_SENSES = {"accuracy": "max", "mflops": "min", "params": "min", "latency_ms": "min"}
+# Trial statuses (user attribute "status"); only "ok" trials can be on the Pareto front.
+STATUSES = ("ok", "infeasible", "failed", "early_stopped", "running")
+
+
+class StorageError(ValueError):
+    """The storage URL is malformed or the storage cannot be reached."""
+
+
+class StudyMismatch(ValueError):
+    """A study of that name exists with a different space, dataset or objectives."""
+
+
+def open_storage(url: str, heartbeat: bool = False) -> optuna.storages.BaseStorage:
+    """Open an Optuna storage URL with a one-line error when it is malformed or unreachable.
+
+    SQLite gets a long busy timeout so parallel writers wait instead of failing with
+    "database is locked". With ``heartbeat``, RDB storages record a heartbeat per running
+    trial so that trials of a killed process are detected as stale and failed.
+    """
+    if "://" not in url:
+        raise StorageError(f"storage {url!r} is not a URL; use e.g. sqlite:///results/studies.db or postgresql://user@host/db")
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:"):
+        path = url.split("sqlite:///", 1)[-1]
+        if path and path != ":memory:":
+            parent = Path(path).parent
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise StorageError(f"cannot create the folder of storage {url}: {err.strerror}") from None
+        engine_kwargs = {"connect_args": {"timeout": 120}}
+    extra: dict[str, Any] = {"heartbeat_interval": 30, "grace_period": 120} if heartbeat else {}
+    try:
+        return RDBStorage(url, engine_kwargs=engine_kwargs, **extra)
+    except ImportError as err:
+        raise StorageError(f"storage {url}: a database driver is missing ({err}); install it, e.g. psycopg2-binary") from None
+    except Exception as err:  # noqa: BLE001  (SQLAlchemy raises many kinds; all mean "cannot use it")
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StorageError(f"cannot open storage {url}: {reason[:300]}") from None
+
+
+def find_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study | None:
+    """The study called ``name``, or None (never creates one)."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return None
+
+
+@dataclass
+class TrialRecord:
+    """One trial as reports and exports see it."""
+
+    number: int
+    state: str  # optuna state name
+    status: str  # ok, infeasible, failed, early_stopped, running
+    values: dict[str, float]  # objective name -> value (empty unless complete)
+    architecture: Architecture | None
+    mflops: float | None
+    mflops_all_ops: float | None
+    params: int | None
+    curve: list[dict[str, Any]]
+    train_seconds: float | None
+    device: str | None
+    seed: int | None
+    baseline: str | None  # uniform value when the trial is a queued baseline
+    hyperparameters: dict[str, Any]
+    fail_reason: str | None
+    datetime_start: datetime | None
+    datetime_complete: datetime | None
+    epochs_run: int | None
+    user_attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.values.get("accuracy")
+
+    @property
+    def feasible_complete(self) -> bool:
+        """Complete, feasible and trained to full fidelity: may be on the Pareto front."""
+        return self.state == "COMPLETE" and self.status == "ok"
+
+
+def _status(trial: FrozenTrial) -> str:
+    if trial.state == TrialState.RUNNING or trial.state == TrialState.WAITING:
+        return "running"
+    if trial.state == TrialState.FAIL:
+        return "failed"
+    if trial.state == TrialState.PRUNED:
+        return "early_stopped"
+    return str(trial.user_attrs.get("status", "ok"))
+
+
+def to_record(trial: FrozenTrial, objectives: list[str]) -> TrialRecord:
+    attrs = trial.user_attrs
+    arch = Architecture.from_json(attrs["architecture"]) if "architecture" in attrs else None
+    values = dict(zip(objectives, trial.values)) if trial.values else {}
+    return TrialRecord(
+        number=trial.number,
+        state=trial.state.name,
+        status=_status(trial),
+        values=values,
+        architecture=arch,
+        mflops=attrs.get("mflops"),
+        mflops_all_ops=attrs.get("mflops_all_ops"),
+        params=attrs.get("params"),
+        curve=list(attrs.get("curve", [])),
+        train_seconds=attrs.get("train_seconds"),
+        device=attrs.get("device"),
+        seed=attrs.get("seed"),
+        baseline=attrs.get("baseline"),
+        hyperparameters=dict(attrs.get("hyperparameters", {})),
+        fail_reason=attrs.get("fail_reason"),
+        datetime_start=trial.datetime_start,
+        datetime_complete=trial.datetime_complete,
+        epochs_run=attrs.get("epochs_run"),
+        user_attrs=dict(attrs),
+    )
+
+
+def load_records(study: optuna.Study) -> list[TrialRecord]:
+    objectives = list(study.user_attrs.get("objectives", ["accuracy", "mflops"]))
+    return [to_record(t, objectives) for t in study.get_trials(deepcopy=False)]
+
+
+def study_objectives(study: optuna.Study) -> list[str]:
+    return list(study.user_attrs.get("objectives", ["accuracy", "mflops"]))
+

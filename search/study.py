@@ -1,0 +1,190 @@
+"""Opening a search's study: shared by both backends, so both write the same kind of study.
+
+A study records what it searches (space fingerprint, dataset, objectives, training protocol)
+in its user attributes. Re-running the same command continues it; a run whose space,
+dataset, objectives or training protocol differ is refused instead of mixing results.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from models import Architecture
+from spaces import SearchSpace, get_space
+
+from .cost import architecture_cost, cheapest_and_dearest
+from .evaluate import get_dataset
+from .settings import TUNABLE, Settings, SettingsError
+from .storage import OBJECTIVE_SENSES, StudyMismatch, find_study, open_storage
+
+__all__ = [
+    "SearchContext",
+    "baseline_architectures",
+    "count_finished",
+    "open_search",
+    "package_versions",
+    "sample_hyperparameters",
+    "trial_seed",
+    "write_run_json",
+]
+
+# Training settings that change what an accuracy means: they must match to share a study.
+PROTOCOL_KEYS = (
+    "dataset", "epochs", "batch_size", "lr", "momentum", "weight_decay",
+    "label_smoothing", "warmup_epochs", "val_size", "split_seed",
+)  # fmt: skip
+
+
+@dataclass
+class SearchContext:
+    settings: Settings
+    space: SearchSpace
+    study: optuna.Study
+    storage: optuna.storages.BaseStorage
+    reference: dict[str, float]
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "torchvision", "optuna", "ptflops", "ray", "numpy", "pandas", "plotly"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _protocol(settings: Settings) -> dict[str, Any]:
+    training = settings.training.to_json()
+    protocol = {key: training[key] for key in PROTOCOL_KEYS}
+    protocol["tune"] = sorted(settings.tune)
+    return protocol
+
+
+def _check_compatible(study: optuna.Study, expected: dict[str, Any]) -> None:
+    attrs = study.user_attrs
+    differing = [key for key, value in expected.items() if attrs.get(key) != value]
+    if differing:
+        def show(key: str, value: Any) -> str:
+            text = json.dumps(value, sort_keys=True)
+            return text if len(text) < 80 else text[:77] + "..."
+
+        details = "; ".join(f"{k}: study has {show(k, attrs.get(k))}, this run {show(k, expected[k])}" for k in differing)
+        raise StudyMismatch(
+            f"study '{study.study_name}' exists with a different {', '.join(differing)} ({details}); "
+            "use the same options to continue it, or --study-name NEW to start another"
+        )
+
+
+def open_search(settings: Settings, heartbeat: bool = True) -> SearchContext:
+    """Load the data (fail fast when it is missing), build the space, and open or create the
+    study, checking that an existing study searches the same thing."""
+    data = get_dataset(settings.training)
+    space = get_space(settings.space, width=settings.width, num_classes=data.num_classes)
+    dense = architecture_cost(space.dense())
+    cheapest = architecture_cost(cheapest_and_dearest(space)[0])
+    if settings.max_mflops is not None and settings.max_mflops < cheapest.mflops:
+        raise SettingsError(
+            f"--max-mflops {settings.max_mflops} is below the cheapest candidate of {space.name} "
+            f"({cheapest.mflops:.2f} MFLOPs); raise it or drop it"
+        )
+    storage = open_storage(settings.storage_url, heartbeat=heartbeat)
+    expected = {
+        "space": space.fingerprint(),
+        "dataset": settings.training.dataset,
+        "objectives": list(settings.objectives),
+        "protocol": _protocol(settings),
+    }
+    study = find_study(storage, settings.study) or optuna.create_study(
+        storage=storage,
+        study_name=settings.study,
+        directions=["maximize" if OBJECTIVE_SENSES[o] == "max" else "minimize" for o in settings.objectives],
+        load_if_exists=True,  # another worker may create it at the same moment
+    )
+    _check_compatible_or_initialise(study, expected, space, dense, settings.training.to_json())
+    reference = dict(study.user_attrs["reference_point"])
+    return SearchContext(settings, space, study, storage, reference)
+
+
+def _check_compatible_or_initialise(
+    study: optuna.Study, expected: dict[str, Any], space: SearchSpace, dense, training: dict[str, Any]
+) -> None:
+    if "space" in study.user_attrs:  # an existing study (or one a parallel worker just created)
+        _check_compatible(study, expected)
+        return
+    for key, value in expected.items():
+        study.set_user_attr(key, value)
+    study.set_user_attr("space_name", space.name)
+    study.set_user_attr("model", space.model)
+    study.set_user_attr("width", space.width)
+    # Fixed per study so that hypervolumes of two studies of the same space compare.
+    study.set_user_attr("reference_point", {"accuracy": 0.0, "mflops": dense.mflops, "params": float(dense.params)})
+    study.set_user_attr("dense_cost", dense.to_json())
+    study.set_user_attr("training", training)
+    study.set_user_attr("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    study.set_metric_names(list(expected["objectives"]))
+
+
+def write_run_json(context: SearchContext, extra: dict[str, Any] | None = None) -> Path:
+    settings = context.settings
+    path = settings.study_dir / "run.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "study": settings.study,
+        "storage": settings.storage_url,
+        "settings": settings.to_json(),
+        "space": {"name": context.space.name, "model": context.space.model, "width": context.space.width,
+                  "layers": len(context.space.slots), "size": context.space.size},
+        "reference_point": context.reference,
+        "versions": package_versions(),
+        "command": sys.argv,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }  # fmt: skip
+    path.write_text(json.dumps(payload, indent=2, default=str))
+    return path
+
+
+def count_finished(study: optuna.Study) -> int:
+    """Trials that spend budget: trained to the end (complete and feasible) or early-stopped.
+    Infeasible candidates (over --max-mflops) and failed trials do not."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    return sum(1 for t in trials if t.user_attrs.get("status", "ok") in ("ok", "early_stopped"))
+
+
+def trial_seed(settings: Settings, trial_number: int) -> int:
+    return settings.seed * 100_003 + trial_number
+
+
+def sample_hyperparameters(trial: Any, settings: Settings) -> dict[str, Any]:
+    """Training hyperparameters of a ``--tune`` sweep (prefixed ``hp_`` in the study)."""
+    chosen: dict[str, Any] = {}
+    for name in settings.tune:
+        kind, bounds = TUNABLE[name]
+        if kind == "log":
+            chosen[name] = trial.suggest_float(f"hp_{name}", *bounds, log=True)
+        elif kind == "float":
+            chosen[name] = trial.suggest_float(f"hp_{name}", *bounds)
+        else:
+            chosen[name] = trial.suggest_categorical(f"hp_{name}", list(bounds))
+    return chosen
+
+
+def baseline_architectures(space: SearchSpace) -> dict[str, Architecture]:
+    """Uniform configurations of the space (dense first), one per distinct architecture."""
+    result: dict[str, Architecture] = {}
+    for value in space.uniform_values():
+        arch = space.uniform(value)
+        if arch not in result.values():
+            result[value] = arch
+    return result

@@ -1,0 +1,155 @@
+"""Training and evaluation of one candidate network.
+
+The recipe: SGD with Nesterov momentum, a cosine learning-rate schedule after a linear
+warm-up (stepped per batch), weight decay except on FLGC assignment logits, biases and
+BatchNorm, random crop + flip, optional label smoothing. On CUDA: mixed precision and
+channels_last; on CPU: float32. A loss that becomes NaN or infinite stops the run at once
+with that reason (:class:`TrialFailed`) instead of wasting its remaining epochs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from layers import param_groups_without_logit_decay
+
+from .data import BatchLoader, Dataset
+from .settings import TrainingSettings
+
+__all__ = ["EpochRecord", "TrialFailed", "evaluate_loader", "resolve_device", "train_model"]
+
+
+class TrialFailed(RuntimeError):
+    """Training of a candidate failed for a reason worth recording (e.g. NaN loss)."""
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int  # 1-based
+    train_loss: float
+    val_loss: float | None
+    val_accuracy: float | None
+    lr: float
+    seconds: float  # wall-clock time of this epoch (training + validation)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# Called after every epoch; returning True stops training early (used by early stopping).
+EpochCallback = Callable[[EpochRecord], bool | None]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; ``cuda:1``, ``cpu`` etc. are taken as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} was asked for but CUDA is not available here; use --device cpu or auto")
+    return device
+
+
+def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
+    """Linear warm-up to ``base_lr`` then cosine decay to 0."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def evaluate_loader(model: nn.Module, loader: BatchLoader, amp_dtype: torch.dtype | None = None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` over ``loader`` (eval mode)."""
+    model.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    for images, labels in loader:
+        with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(images)
+        total_loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+        correct += (logits.argmax(dim=1) == labels).sum().item()
+        count += labels.numel()
+    return total_loss / max(count, 1), correct / max(count, 1)
+
+
+def train_model(
+    model: nn.Module,
+    data: Dataset,
+    training: TrainingSettings,
+    seed: int,
+    device: torch.device,
+    on_epoch: EpochCallback | None = None,
+    evaluate_on: str = "val",
+) -> list[EpochRecord]:
+    """Train ``model`` in place with the recipe of ``training``; evaluate after every epoch on
+    the ``val`` split (search) or the ``test`` split (final retraining)."""
+    torch.manual_seed(seed)
+    amp_dtype = _amp_dtype(device, training.amp)
+    channels_last = training.channels_last and device.type == "cuda"
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    train_loader = BatchLoader(
+        data.train_images, data.train_labels, batch_size=training.batch_size, device=device, train=True,
+        mean=data.mean, std=data.std, hflip=data.hflip, seed=seed, channels_last=channels_last,
+        pin_memory=device.type == "cuda",
+    )  # fmt: skip
+    eval_images, eval_labels = (data.val_images, data.val_labels) if evaluate_on == "val" else (data.test_images, data.test_labels)
+    eval_loader = None
+    if eval_labels.numel():
+        eval_loader = BatchLoader(
+            eval_images, eval_labels, batch_size=max(256, training.batch_size), device=device, train=False,
+            mean=data.mean, std=data.std, channels_last=channels_last,
+        )  # fmt: skip
+    optimizer = torch.optim.SGD(
+        param_groups_without_logit_decay(model, training.weight_decay),
+        lr=training.lr, momentum=training.momentum, nesterov=training.momentum > 0,
+    )  # fmt: skip
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    steps_per_epoch = len(train_loader)
+    total_steps = steps_per_epoch * training.epochs
+    warmup_steps = int(round(training.warmup_epochs * steps_per_epoch))
+    check_every = 1 if device.type == "cpu" else 10
+    history: list[EpochRecord] = []
+    step = 0
+    for epoch in range(1, training.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        for images, labels in train_loader:
+            lr = lr_at(step, total_steps, warmup_steps, training.lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = F.cross_entropy(model(images).float(), labels, label_smoothing=training.label_smoothing)
+            # Checking needs a device sync: every step on CPU (free), every few on CUDA.
+            if step % check_every == 0 and not torch.isfinite(loss):
+                raise TrialFailed(f"loss became {loss.item()} at epoch {epoch}, step {step + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += loss.detach()
+            step += 1
+        train_loss = loss_sum.item() / max(steps_per_epoch, 1)
+        if not math.isfinite(train_loss):
+            raise TrialFailed(f"loss became {train_loss} in epoch {epoch}")
+        val_loss, val_accuracy = evaluate_loader(model, eval_loader, amp_dtype) if eval_loader else (None, None)
+        record = EpochRecord(epoch, train_loss, val_loss, val_accuracy, lr, time.perf_counter() - started)
+        history.append(record)
+        if on_epoch is not None and on_epoch(record):
+            break
+    return history

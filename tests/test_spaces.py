@@ -1,0 +1,307 @@
+"""Tests for spaces/: built-in spaces, sampling with Optuna, uniform models, space files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import optuna
+import pytest
+
+from models import Architecture, LayerSpec, get_model_family, validate
+from spaces import SearchSpace, SpaceError, get_space, space_names
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+BUILTIN = {"vgg_hetconv": 12, "vgg_flgc": 12, "mbv2_flgc": 33, "vgg_mixed": 12}
+
+
+def _legal(spec: LayerSpec, slot) -> bool:
+    if spec.type == "dense":
+        return True
+    value = spec.part if spec.type == "hetconv" else spec.groups
+    return slot.in_channels % value == 0 and slot.out_channels % value == 0
+
+
+# ----------------------------------------------------------------------------- built-in
+
+
+def test_builtin_names():
+    assert set(BUILTIN) <= set(space_names())
+
+
+@pytest.mark.parametrize("name,layers", sorted(BUILTIN.items()))
+@pytest.mark.parametrize("width", [1.0, 0.25])
+def test_builtin_space_layers_and_legal_choices(name, layers, width):
+    space = get_space(name, width=width)
+    assert isinstance(space, SearchSpace)
+    assert space.name == name and space.width == width
+    assert len(space.slots) == len(space.choices) == layers
+    assert list(space.slots) == get_model_family(space.model).slots(width)
+    for slot, options in zip(space.slots, space.choices):
+        assert options, slot.name
+        assert len(set(options)) == len(options), slot.name
+        for spec in options:
+            assert _legal(spec, slot), (slot.name, spec.label)
+            spec.check(slot)
+    assert space.size == math.prod(len(o) for o in space.choices)
+
+
+def test_vgg_hetconv_choices_are_powers_of_two():
+    space = get_space("vgg_hetconv")
+    for options in space.choices:
+        assert [spec.label for spec in options] == [f"hetconv:{p}" for p in (1, 2, 4, 8, 16, 32, 64)]
+
+
+def test_builtin_flgc_choices():
+    for name in ("vgg_flgc", "mbv2_flgc"):
+        for slot, options in zip(*(lambda s: (s.slots, s.choices))(get_space(name))):
+            groups = [spec.groups for spec in options]
+            assert all(spec.type == "flgc" and spec.balanced for spec in options)
+            assert groups == [g for g in (1, 2, 4, 8, 16, 32) if slot.in_channels % g == 0 and slot.out_channels % g == 0]
+
+
+def test_vgg_mixed_choices():
+    space = get_space("vgg_mixed")
+    for options in space.choices:
+        labels = [spec.label for spec in options]
+        types = {spec.type for spec in options}
+        assert types == {"dense", "hetconv", "flgc"}
+        assert "hetconv:1" not in labels and "flgc:1" not in labels
+        assert labels.count("dense") == 1
+
+
+def test_unknown_space():
+    with pytest.raises(SpaceError, match="nope"):
+        get_space("nope")
+
+
+@pytest.mark.parametrize("width", [0, -1, 5])
+def test_bad_width(width):
+    with pytest.raises(SpaceError):
+        get_space("vgg_hetconv", width=width)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN))
+def test_sample_with_optuna(name):
+    space = get_space(name, width=0.25)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = [set() for _ in space.slots]
+    for _ in range(25):
+        trial = study.ask()
+        arch = space.sample(trial)
+        assert isinstance(arch, Architecture)
+        assert arch.model == space.model and arch.width == 0.25 and len(arch.layers) == len(space.slots)
+        validate(arch)
+        assert trial.params == space.to_params(arch)
+        assert space.from_params(space.to_params(arch)) == arch
+        for i, spec in enumerate(arch.layers):
+            assert spec in space.choices[i]
+            seen[i].add(spec)
+    assert all(len(s) > 1 for s in seen)
+
+
+def test_from_params_errors():
+    space = get_space("vgg_hetconv")
+    params = space.to_params(space.uniform("4"))
+    del params["conv05"]
+    with pytest.raises(SpaceError, match="conv05"):
+        space.from_params(params)
+    params = space.to_params(space.uniform("4"))
+    params["conv03"] = "flgc:4"
+    with pytest.raises(SpaceError, match="conv03"):
+        space.from_params(params)
+
+
+# ----------------------------------------------------------------------------- uniform
+
+
+def test_uniform():
+    space = get_space("vgg_hetconv")
+    assert space.uniform("4").layers == (LayerSpec.hetconv(4),) * 12
+    assert space.uniform(4) == space.uniform("4") == space.uniform("hetconv:4")
+    assert space.uniform("dense") == space.dense()
+    assert space.dense().layers == (LayerSpec.dense(),) * 12
+    assert space.uniform_values() == ["dense", "1", "2", "4", "8", "16", "32", "64"]
+    assert get_space("mbv2_flgc").uniform("2").layers == (LayerSpec.flgc(2),) * 33
+    assert get_space("mbv2_flgc").uniform_values() == ["dense", "1", "2", "4", "8"]  # 24-channel layers stop 16
+
+
+def test_uniform_values_are_all_legal_uniforms():
+    for name in BUILTIN:
+        space = get_space(name)
+        for value in space.uniform_values():
+            validate(space.uniform(value))
+
+
+@pytest.mark.parametrize("value", ["3", "128", "flgc:4"])
+def test_illegal_uniform(value):
+    space = get_space("vgg_hetconv")
+    with pytest.raises(SpaceError) as err:
+        space.uniform(value)
+    msg = str(err.value)
+    assert "legal" in msg and "64" in msg and "dense" in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "hetconv:x"])
+def test_unreadable_uniform(value):
+    with pytest.raises(ValueError) as err:  # SpaceError or ArchitectureError, both ValueErrors
+        get_space("vgg_hetconv").uniform(value)
+    assert "\n" not in str(err.value)
+
+
+def test_illegal_uniform_mbv2_lists_legal():
+    with pytest.raises(SpaceError, match="8"):
+        get_space("mbv2_flgc").uniform("16")
+
+
+def test_vgg_mixed_uniform():
+    space = get_space("vgg_mixed")
+    assert space.uniform("4").layers[0] == LayerSpec.hetconv(4)
+    assert space.uniform("flgc:4").layers[0] == LayerSpec.flgc(4)
+    values = space.uniform_values()
+    assert "flgc:32" in values and "64" in values
+
+
+def test_uniform_values_have_no_duplicates():
+    for name in BUILTIN:
+        values = get_space(name).uniform_values()
+        assert len(values) == len(set(values)), (name, values)
+
+
+def test_illegal_uniform_lists_each_legal_value_once():
+    """In vgg_mixed 'dense' is itself a choice of every layer; it is listed once."""
+    with pytest.raises(SpaceError) as err:
+        get_space("vgg_mixed").uniform("7")
+    legal = str(err.value).split("legal: ", 1)[1].split(", ")
+    assert len(legal) == len(set(legal)), legal
+
+# ----------------------------------------------------------------------------- fingerprint
+
+
+def test_fingerprint():
+    a = get_space("vgg_hetconv", width=1.0).fingerprint()
+    assert a == get_space("vgg_hetconv", width=1.0).fingerprint()
+    assert a != get_space("vgg_hetconv", width=0.5).fingerprint()
+    assert a != get_space("vgg_mixed", width=1.0).fingerprint()
+    json.dumps(a)  # storable in a study's user attributes
+
+
+def test_fingerprint_of_files_differs_by_choices(tmp_path):
+    one = tmp_path / "one.yaml"
+    two = tmp_path / "two.yaml"
+    one.write_text("name: s\nmodel: vgg16\nchoices: [dense, 'hetconv:2']\n")
+    two.write_text("name: s\nmodel: vgg16\nchoices: [dense, 'hetconv:4']\n")
+    assert get_space(str(one)).fingerprint() != get_space(str(two)).fingerprint()
+    assert get_space(str(one)).fingerprint() == get_space(str(one)).fingerprint()
+
+
+# ----------------------------------------------------------------------------- space files
+
+
+GOOD_YAML = """\
+name: my_space
+description: a test space
+model: vgg16
+width: 0.5
+choices: [dense, "hetconv:2", "hetconv:64", "flgc:4", "flgc:64"]
+layers:
+  conv02: [dense]
+  conv13: ["hetconv:8", "flgc:8", "flgc:3:free"]
+"""
+
+
+def _check_good(space: SearchSpace, width: float = 0.5) -> None:
+    assert space.name == "my_space" and space.model == "vgg16" and space.width == width
+    slots = get_model_family("vgg16").slots(width)
+    names = [s.name for s in space.slots]
+    assert names == [s.name for s in slots]
+    by_name = dict(zip(names, space.choices))
+    assert [s.label for s in by_name["conv02"]] == ["dense"]
+    assert [s.label for s in by_name["conv13"]] == ["hetconv:8", "flgc:8", "flgc:3:free"]
+    for slot, options in zip(space.slots, space.choices):
+        if slot.name in ("conv02", "conv13"):
+            continue
+        expected = [
+            label for label in ["dense", "hetconv:2", "hetconv:64", "flgc:4", "flgc:64"]
+            if _legal(LayerSpec.from_label(label), slot)
+        ]
+        assert [s.label for s in options] == expected, slot.name
+    # at width 0.5 the first blocks have 32 channels: 64 is dropped there, kept at 256
+    assert "hetconv:64" not in [s.label for s in by_name["conv03"]]
+    assert "hetconv:64" in [s.label for s in by_name["conv12"]]
+
+
+def test_good_yaml_file(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(GOOD_YAML)
+    space = get_space(str(path))
+    _check_good(space)
+    arch = space.uniform("dense")
+    validate(arch)
+
+
+def test_good_json_file(tmp_path):
+    import yaml
+
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(yaml.safe_load(GOOD_YAML)))
+    _check_good(get_space(str(path)))
+
+
+def test_width_argument_overrides_file(tmp_path):
+    path = tmp_path / "space.yml"
+    path.write_text(GOOD_YAML)
+    space = get_space(str(path), width=1.0)
+    assert space.width == 1.0
+
+
+def test_file_sample_with_optuna(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(GOOD_YAML)
+    space = get_space(str(path))
+    study = optuna.create_study()
+    arch = space.sample(study.ask())
+    validate(arch)
+    assert space.from_params(space.to_params(arch)) == arch
+
+
+BAD_FILES = [
+    ("bad.yaml", "model: vgg16\nchoices: [dense, 'hetconv:2'\n", "YAML"),
+    ("bad.json", '{"model": "vgg16", "choices": ["dense",]}', "JSON"),
+    ("list.yaml", "- model\n- vgg16\n", "mapping"),
+    ("scalar.json", '"vgg16"', "mapping"),
+    ("unknown_key.yaml", "model: vgg16\nchoices: [dense]\nbudget: 3\n", "budget"),
+    ("unknown_model.yaml", "model: resnet50\nchoices: [dense]\n", "resnet50"),
+    ("unknown_layer.yaml", "model: vgg16\nchoices: [dense]\nlayers:\n  conv99: [dense]\n", "conv99"),
+    ("illegal_layer.yaml", "model: vgg16\nchoices: [dense]\nlayers:\n  conv05: ['hetconv:3']\n", "conv05"),
+    ("illegal_free.yaml", "model: mobilenetv2\nchoices: [dense]\nlayers:\n  b00_project: ['flgc:17:free']\n", "b00_project"),
+    ("missing_model.yaml", "choices: [dense]\n", "model"),
+    ("empty_choices.yaml", "model: vgg16\nchoices: []\n", "choices"),
+    ("bad_label.yaml", "model: vgg16\nchoices: [dense, 'hetconv:x']\n", "hetconv:x"),
+    ("bad_label_layer.json", '{"model": "vgg16", "choices": ["dense"], "layers": {"conv04": ["flgc:two"]}}', "flgc:two"),
+    ("nothing_legal.yaml", "model: vgg16\nchoices: ['hetconv:128']\n", "conv02"),
+    ("bad_width.yaml", "model: vgg16\nwidth: wide\nchoices: [dense]\n", "width"),
+    ("empty.yaml", "", "mapping"),
+]
+
+
+@pytest.mark.parametrize("filename,text,needle", BAD_FILES, ids=[f[0] for f in BAD_FILES])
+def test_bad_space_files(tmp_path, filename, text, needle):
+    path = tmp_path / filename
+    path.write_text(text)
+    with pytest.raises(SpaceError) as err:
+        get_space(str(path))
+    msg = str(err.value)
+    assert "\n" not in msg, msg
+    assert needle in msg, msg
+
+
+def test_missing_space_file(tmp_path):
+    with pytest.raises(SpaceError) as err:
+        get_space(str(tmp_path / "absent.yaml"))
+    assert "\n" not in str(err.value)
