@@ -8,14 +8,11 @@ spending budget.
 
 from __future__ import annotations
 
-import traceback
-
 import optuna
 from optuna.trial import TrialState
 
-from .cost import architecture_cost
+from .candidate import CONSTRAINT_KEY, evaluate_candidate
 from .errors import SearchAborted
-from .evaluate import evaluate, release_memory, result_attributes
 from .front import pareto_records
 from .progress import Progress
 from .settings import Settings
@@ -68,41 +65,30 @@ def _front_summary(study: optuna.Study) -> tuple[int, float | None]:
     return len(front), max(accuracies, default=None)
 
 
-def _run_trial(context: SearchContext, trial: optuna.Trial) -> str:
-    """Evaluate one asked trial and tell the study; returns a short line for the progress."""
-    settings, space, study = context.settings, context.space, context.study
-    arch = space.sample(trial)
-    hyper = sample_hyperparameters(trial, settings)
-    trial.set_user_attr("architecture", arch.to_json())
-    if hyper:
-        trial.set_user_attr("hyperparameters", hyper)
-    cost = architecture_cost(arch)
-    if settings.max_mflops is not None:
-        trial.set_constraint("mflops_over_ceiling", cost.mflops - settings.max_mflops)
-        if cost.mflops > settings.max_mflops:
-            for key, value in {"status": "infeasible", "mflops": cost.mflops,
-                               "mflops_all_ops": cost.mflops_all_ops, "params": cost.params}.items():  # fmt: skip
-                trial.set_user_attr(key, value)
-            # Accuracy 0 (never trained) with its real cost; excluded from fronts and budget.
-            study.tell(trial, [0.0 if o == "accuracy" else _metric(o, cost) for o in settings.objectives])
-            return f"trial {trial.number}: {cost.mflops:.2f} MFLOPs over the ceiling, not trained"
-    seed = trial_seed(settings, trial.number)
-    training = settings.training.replace(**hyper)
-    try:
-        result = evaluate(arch, training, seed)
-    except TrialFailed as err:
-        trial.set_user_attr("fail_reason", str(err))
-        study.tell(trial, state=TrialState.FAIL)
-        return f"trial {trial.number}: failed ({err})"
-    for key, value in result_attributes(result).items():
-        trial.set_user_attr(key, value)
-    metrics = result.metrics()
-    study.tell(trial, [metrics[o] for o in settings.objectives])
-    return f"trial {trial.number}: acc {result.accuracy:.4f} @ {result.cost.mflops:.2f} MFLOPs in {result.train_seconds:.1f}s"
+class _Objective:
+    """The Optuna objective: sample, evaluate through the shared path, record."""
 
+    def __init__(self, context: SearchContext) -> None:
+        self.context = context
+        self.line = ""
+        self.number = -1
 
-def _metric(name: str, cost) -> float:
-    return {"mflops": cost.mflops, "params": float(cost.params)}[name]
+    def __call__(self, trial: optuna.Trial) -> list[float]:
+        settings = self.context.settings
+        self.number, self.line = trial.number, f"trial {trial.number}: interrupted"
+        arch = self.context.space.sample(trial)
+        hyperparameters = sample_hyperparameters(trial, settings)
+        outcome = evaluate_candidate(arch, hyperparameters, settings, trial_seed(settings, trial.number), trial.number)
+        for key, value in outcome.attrs.items():
+            trial.set_user_attr(key, value)
+        if settings.max_mflops is not None and outcome.constraint is not None:
+            trial.set_constraint(CONSTRAINT_KEY, outcome.constraint)
+        self.line = outcome.line
+        if outcome.state == "failed":
+            raise TrialFailed(outcome.attrs["fail_reason"])
+        if outcome.state == "early_stopped":
+            raise optuna.TrialPruned(outcome.line)
+        return outcome.objective_values(settings.objectives)
 
 
 def run_optuna_search(settings: Settings) -> optuna.Study:
@@ -125,23 +111,14 @@ def run_optuna_search(settings: Settings) -> optuna.Study:
         f"study '{study.study_name}' in {settings.storage_url}: {done}/{settings.budget} finished trials; "
         f"space {context.space.name} ({len(context.space.slots)} layers, {context.space.size:.3g} candidates)"
     )
+    objective = _Objective(context)
     infeasible_in_a_row = failures_in_a_row = 0
     while done < settings.budget:
-        trial = study.ask()
-        try:
-            line = _run_trial(context, trial)
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted")
-            study.tell(trial, state=TrialState.FAIL)
-            raise
-        except Exception as err:  # one broken trial must not end or corrupt the study
-            reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
-            trial.set_user_attr("fail_reason", reason)
-            trial.set_user_attr("traceback", traceback.format_exc(limit=8)[-4000:])
-            study.tell(trial, state=TrialState.FAIL)
-            release_memory()
-            line = f"trial {trial.number}: failed ({reason})"
-        frozen = study.get_trials(deepcopy=False)[trial.number]
+        # One trial per call: optimize() runs the heartbeat thread and fails (and retries)
+        # trials that a killed process left RUNNING.
+        study.optimize(objective, n_trials=1, catch=(TrialFailed,), gc_after_trial=False)
+        frozen = study.get_trials(deepcopy=False)[objective.number]
+        line = objective.line
         if frozen.state == TrialState.FAIL:
             failures_in_a_row += 1
             progress.message(line)

@@ -10,13 +10,14 @@ is still running.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from models import Architecture
@@ -35,6 +36,7 @@ __all__ = [
 
 # Direction of every objective the tool knows.
 OBJECTIVE_SENSES = {"accuracy": "max", "mflops": "min", "params": "min", "latency_ms": "min"}
+HEARTBEAT_SECONDS = 10
 # Trial statuses (user attribute "status"); only "ok" trials can be on the Pareto front.
 STATUSES = ("ok", "infeasible", "failed", "early_stopped", "running")
 
@@ -66,9 +68,19 @@ def open_storage(url: str, heartbeat: bool = False) -> optuna.storages.BaseStora
             except OSError as err:
                 raise StorageError(f"cannot create the folder of storage {url}: {err.strerror}") from None
         engine_kwargs = {"connect_args": {"timeout": 120}}
-    extra: dict[str, Any] = {"heartbeat_interval": 30, "grace_period": 120} if heartbeat else {}
+    extra: dict[str, Any] = {}
+    if heartbeat:
+        # A trial whose process died is failed once its heartbeat is this old, and its
+        # configuration is queued again once.
+        extra = {
+            "heartbeat_interval": HEARTBEAT_SECONDS,
+            "grace_period": 3 * HEARTBEAT_SECONDS,
+            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1),
+        }
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, **extra)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **extra)
     except ImportError as err:
         raise StorageError(f"storage {url}: a database driver is missing ({err}); install it, e.g. psycopg2-binary") from None
     except Exception as err:  # noqa: BLE001  (SQLAlchemy raises many kinds; all mean "cannot use it")

@@ -1,0 +1,75 @@
+"""One candidate, start to finish, the same for every backend: count its cost, reject it if it
+is over the FLOPs ceiling, otherwise train and measure it, and say what the trial records.
+
+Backends only move an :class:`Outcome` into their trial (Optuna in-process; Ray through the
+trial's final report to the driver), so neither re-implements counting, training or the
+attributes a trial records.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from models import Architecture
+
+from .cost import architecture_cost
+from .evaluate import evaluate, release_memory, result_attributes
+from .settings import Settings
+from .train import EpochCallback, TrialFailed
+
+__all__ = ["CONSTRAINT_KEY", "Outcome", "evaluate_candidate"]
+
+CONSTRAINT_KEY = "mflops_over_ceiling"
+
+
+@dataclass
+class Outcome:
+    state: str  # "complete", "infeasible", "failed" or "early_stopped"
+    values: dict[str, float] | None  # objective name -> value (complete and infeasible)
+    attrs: dict[str, Any] = field(default_factory=dict)  # trial user attributes
+    constraint: float | None = None  # > 0: infeasible (only with a FLOPs ceiling)
+    line: str = ""  # one line for the progress output
+
+    def objective_values(self, objectives: list[str] | tuple[str, ...]) -> list[float]:
+        assert self.values is not None
+        return [self.values[o] for o in objectives]
+
+
+def evaluate_candidate(
+    arch: Architecture,
+    hyperparameters: dict[str, Any],
+    settings: Settings,
+    seed: int,
+    number: int,
+    on_epoch: EpochCallback | None = None,
+) -> Outcome:
+    """Evaluate trial ``number``'s candidate; never raises for a failure of the trial itself
+    (only KeyboardInterrupt and the like pass through)."""
+    attrs: dict[str, Any] = {"architecture": arch.to_json(), "seed": seed}
+    if hyperparameters:
+        attrs["hyperparameters"] = hyperparameters
+    try:
+        cost = architecture_cost(arch)
+        constraint = None if settings.max_mflops is None else cost.mflops - settings.max_mflops
+        if constraint is not None and constraint > 0:
+            attrs.update(status="infeasible", mflops=cost.mflops, mflops_all_ops=cost.mflops_all_ops, params=cost.params)
+            # Never trained: accuracy 0 with its real cost, so the sampler learns the region is
+            # infeasible (through the constraint) while fronts and budget ignore it.
+            values = {"accuracy": 0.0, "mflops": cost.mflops, "params": float(cost.params)}
+            return Outcome("infeasible", values, attrs, constraint, f"trial {number}: {cost.mflops:.2f} MFLOPs over the ceiling, not trained")
+        result = evaluate(arch, settings.training.replace(**hyperparameters), seed, on_epoch=on_epoch)
+    except TrialFailed as err:
+        attrs.update(status="failed", fail_reason=str(err))
+        release_memory()
+        return Outcome("failed", None, attrs, None, f"trial {number}: failed ({err})")
+    except Exception as err:  # noqa: BLE001  (one broken trial must not end or corrupt the study)
+        reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+        attrs.update(status="failed", fail_reason=reason, traceback=traceback.format_exc(limit=8)[-4000:])
+        release_memory()
+        return Outcome("failed", None, attrs, None, f"trial {number}: failed ({reason})")
+    attrs.update(result_attributes(result))
+    state = "early_stopped" if result.stopped_early else "complete"
+    line = f"trial {number}: acc {result.accuracy:.4f} @ {result.cost.mflops:.2f} MFLOPs in {result.train_seconds:.1f}s"
+    return Outcome(state, result.metrics(), attrs, constraint, line)
