@@ -68,6 +68,14 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--study-name", default=None, help="(default: <space>-<dataset>)")
     g.add_argument("--max-failures", type=int, default=5, help="stop after this many failed trials in a row (default: 5)")
     g.add_argument("--no-report", action="store_true", help="do not write the report and exports at the end")
+
+    g = parser.add_argument_group("ray backend (--backend ray)")
+    g.add_argument("--address", default=None, help="join this Ray cluster ('auto' or HEAD:6379); default: start a local Ray")
+    g.add_argument("--ray-storage", default=None, help="Ray's results folder or URI, shared by all nodes (default: <results-dir>/<study>/ray)")
+    g.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs Ray reserves per trial (default: 1)")
+    g.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial, fractional packs trials (default: 1 if the cluster has GPUs, else 0)")
+    g.add_argument("--max-concurrent", type=int, default=None, help="trials running at once (default: as resources allow)")
+    g.add_argument("--ray-retries", type=int, default=2, help="Ray-level retries of a crashed trial (default: 2)")
     g.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_common(parser)
 
@@ -125,7 +133,9 @@ def settings_from_args(args: argparse.Namespace):
         tune=split(args.tune), objectives=split(args.objectives), sampler=args.sampler, seed=args.seed,
         backend=args.backend, results_dir=args.results_dir, storage=args.storage, study_name=args.study_name,
         max_mflops=args.max_mflops, baselines=args.baselines, preset=args.preset,
-        max_failures=args.max_failures, quiet=args.quiet,
+        max_failures=args.max_failures, quiet=args.quiet, ray_address=args.address, ray_storage=args.ray_storage,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+        ray_retries=args.ray_retries,
     )  # fmt: skip
 
 

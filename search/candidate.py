@@ -8,6 +8,7 @@ attributes a trial records.
 
 from __future__ import annotations
 
+import json
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ from .evaluate import evaluate, release_memory, result_attributes
 from .settings import Settings
 from .train import EpochCallback, TrialFailed
 
-__all__ = ["CONSTRAINT_KEY", "Outcome", "evaluate_candidate"]
+__all__ = ["CONSTRAINT_KEY", "Outcome", "evaluate_candidate", "record_outcome"]
 
 CONSTRAINT_KEY = "mflops_over_ceiling"
 
@@ -35,6 +36,25 @@ class Outcome:
     def objective_values(self, objectives: list[str] | tuple[str, ...]) -> list[float]:
         assert self.values is not None
         return [self.values[o] for o in objectives]
+
+    def to_json(self) -> str:
+        return json.dumps({"state": self.state, "values": self.values, "attrs": self.attrs,
+                           "constraint": self.constraint, "line": self.line})  # fmt: skip
+
+    @classmethod
+    def from_json(cls, text: str) -> Outcome:
+        data = json.loads(text)
+        return cls(data["state"], data["values"], data["attrs"], data["constraint"], data["line"])
+
+
+def record_outcome(trial: Any, outcome: Outcome, with_constraint: bool) -> None:
+    """Write an outcome's attributes (and FLOPs constraint) into a running Optuna trial. The
+    constraint is set on every trial of a study with a ceiling, since samplers (GP) want the
+    same constraints on all trials."""
+    for key, value in outcome.attrs.items():
+        trial.set_user_attr(key, value)
+    if with_constraint and outcome.constraint is not None:
+        trial.set_constraint(CONSTRAINT_KEY, outcome.constraint)
 
 
 def evaluate_candidate(

@@ -19,6 +19,7 @@ training mode is restored; nothing is printed.
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import asdict, dataclass
 
@@ -121,8 +122,10 @@ def count_cost(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32))
     return Cost(mflops=paper / 1e6, mflops_all_ops=all_ops / 1e6, params=count_params(model))
 
 
+@functools.lru_cache(maxsize=512)
 def architecture_cost(arch: Architecture) -> Cost:
-    """Cost of the model built from ``arch`` (FLGC with free groups: at its initial assignment)."""
+    """Cost of the model built from ``arch`` (FLGC with free groups: at its initial assignment).
+    Cached: the same candidate is counted once per process."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
         return count_cost(build_model(arch))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
-from .candidate import CONSTRAINT_KEY, evaluate_candidate
+from .candidate import evaluate_candidate, record_outcome
 from .errors import SearchAborted
 from .front import pareto_records
 from .progress import Progress
@@ -19,7 +19,7 @@ from .settings import Settings
 from .storage import load_records, study_objectives
 from .study import (
     SearchContext,
-    baseline_architectures,
+    enqueue_baselines,
     count_finished,
     open_search,
     sample_hyperparameters,
@@ -46,18 +46,6 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     raise ValueError(f"unknown sampler {name!r}")
 
 
-def _enqueue_baselines(context: SearchContext) -> int:
-    """Queue the uniform configurations not yet in the study (once, also across re-runs)."""
-    study = context.study
-    present = {t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)}
-    queued = 0
-    for value, arch in baseline_architectures(context.space).items():
-        if value not in present:
-            study.enqueue_trial(context.space.to_params(arch), user_attrs={"baseline": value})
-            queued += 1
-    return queued
-
-
 def _front_summary(study: optuna.Study) -> tuple[int, float | None]:
     records = load_records(study)
     accuracies = [r.values["accuracy"] for r in records if r.feasible_complete]
@@ -79,10 +67,7 @@ class _Objective:
         arch = self.context.space.sample(trial)
         hyperparameters = sample_hyperparameters(trial, settings)
         outcome = evaluate_candidate(arch, hyperparameters, settings, trial_seed(settings, trial.number), trial.number)
-        for key, value in outcome.attrs.items():
-            trial.set_user_attr(key, value)
-        if settings.max_mflops is not None and outcome.constraint is not None:
-            trial.set_constraint(CONSTRAINT_KEY, outcome.constraint)
+        record_outcome(trial, outcome, with_constraint=settings.max_mflops is not None)
         self.line = outcome.line
         if outcome.state == "failed":
             raise TrialFailed(outcome.attrs["fail_reason"])
@@ -104,7 +89,7 @@ def run_optuna_search(settings: Settings) -> optuna.Study:
     write_run_json(context)
     progress = Progress(settings.budget, done, quiet=settings.quiet)
     if settings.baselines:
-        queued = _enqueue_baselines(context)
+        queued = enqueue_baselines(context)
         if queued:
             progress.message(f"queued {queued} uniform baselines of {context.space.name}")
     progress.message(

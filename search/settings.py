@@ -91,6 +91,13 @@ class Settings:
     max_mflops: float | None = None
     baselines: bool = False
     max_failures: int = 5
+    # Ray backend
+    ray_address: str | None = None  # join this cluster ("auto" or host:port); None: a local Ray
+    ray_storage: str | None = None  # Ray's results (shared or cloud storage for multi-node)
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None  # None: 1 where the cluster has GPUs, else 0
+    max_concurrent: int | None = None
+    ray_retries: int = 2  # Ray-level retries of a crashed trial
     preset: str | None = None
     quiet: bool = False
 
@@ -117,6 +124,10 @@ class Settings:
             raise SettingsError("--epochs and --batch-size must be positive")
         if t.lr <= 0 or t.weight_decay < 0 or not 0 <= t.label_smoothing < 1 or t.warmup_epochs < 0:
             raise SettingsError("--lr must be > 0, --weight-decay >= 0, --label-smoothing in [0, 1), --warmup-epochs >= 0")
+        if self.cpus_per_trial <= 0 or (self.gpus_per_trial is not None and self.gpus_per_trial < 0):
+            raise SettingsError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise SettingsError(f"--max-concurrent must be at least 1, got {self.max_concurrent}")
         if self.max_failures < 1:
             raise SettingsError(f"--max-failures must be at least 1, got {self.max_failures}")
         if self.max_mflops is not None and self.max_mflops <= 0:

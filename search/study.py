@@ -30,6 +30,7 @@ from .storage import OBJECTIVE_SENSES, StudyMismatch, find_study, open_storage
 __all__ = [
     "SearchContext",
     "baseline_architectures",
+    "enqueue_baselines",
     "count_finished",
     "open_search",
     "package_versions",
@@ -188,3 +189,15 @@ def baseline_architectures(space: SearchSpace) -> dict[str, Architecture]:
         if arch not in result.values():
             result[value] = arch
     return result
+
+
+def enqueue_baselines(context: SearchContext) -> int:
+    """Queue the uniform configurations not yet in the study (once, also across re-runs)."""
+    study = context.study
+    present = {t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)}
+    queued = 0
+    for value, arch in baseline_architectures(context.space).items():
+        if value not in present:
+            study.enqueue_trial(context.space.to_params(arch), user_attrs={"baseline": value})
+            queued += 1
+    return queued

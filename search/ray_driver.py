@@ -1,0 +1,247 @@
+"""The Ray Tune backend: the same search on multi-GPU, multi-node clusters.
+
+Ray schedules the trials; Optuna (through Ray's ``OptunaSearch``) samples them and the study
+in the Optuna storage stays the single source of truth, so the dashboard, ``report`` and
+``export`` work unchanged. Every trial runs the shared :func:`search.candidate.evaluate_candidate`
+and sends its :class:`Outcome` back in its last report; the driver writes it into the study.
+
+Resuming: the study, not Ray's experiment folder, says what is done. Re-running the same
+command after the driver was killed fails the trials the dead driver left RUNNING, queues
+their configurations once more, and runs only the trials the budget still needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from spaces import SearchSpace
+
+from .cost import architecture_cost
+from .candidate import Outcome, evaluate_candidate, record_outcome
+from .errors import SearchAborted
+from .front import pareto_records
+from .progress import Progress
+from .settings import Settings
+from .storage import OBJECTIVE_SENSES, load_records, study_objectives
+from .study import (
+    SearchContext,
+    count_finished,
+    enqueue_baselines,
+    open_search,
+    sample_hyperparameters,
+    trial_seed,
+    write_run_json,
+)
+from .train import EpochRecord
+
+__all__ = ["recover_orphaned_trials", "run_ray_search"]
+
+# Quiet, local-friendly Ray defaults; any value the user exported wins.
+_RAY_ENV = {
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+class _SampleCandidate:
+    """Ray's define-by-run space: sample the layers (and ``--tune`` hyperparameters) on the
+    Optuna trial. A class instance rather than a closure, since Ray pickles its searcher."""
+
+    def __init__(self, space: SearchSpace, settings: Settings) -> None:
+        self.space = space
+        self.settings = settings
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        self.space.sample(trial)
+        sample_hyperparameters(trial, self.settings)
+        return {"trial_number": trial.number}
+
+
+def _train_candidate(config: dict[str, Any], space: SearchSpace, settings: Settings) -> None:
+    """The Ray trainable: one candidate through the shared evaluation path, per-epoch
+    metrics to Ray, and the outcome in the last report."""
+    import ray
+    from ray import tune
+
+    number = int(config["trial_number"])
+    arch = space.from_params(config)
+    hyper = {key[3:]: value for key, value in config.items() if key.startswith("hp_")}
+    training = settings.training
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    if not gpu_ids:
+        # No GPU share from Ray: never touch a GPU another trial was given.
+        training = training.replace(device="cpu")
+    cpus = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    if cpus > 0 and training.threads is None:
+        training = training.replace(threads=cpus)
+    settings = settings.replace(training=training)
+
+    cost = architecture_cost(arch)  # cached: evaluate_candidate's own count reuses it
+    progress_metrics = {"mflops": cost.mflops, "params": float(cost.params)}
+
+    def report_epoch(record: EpochRecord) -> None:
+        # Every report carries every objective (Ray checks); accuracy so far, per epoch.
+        tune.report({**progress_metrics, "accuracy": record.val_accuracy or 0.0, "epoch": record.epoch,
+                     "train_loss": record.train_loss})  # fmt: skip
+
+    outcome = evaluate_candidate(arch, hyper, settings, trial_seed(settings, number), number, on_epoch=report_epoch)
+    # Where it ran, so placement on a cluster can be checked afterwards.
+    outcome.attrs.update(ray_node_id=ray.get_runtime_context().get_node_id(), ray_gpu_ids=gpu_ids)
+    values = outcome.values or {}
+    tune.report({**{name: float(values.get(name, float("nan"))) for name in settings.objectives}, "outcome": outcome.to_json()})
+
+
+def _make_searcher(context: SearchContext, progress: Progress, done: list[int]):
+    from ray.tune.search.optuna import OptunaSearch
+
+    class StudySearcher(OptunaSearch):
+        """OptunaSearch that records each trial's outcome (attributes, constraint, state)
+        exactly as the Optuna backend does, and prints progress."""
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
+            trial = self._ot_trials[trial_id]
+            settings = context.settings
+            if result and "outcome" in result:
+                outcome = Outcome.from_json(result["outcome"])
+            else:
+                reason = "the Ray trial errored on every attempt (see Ray's logs)" if error else "no result from Ray"
+                outcome = Outcome("failed", None, {"status": "failed", "fail_reason": reason}, None,
+                                  f"trial {trial.number}: failed ({reason})")  # fmt: skip
+            record_outcome(trial, outcome, with_constraint=settings.max_mflops is not None)
+            if outcome.state in ("complete", "infeasible"):
+                self._ot_study.tell(trial, outcome.objective_values(settings.objectives))
+            else:
+                self._ot_study.tell(trial, state=TrialState.PRUNED if outcome.state == "early_stopped" else TrialState.FAIL)
+            self._completed_trials.add(trial_id)
+            if outcome.state in ("complete", "early_stopped"):
+                done[0] = count_finished(self._ot_study)
+                records = load_records(self._ot_study)
+                front = pareto_records(records, study_objectives(self._ot_study))
+                best = max((r.values["accuracy"] for r in records if r.feasible_complete), default=None)
+                progress.trial(done[0], len(front), best, outcome.line)
+            else:
+                progress.message(outcome.line)
+
+    settings = context.settings
+    return StudySearcher(
+        space=_SampleCandidate(context.space, settings),
+        metric=list(settings.objectives),
+        mode=[OBJECTIVE_SENSES[o] for o in settings.objectives],
+        sampler=_sampler(settings, context.study),
+        storage=context.storage,
+        study_name=context.study.study_name,
+    )
+
+
+def _sampler(settings: Settings, study: optuna.Study) -> optuna.samplers.BaseSampler:
+    from .optuna_driver import make_sampler
+
+    return make_sampler(settings.sampler, settings.seed + len(study.get_trials(deepcopy=False)))
+
+
+def recover_orphaned_trials(study: optuna.Study) -> int:
+    """Fail the trials a killed driver left RUNNING and queue each configuration once more.
+    Assumes one Ray driver per study (the README says so)."""
+    recovered = 0
+    retried = {t.user_attrs.get("retry_of") for t in study.get_trials(deepcopy=False)}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "the driver stopped before the trial finished")
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        if trial.number not in retried and trial.params:
+            study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number, **_baseline(trial)})
+        recovered += 1
+    return recovered
+
+
+def _baseline(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    return {"baseline": trial.user_attrs["baseline"]} if "baseline" in trial.user_attrs else {}
+
+
+def _init_ray(settings: Settings) -> bool:
+    """Connect to ``--address`` or start a local Ray; True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    for key, value in _RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, **kwargs)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local Ray needs no token
+        ray.init(**kwargs)
+    return True
+
+
+def run_ray_search(settings: Settings) -> optuna.Study:
+    """Run (or continue) the study of ``settings`` with Ray Tune until ``budget`` trials finished."""
+    from ray import tune
+
+    context = open_search(settings, heartbeat=False)
+    study = context.study
+    recovered = recover_orphaned_trials(study)
+    done = [count_finished(study)]
+    write_run_json(context, {"backend": "ray"})
+    progress = Progress(settings.budget, done[0], quiet=settings.quiet)
+    if recovered:
+        progress.message(f"{recovered} trial(s) left running by a stopped driver were failed and queued again")
+    if settings.baselines:
+        enqueue_baselines(context)
+    started_ray = _init_ray(settings)
+    storage_path = settings.ray_storage or str((settings.study_dir / "ray").resolve())
+    if "://" not in storage_path:
+        Path(storage_path).mkdir(parents=True, exist_ok=True)
+    progress.message(
+        f"study '{study.study_name}' in {settings.storage_url}: {done[0]}/{settings.budget} finished trials; "
+        f"Ray results in {storage_path}"
+    )
+    gpus = settings.gpus_per_trial
+    if gpus is None:  # default: one GPU per trial where the cluster has GPUs
+        import ray
+
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    resources = {"cpu": settings.cpus_per_trial, "gpu": gpus}
+    trainable = tune.with_resources(tune.with_parameters(_train_candidate, space=context.space, settings=settings), resources)
+    try:
+        rounds_without_progress = 0
+        while done[0] < settings.budget:
+            before = done[0]
+            searcher = _make_searcher(context, progress, done)
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher,
+                    num_samples=settings.budget - done[0],
+                    max_concurrent_trials=settings.max_concurrent,
+                    reuse_actors=True,
+                ),
+                run_config=tune.RunConfig(
+                    name=f"{study.study_name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}",
+                    storage_path=storage_path,
+                    failure_config=tune.FailureConfig(max_failures=settings.ray_retries),
+                    verbose=0,
+                ),
+            )
+            tuner.fit()
+            done[0] = count_finished(study)
+            rounds_without_progress = rounds_without_progress + 1 if done[0] == before else 0
+            if rounds_without_progress >= 2:
+                raise SearchAborted("a whole Ray round finished no trial (all failed or infeasible); see the failed trials' fail_reason")
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    return study
