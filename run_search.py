@@ -18,6 +18,13 @@ import sys
 COMMANDS = ("search", "spaces", "flops", "report", "export", "retrain")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line (``error: ...``) and exit code 2, like every other user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results-dir", default="results", help="output folder (default: results)")
     parser.add_argument(
@@ -37,7 +44,8 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--space", default="vgg_hetconv", help="built-in space name or a .yaml/.json space file (default: vgg_hetconv)")
     g.add_argument("--budget", type=int, default=50, help="finished trials in the study; re-running continues up to it (default: 50)")
     g.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="quick: digits, width 0.25, 3 epochs (CPU minutes); cifar: CIFAR-10, width 1, 15 epochs")
+                   help="quick: digits, width 0.25, 5 epochs, batch 64 (a real search in minutes on a CPU); "
+                        "cifar: CIFAR-10, width 1, 15 epochs (for GPUs). Explicit options override it")
     _add_width(g)
     g.add_argument("--objectives", default="accuracy,mflops",
                    help=f"comma-separated, accuracy plus any of {', '.join(OBJECTIVES[1:])} (default: accuracy,mflops)")
@@ -62,12 +70,16 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads per trial (default: torch's)")
 
     g = parser.add_argument_group("driver and storage")
-    g.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="(default: tpe)")
+    g.add_argument("--sampler", default="tpe", help=f"{', '.join(SAMPLERS)} (default: tpe)")
     g.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial's training (default: 0)")
     g.add_argument("--backend", default="optuna", help="optuna (one machine) or ray (cluster) (default: optuna)")
     g.add_argument("--study-name", default=None, help="(default: <space>-<dataset>)")
     g.add_argument("--max-failures", type=int, default=5, help="stop after this many failed trials in a row (default: 5)")
+    g.add_argument("--workers", type=int, default=1, help="worker processes on this machine, one study (default: 1)")
+    g.add_argument("--checkpoint-every", type=int, default=0,
+                   help="save a trial's training state every K epochs; a retried trial resumes from it (default: off)")
     g.add_argument("--no-report", action="store_true", help="do not write the report and exports at the end")
+    g.add_argument("--quiet", action="store_true", help="no progress lines")
 
     g = parser.add_argument_group("ray backend (--backend ray)")
     g.add_argument("--address", default=None, help="join this Ray cluster ('auto' or HEAD:6379); default: start a local Ray")
@@ -76,16 +88,15 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial, fractional packs trials (default: 1 if the cluster has GPUs, else 0)")
     g.add_argument("--max-concurrent", type=int, default=None, help="trials running at once (default: as resources allow)")
     g.add_argument("--ray-retries", type=int, default=2, help="Ray-level retries of a crashed trial (default: 2)")
-    g.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_common(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="run_search.py",
         description="Per-layer search of FLGC groups and HetConv parts; Pareto front of accuracy vs MFLOPs.",
     )
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     search = sub.add_parser("search", help="run or continue a search (the default command)")
     _add_search_options(search)
@@ -135,7 +146,7 @@ def settings_from_args(args: argparse.Namespace):
         max_mflops=args.max_mflops, baselines=args.baselines, preset=args.preset,
         max_failures=args.max_failures, quiet=args.quiet, ray_address=args.address, ray_storage=args.ray_storage,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
-        ray_retries=args.ray_retries,
+        ray_retries=args.ray_retries, workers=args.workers, checkpoint_every=args.checkpoint_every,
     )  # fmt: skip
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from models import Architecture
@@ -64,6 +65,7 @@ def evaluate_candidate(
     seed: int,
     number: int,
     on_epoch: EpochCallback | None = None,
+    checkpoint: Path | None = None,
 ) -> Outcome:
     """Evaluate trial ``number``'s candidate; never raises for a failure of the trial itself
     (only KeyboardInterrupt and the like pass through)."""
@@ -79,7 +81,10 @@ def evaluate_candidate(
             # infeasible (through the constraint) while fronts and budget ignore it.
             values = {"accuracy": 0.0, "mflops": cost.mflops, "params": float(cost.params)}
             return Outcome("infeasible", values, attrs, constraint, f"trial {number}: {cost.mflops:.2f} MFLOPs over the ceiling, not trained")
-        result = evaluate(arch, settings.training.replace(**hyperparameters), seed, on_epoch=on_epoch)
+        result = evaluate(
+            arch, settings.training.replace(**hyperparameters), seed, on_epoch=on_epoch,
+            checkpoint=checkpoint, checkpoint_every=settings.checkpoint_every,
+        )  # fmt: skip
     except TrialFailed as err:
         attrs.update(status="failed", fail_reason=str(err))
         release_memory()

@@ -107,6 +107,10 @@ def search(settings, write_report: bool = True) -> None:
         from .ray_driver import run_ray_search
 
         study = run_ray_search(settings)
+    elif settings.workers > 1 and settings.worker_index is None:
+        from .workers import run_workers
+
+        study = run_workers(settings)
     else:
         from .optuna_driver import run_optuna_search
 

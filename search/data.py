@@ -327,6 +327,13 @@ class BatchLoader:
             return tensor.contiguous().pin_memory().to(self.device, non_blocking=True)
         return tensor.to(self.device).contiguous()
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The shuffling/augmentation state, for checkpoints that resume mid-training exactly."""
+        return {"generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self._generator.set_state(state["generator"])
+
     def __len__(self) -> int:
         """Number of batches per epoch."""
         n = len(self.images)

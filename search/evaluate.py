@@ -7,6 +7,7 @@ import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -67,6 +68,8 @@ def evaluate(
     on_epoch: EpochCallback | None = None,
     full_train: bool = False,
     model_hook: Callable[[torch.nn.Module], None] | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 0,
 ) -> TrialResult:
     """Build ``arch``, train it with ``training`` and measure it.
 
@@ -84,7 +87,10 @@ def evaluate(
     torch.manual_seed(seed)
     model = build_model(arch)
     started = time.perf_counter()
-    history = train_model(model, data, training, seed, device, on_epoch, evaluate_on="test" if full_train else "val")
+    history = train_model(
+        model, data, training, seed, device, on_epoch, evaluate_on="test" if full_train else "val",
+        checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+    )  # fmt: skip
     seconds = time.perf_counter() - started
     model.to("cpu", memory_format=torch.contiguous_format)
     cost = count_cost(model)

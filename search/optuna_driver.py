@@ -8,10 +8,13 @@ spending budget.
 
 from __future__ import annotations
 
+import time
+
 import optuna
 from optuna.trial import TrialState
 
-from .candidate import evaluate_candidate, record_outcome
+from .budget import Heartbeat, budget_lock, take_slot
+from .candidate import Outcome, evaluate_candidate, record_outcome
 from .errors import SearchAborted
 from .front import pareto_records
 from .progress import Progress
@@ -19,17 +22,20 @@ from .settings import Settings
 from .storage import load_records, study_objectives
 from .study import (
     SearchContext,
-    enqueue_baselines,
     count_finished,
+    enqueue_baselines,
+    fail_and_requeue,
     open_search,
+    retry_origin,
     sample_hyperparameters,
     trial_seed,
     write_run_json,
 )
-from .train import TrialFailed
 
 __all__ = ["make_sampler", "run_optuna_search"]
 
+# A worker with no slot (the rest of the budget runs elsewhere) checks again after this.
+WAIT_FOR_OTHERS_SECONDS = 2.0
 # Give up when this many candidates in a row are over the FLOPs ceiling.
 MAX_INFEASIBLE_IN_A_ROW = 500
 
@@ -53,69 +59,79 @@ def _front_summary(study: optuna.Study) -> tuple[int, float | None]:
     return len(front), max(accuracies, default=None)
 
 
-class _Objective:
-    """The Optuna objective: sample, evaluate through the shared path, record."""
-
-    def __init__(self, context: SearchContext) -> None:
-        self.context = context
-        self.line = ""
-        self.number = -1
-
-    def __call__(self, trial: optuna.Trial) -> list[float]:
-        settings = self.context.settings
-        self.number, self.line = trial.number, f"trial {trial.number}: interrupted"
-        arch = self.context.space.sample(trial)
-        hyperparameters = sample_hyperparameters(trial, settings)
-        outcome = evaluate_candidate(arch, hyperparameters, settings, trial_seed(settings, trial.number), trial.number)
-        record_outcome(trial, outcome, with_constraint=settings.max_mflops is not None)
-        self.line = outcome.line
-        if outcome.state == "failed":
-            raise TrialFailed(outcome.attrs["fail_reason"])
-        if outcome.state == "early_stopped":
-            raise optuna.TrialPruned(outcome.line)
-        return outcome.objective_values(settings.objectives)
+def _run_trial(context: SearchContext, trial: optuna.Trial) -> Outcome:
+    """Sample, evaluate through the shared path, record and tell one trial."""
+    settings, study = context.settings, context.study
+    origin = retry_origin(study, trial.number)
+    arch = context.space.sample(trial)
+    hyperparameters = sample_hyperparameters(trial, settings)
+    # A retry keeps its original's seed and checkpoint, so it resumes the same training.
+    checkpoint = settings.study_dir / "checkpoints" / f"trial_{origin}.pt" if settings.checkpoint_every else None
+    with Heartbeat(study, trial):
+        outcome = evaluate_candidate(
+            arch, hyperparameters, settings, trial_seed(settings, origin), trial.number, checkpoint=checkpoint
+        )
+    record_outcome(trial, outcome, with_constraint=settings.max_mflops is not None)
+    if origin != trial.number:
+        trial.set_user_attr("retry_of", origin)
+    if outcome.state in ("complete", "infeasible"):
+        study.tell(trial, outcome.objective_values(settings.objectives))
+    else:
+        study.tell(trial, state=TrialState.PRUNED if outcome.state == "early_stopped" else TrialState.FAIL)
+    return outcome
 
 
 def run_optuna_search(settings: Settings) -> optuna.Study:
-    """Run (or continue) the study of ``settings`` until it has ``budget`` finished trials."""
+    """Run (or continue) the study of ``settings`` until it has ``budget`` finished trials.
+
+    Any number of processes may run this on one study (``--workers``, or the same command
+    on several machines with a PostgreSQL storage): slots are taken under a lock, so the
+    study ends with exactly ``budget`` finished trials."""
     context = open_search(settings)
     study = context.study
     done = count_finished(study)
     # Offset the sampler's seed by the trials already there, so a continued study does not
     # replay the random start-up candidates of the first run.
-    sampler = make_sampler(settings.sampler, settings.seed + len(study.get_trials(deepcopy=False)))
+    worker = settings.worker_index or 0
+    sampler = make_sampler(settings.sampler, settings.seed + len(study.get_trials(deepcopy=False)) + worker)
     study = optuna.load_study(study_name=study.study_name, storage=context.storage, sampler=sampler)
     context.study = study
-    write_run_json(context)
-    progress = Progress(settings.budget, done, quiet=settings.quiet)
+    if settings.worker_index is None:  # --workers: the parent wrote it
+        write_run_json(context)
+    prefix = f"[worker {settings.worker_index}] " if settings.worker_index is not None else ""
+    progress = Progress(settings.budget, done, quiet=settings.quiet, prefix=prefix)
     if settings.baselines:
-        queued = enqueue_baselines(context)
+        with budget_lock(settings.storage_url, study.study_name):
+            queued = enqueue_baselines(context)
         if queued:
             progress.message(f"queued {queued} uniform baselines of {context.space.name}")
     progress.message(
         f"study '{study.study_name}' in {settings.storage_url}: {done}/{settings.budget} finished trials; "
         f"space {context.space.name} ({len(context.space.slots)} layers, {context.space.size:.3g} candidates)"
     )
-    objective = _Objective(context)
     infeasible_in_a_row = failures_in_a_row = 0
-    while done < settings.budget:
-        # One trial per call: optimize() runs the heartbeat thread and fails (and retries)
-        # trials that a killed process left RUNNING.
-        study.optimize(objective, n_trials=1, catch=(TrialFailed,), gc_after_trial=False)
-        frozen = study.get_trials(deepcopy=False)[objective.number]
-        line = objective.line
-        if frozen.state == TrialState.FAIL:
+    while (done := count_finished(study)) < settings.budget:
+        trial = take_slot(study, settings.storage_url, done, settings.budget)
+        if trial is None:  # the rest of the budget is running in other workers
+            time.sleep(WAIT_FOR_OTHERS_SECONDS)
+            continue
+        try:
+            outcome = _run_trial(context, trial)
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM): fail it now and queue it again once
+            fail_and_requeue(study, study.get_trials(deepcopy=False)[trial.number], "interrupted")
+            raise
+        if outcome.state == "failed":
             failures_in_a_row += 1
-            progress.message(line)
+            progress.message(outcome.line)
             if failures_in_a_row >= settings.max_failures:
                 raise SearchAborted(
-                    f"{failures_in_a_row} trials in a row failed (last: {frozen.user_attrs.get('fail_reason')}); "
+                    f"{failures_in_a_row} trials in a row failed (last: {outcome.attrs.get('fail_reason')}); "
                     "the study is kept, fix the cause and run the same command again"
                 )
             continue
         failures_in_a_row = 0
-        if frozen.user_attrs.get("status") == "infeasible":
-            progress.message(line)
+        if outcome.state == "infeasible":
+            progress.message(outcome.line)
             infeasible_in_a_row += 1
             if infeasible_in_a_row >= MAX_INFEASIBLE_IN_A_ROW:
                 raise SearchAborted(
@@ -123,7 +139,6 @@ def run_optuna_search(settings: Settings) -> optuna.Study:
                 )
             continue
         infeasible_in_a_row = 0
-        done = count_finished(study)
         pareto_size, best = _front_summary(study)
-        progress.trial(done, pareto_size, best, line)
+        progress.trial(count_finished(study), pareto_size, best, outcome.line)
     return study

@@ -22,7 +22,10 @@ def _duration(seconds: float) -> str:
 class Progress:
     """Prints ``[#####-----] 12/50 | pareto 5 | best 0.912 | trial 17: acc 0.90 @ 4.1 MFLOPs, 8.3s | 8.0 s/trial | ETA 5m04s``."""
 
-    def __init__(self, budget: int, already_done: int, out: TextIO | None = None, quiet: bool = False) -> None:
+    def __init__(
+        self, budget: int, already_done: int, out: TextIO | None = None, quiet: bool = False, prefix: str = ""
+    ) -> None:
+        self.prefix = prefix
         self.budget = budget
         self.start_done = already_done
         self.started = time.perf_counter()
@@ -35,7 +38,7 @@ class Progress:
 
     def message(self, text: str) -> None:
         if not self.quiet:
-            print(text, file=self.out, flush=True)
+            print(self.prefix + text, file=self.out, flush=True)
 
     def trial(self, done: int, pareto_size: int, best_accuracy: float | None, line: str) -> None:
         elapsed = time.perf_counter() - self.started

@@ -34,6 +34,7 @@ from .study import (
     SearchContext,
     count_finished,
     enqueue_baselines,
+    fail_and_requeue,
     open_search,
     sample_hyperparameters,
     trial_seed,
@@ -153,19 +154,10 @@ def _sampler(settings: Settings, study: optuna.Study) -> optuna.samplers.BaseSam
 def recover_orphaned_trials(study: optuna.Study) -> int:
     """Fail the trials a killed driver left RUNNING and queue each configuration once more.
     Assumes one Ray driver per study (the README says so)."""
-    recovered = 0
-    retried = {t.user_attrs.get("retry_of") for t in study.get_trials(deepcopy=False)}
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "the driver stopped before the trial finished")
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        if trial.number not in retried and trial.params:
-            study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number, **_baseline(trial)})
-        recovered += 1
-    return recovered
-
-
-def _baseline(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    return {"baseline": trial.user_attrs["baseline"]} if "baseline" in trial.user_attrs else {}
+    orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in orphans:
+        fail_and_requeue(study, trial, "the driver stopped before the trial finished")
+    return len(orphans)
 
 
 def _init_ray(settings: Settings) -> bool:

@@ -91,6 +91,9 @@ class Settings:
     max_mflops: float | None = None
     baselines: bool = False
     max_failures: int = 5
+    checkpoint_every: int = 0  # save training state every K epochs (0: never)
+    workers: int = 1  # worker processes on this machine
+    worker_index: int | None = None  # set in the processes --workers starts
     # Ray backend
     ray_address: str | None = None  # join this cluster ("auto" or host:port); None: a local Ray
     ray_storage: str | None = None  # Ray's results (shared or cloud storage for multi-node)
@@ -128,6 +131,8 @@ class Settings:
             raise SettingsError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise SettingsError(f"--max-concurrent must be at least 1, got {self.max_concurrent}")
+        if self.checkpoint_every < 0 or self.workers < 1:
+            raise SettingsError("--checkpoint-every must be >= 0 and --workers >= 1")
         if self.max_failures < 1:
             raise SettingsError(f"--max-failures must be at least 1, got {self.max_failures}")
         if self.max_mflops is not None and self.max_mflops <= 0:

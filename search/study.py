@@ -31,6 +31,8 @@ __all__ = [
     "SearchContext",
     "baseline_architectures",
     "enqueue_baselines",
+    "fail_and_requeue",
+    "retry_origin",
     "count_finished",
     "open_search",
     "package_versions",
@@ -201,3 +203,32 @@ def enqueue_baselines(context: SearchContext) -> int:
             study.enqueue_trial(context.space.to_params(arch), user_attrs={"baseline": value})
             queued += 1
     return queued
+
+
+def retry_origin(study: optuna.Study, number: int) -> int:
+    """The trial a retry repeats (following retries of retries), or ``number`` itself.
+
+    Retries come from Optuna's stale-trial callback (system attribute ``failed_trial``) or
+    from :func:`fail_and_requeue` (user attribute ``retry_of``)."""
+    trials = study.get_trials(deepcopy=False)
+    seen = set()
+    while number not in seen:
+        seen.add(number)
+        attrs = trials[number]
+        parent = attrs.user_attrs.get("retry_of", attrs.system_attrs.get("failed_trial"))
+        if parent is None:
+            return number
+        number = int(parent)
+    return number
+
+
+def fail_and_requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> None:
+    """Fail a trial that cannot finish (its process is stopping, or its driver died) and
+    queue its configuration once more (a retry is not retried again this way)."""
+    storage = study._storage  # Optuna has no public API to fail a trial of another process
+    storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+    storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    already_retried = any(t.user_attrs.get("retry_of") == trial.number for t in study.get_trials(deepcopy=False))
+    if trial.params and not already_retried and "retry_of" not in trial.user_attrs:
+        extra = {"baseline": trial.user_attrs["baseline"]} if "baseline" in trial.user_attrs else {}
+        study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number, **extra})

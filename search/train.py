@@ -10,9 +10,11 @@ with that reason (:class:`TrialFailed`) instead of wasting its remaining epochs.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -93,9 +95,17 @@ def train_model(
     device: torch.device,
     on_epoch: EpochCallback | None = None,
     evaluate_on: str = "val",
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 0,
 ) -> list[EpochRecord]:
     """Train ``model`` in place with the recipe of ``training``; evaluate after every epoch on
-    the ``val`` split (search) or the ``test`` split (final retraining)."""
+    the ``val`` split (search) or the ``test`` split (final retraining).
+
+    With ``checkpoint`` and ``checkpoint_every`` K, the whole training state (weights,
+    optimizer, scaler, step, curve, data-order and RNG states) is saved every K epochs, and a
+    run that finds the file resumes after its last saved epoch: on a CPU the result is the
+    same as an uninterrupted run. The file is removed when training ends.
+    """
     torch.manual_seed(seed)
     amp_dtype = _amp_dtype(device, training.amp)
     channels_last = training.channels_last and device.type == "cuda"
@@ -125,7 +135,17 @@ def train_model(
     check_every = 1 if device.type == "cpu" else 10
     history: list[EpochRecord] = []
     step = 0
-    for epoch in range(1, training.epochs + 1):
+    first_epoch = 1
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        train_loader.load_state_dict(state["loader"])
+        torch.set_rng_state(state["rng"])
+        step, first_epoch = state["step"], state["epoch"] + 1
+        history = [EpochRecord(**record) for record in state["history"]]
+    for epoch in range(first_epoch, training.epochs + 1):
         started = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)
@@ -150,6 +170,22 @@ def train_model(
         val_loss, val_accuracy = evaluate_loader(model, eval_loader, amp_dtype) if eval_loader else (None, None)
         record = EpochRecord(epoch, train_loss, val_loss, val_accuracy, lr, time.perf_counter() - started)
         history.append(record)
+        if checkpoint is not None and checkpoint_every > 0 and epoch % checkpoint_every == 0 and epoch < training.epochs:
+            _save_checkpoint(checkpoint, model, optimizer, scaler, train_loader, step, epoch, history)
         if on_epoch is not None and on_epoch(record):
             break
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
     return history
+
+
+def _save_checkpoint(path: Path, model, optimizer, scaler, loader, step: int, epoch: int, history) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+        "loader": loader.state_dict(), "rng": torch.get_rng_state(), "step": step, "epoch": epoch,
+        "history": [record.to_json() for record in history],
+    }  # fmt: skip
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a kill while saving never leaves a torn checkpoint

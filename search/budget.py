@@ -1,0 +1,124 @@
+"""Exactly ``budget`` finished trials, with any number of workers on one study.
+
+Several workers (processes on one machine, or machines sharing a PostgreSQL storage) must
+not overshoot the budget: each worker takes a *slot* (asks for a trial) only while holding a
+lock that covers "count finished + running trials, then ask". SQLite storages lock a file
+beside the database (workers on one machine); PostgreSQL storages take an advisory lock in
+the database (workers on many machines). Other storages fall back to no lock, which can
+overshoot by at most the number of workers minus one (the README says so).
+
+A worker also keeps a heartbeat for its running trial, so a trial whose process was killed
+is found stale by the next worker (``optuna.storages.fail_stale_trials``), failed, and its
+configuration queued again once (``RetryHeartbeatStaleTrialCallback``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+__all__ = ["Heartbeat", "budget_lock", "running_count", "take_slot"]
+
+
+@contextlib.contextmanager
+def budget_lock(storage_url: str, study_name: str) -> Iterator[None]:
+    """A lock shared by every worker of ``study_name`` on this storage."""
+    if storage_url.startswith("sqlite:///") and not storage_url.endswith(":memory:"):
+        path = Path(storage_url[len("sqlite:///") :]).with_suffix(f".{_slug(study_name)}.lock")
+        with open(path, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    elif storage_url.startswith(("postgresql", "postgres")):
+        import sqlalchemy
+
+        key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
+        engine = _engine(storage_url)
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                connection.commit()
+    else:
+        yield
+
+
+_ENGINES: dict[str, object] = {}
+
+
+def _engine(url: str):
+    import sqlalchemy
+
+    if url not in _ENGINES:
+        _ENGINES[url] = sqlalchemy.create_engine(url, pool_pre_ping=True)
+    return _ENGINES[url]
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:80]
+
+
+def running_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def take_slot(study: optuna.Study, storage_url: str, finished: int, budget: int) -> optuna.Trial | None:
+    """Ask for a trial if finished + running trials leave room in the budget, else None.
+
+    Stale trials (their worker died) are failed first, which also queues their retry."""
+    with budget_lock(storage_url, study.study_name):
+        optuna.storages.fail_stale_trials(study)
+        if finished + running_count(study) >= budget:
+            return None
+        with warnings.catch_warnings():  # we run the heartbeat ourselves (class Heartbeat)
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            return study.ask()
+
+
+class Heartbeat:
+    """Records a heartbeat for a running trial in a background thread (RDB storages only)."""
+
+    def __init__(self, study: optuna.Study, trial: optuna.Trial) -> None:
+        self._storage = study._storage
+        self._trial_id = trial._trial_id
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Heartbeat:
+        interval = getattr(self._storage, "get_heartbeat_interval", lambda: None)()
+        if interval:
+            self._thread = threading.Thread(target=self._beat, args=(interval,), daemon=True)
+            self._thread.start()
+        return self
+
+    def _beat(self, interval: float) -> None:
+        while True:
+            try:
+                self._storage.record_heartbeat(self._trial_id)
+            except Exception:  # noqa: BLE001  (a missed beat is retried; the trial goes on)
+                pass
+            if self._stop.wait(interval):
+                return
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def wait_for_running(study: optuna.Study, seconds: float) -> None:
+    """Pause a worker that has no slot while others' trials are running."""
+    time.sleep(seconds)
