@@ -52,6 +52,9 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-mflops", type=float, default=None, help="FLOPs ceiling: candidates above it are not trained")
     g.add_argument("--tune", default="", help=f"also sweep training hyperparameters: comma-separated from {', '.join(TUNABLE)}")
     g.add_argument("--baselines", action="store_true", help="queue the uniform configurations of the space as ordinary trials")
+    g.add_argument("--early-stop", default=None, help="mo-asha: stop trials that cannot reach the front, at rungs (default: off)")
+    g.add_argument("--min-epochs", type=int, default=1, help="first rung of --early-stop (default: 1)")
+    g.add_argument("--eta", type=int, default=3, help="--early-stop keeps the best 1/eta at each rung (default: 3)")
 
     g = parser.add_argument_group("data and training")
     g.add_argument("--dataset", default=None, help=f"cifar10, cifar100 or digits (default: {d.dataset})")
@@ -147,6 +150,7 @@ def settings_from_args(args: argparse.Namespace):
         max_failures=args.max_failures, quiet=args.quiet, ray_address=args.address, ray_storage=args.ray_storage,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
         ray_retries=args.ray_retries, workers=args.workers, checkpoint_every=args.checkpoint_every,
+        early_stop=args.early_stop, min_epochs=args.min_epochs, eta=args.eta,
     )  # fmt: skip
 
 

@@ -13,13 +13,18 @@ import time
 import optuna
 from optuna.trial import TrialState
 
+from models import Architecture
+
 from .budget import Heartbeat, budget_lock, take_slot
+from .cost import architecture_cost
+from .early_stopping import peers_from_attrs, rung_attr
 from .candidate import Outcome, evaluate_candidate, record_outcome
 from .errors import SearchAborted
 from .front import pareto_records
 from .progress import Progress
 from .settings import Settings
 from .storage import load_records, study_objectives
+from .train import EpochCallback, EpochRecord
 from .study import (
     SearchContext,
     count_finished,
@@ -59,6 +64,28 @@ def _front_summary(study: optuna.Study) -> tuple[int, float | None]:
     return len(front), max(accuracies, default=None)
 
 
+def _rung_callback(context: SearchContext, trial: optuna.Trial, arch: Architecture) -> EpochCallback:
+    """Early stopping through the storage: at a rung, record this trial's objectives there
+    (user attribute ``rung_<epoch>``) and compare with every trial recorded at that rung so
+    far, in any worker or machine (asynchronous, nobody waits)."""
+    rule = context.settings.stopping_rule()
+    cost = architecture_cost(arch)  # cached; counted before training anyway
+    fixed = {"mflops": cost.mflops, "params": float(cost.params)}
+
+    def on_epoch(record: EpochRecord) -> bool:
+        if not rule.is_rung(record.epoch):
+            return False
+        values = [record.val_accuracy if o == "accuracy" else fixed[o] for o in context.settings.objectives]
+        trial.set_user_attr(rung_attr(record.epoch), values)
+        others = [(t.number, t.user_attrs) for t in context.study.get_trials(deepcopy=False) if t.number != trial.number]
+        keep = rule.decide(record.epoch, trial.number, values, peers_from_attrs(others, record.epoch))
+        if not keep:
+            trial.set_user_attr("stopped_at_rung", record.epoch)
+        return not keep
+
+    return on_epoch
+
+
 def _run_trial(context: SearchContext, trial: optuna.Trial) -> Outcome:
     """Sample, evaluate through the shared path, record and tell one trial."""
     settings, study = context.settings, context.study
@@ -67,10 +94,12 @@ def _run_trial(context: SearchContext, trial: optuna.Trial) -> Outcome:
     hyperparameters = sample_hyperparameters(trial, settings)
     # A retry keeps its original's seed and checkpoint, so it resumes the same training.
     checkpoint = settings.study_dir / "checkpoints" / f"trial_{origin}.pt" if settings.checkpoint_every else None
+    on_epoch = _rung_callback(context, trial, arch) if settings.early_stop == "mo-asha" else None
     with Heartbeat(study, trial):
         outcome = evaluate_candidate(
-            arch, hyperparameters, settings, trial_seed(settings, origin), trial.number, checkpoint=checkpoint
-        )
+            arch, hyperparameters, settings, trial_seed(settings, origin), trial.number,
+            on_epoch=on_epoch, checkpoint=checkpoint,
+        )  # fmt: skip
     record_outcome(trial, outcome, with_constraint=settings.max_mflops is not None)
     if origin != trial.number:
         trial.set_user_attr("retry_of", origin)

@@ -27,7 +27,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import pandas as pd
 import plotly.graph_objects as go
@@ -258,7 +257,8 @@ def _hover(record: TrialRecord, objectives: list[str]) -> str:
     accuracy = record.values.get("accuracy")
     if accuracy is None and record.status == "early_stopped":
         last = _last_val_accuracy(record)
-        lines.append(f"last val accuracy {last:.4f} (epoch {record.epochs_run})" if last is not None else "accuracy n/a")
+        epoch = f" (epoch {record.epochs_run})" if record.epochs_run else ""
+        lines.append(f"last val accuracy {last:.4f}{epoch}" if last is not None else "accuracy n/a")
     else:
         lines.append(f"accuracy {accuracy:.4f}" if accuracy is not None else "accuracy n/a")
     mflops = _mflops(record)
@@ -358,12 +358,16 @@ def _accuracy_figure(
     )  # fmt: skip
     if trace is not None:
         fig.add_trace(trace)
-    baselines = [r for r in ok if r.baseline is not None]
+    baselines = [
+        r for r in ok if r.baseline is not None and x_of(r) is not None and r.values.get("accuracy") is not None
+    ]
+    on_front = {r.number for r in front}
     trace = _scatter(
         baselines, x_of, lambda r: r.values.get("accuracy"), objectives, mode="markers+text", name="uniform baselines",
-        text=[_baseline_label(r) for r in baselines if x_of(r) is not None and r.values.get("accuracy") is not None],
-        textposition="top center",
-        marker={"symbol": "square", "size": 10, "color": _COLORS["baseline"], "line": {"width": 1, "color": "white"}},
+        text=[_baseline_label(r) for r in baselines], textposition="top center",
+        marker={"symbol": "square", "size": 10, "color": _COLORS["baseline"],
+                "line": {"width": [2 if r.number in on_front else 1 for r in baselines],
+                         "color": [_COLORS["front"] if r.number in on_front else "white" for r in baselines]}},
     )  # fmt: skip
     if trace is not None:
         fig.add_trace(trace)
@@ -407,15 +411,17 @@ def _hypervolume_figure(
             minutes.append(None)
     hover = "trial #%{customdata}<br>hypervolume %{y:.5g}<extra></extra>"
     fig.add_trace(
-        go.Scatter(x=count, y=values, customdata=numbers, mode="lines+markers", line={"shape": "hv"},
-                   marker={"size": 5}, hovertemplate=hover, name="hypervolume"),
+        go.Scatter(x=count, y=values, customdata=numbers, mode="lines+markers",
+                   line={"shape": "hv", "color": _COLORS["ok"]}, marker={"size": 5}, hovertemplate=hover,
+                   name="hypervolume"),
         row=1, col=1,
     )  # fmt: skip
     timed = [(m, v, n) for m, v, n in zip(minutes, values, numbers) if m is not None]
     if timed:
         fig.add_trace(
             go.Scatter(x=[t[0] for t in timed], y=[t[1] for t in timed], customdata=[t[2] for t in timed],
-                       mode="lines+markers", line={"shape": "hv"}, marker={"size": 5}, hovertemplate=hover,
+                       mode="lines+markers", line={"shape": "hv", "color": _COLORS["ok"]}, marker={"size": 5},
+                       hovertemplate=hover,
                        name="hypervolume"),
             row=1, col=2,
         )  # fmt: skip
@@ -473,6 +479,7 @@ def _curves_figure(front: list[TrialRecord]) -> go.Figure:
     fig.update_layout(
         template=_TEMPLATE, height=440, xaxis_title="epoch", yaxis_title="validation accuracy",
         margin={"t": 30, "l": 60, "r": 20, "b": 60}, legend={"title": {"text": "trial"}},
+        xaxis={"tickformat": "d", "rangemode": "tozero"},
     )  # fmt: skip
     for r in _front_sorted(front):
         points = [
@@ -549,7 +556,7 @@ def _pareto_table(front: list[TrialRecord], objectives: list[str]) -> str:
         specs = dict(zip(_slot_names(r.architecture), r.architecture.layers)) if r.architecture is not None else {}
         rows.append(
             [f"#{r.number}", _fmt(r.values.get("accuracy")), _fmt(_mflops(r), ".2f"), _fmt(r.mflops_all_ops, ".2f"),
-             _fmt(r.params, ",d") if r.params is not None else "–",
+             _fmt(int(r.params), ",d") if r.params is not None else "–",
              *[_fmt(_objective_value(r, o), ".4g") for o in extra],
              _esc(r.baseline) if r.baseline is not None else "",
              *[_esc(layer_code(specs[n])) if n in specs else "" for n in names]]
@@ -644,7 +651,7 @@ def _write_pngs(figures: dict[str, go.Figure], folder: Path) -> tuple[list[Path]
     try:
         import kaleido
     except ImportError:
-        return [], "PNG figures skipped: kaleido is not installed (pip install kaleido); the HTML report has every figure"
+        return [], "PNG figures skipped: kaleido is not installed (pip install kaleido); the HTML report has them all"
     folder.mkdir(parents=True, exist_ok=True)
     specs = []
     for name, fig in figures.items():
@@ -693,8 +700,10 @@ def write_report(study: optuna.Study, out_dir: Path, png: bool | None = None) ->
         hv_norm = hv / box if box else None
 
     figures: dict[str, go.Figure] = {
-        "accuracy_vs_mflops": _accuracy_figure(records, front, objectives, "mflops", "MFLOPs (multiply-accumulates, paper convention)"),
-    }  # fmt: skip
+        "accuracy_vs_mflops": _accuracy_figure(
+            records, front, objectives, "mflops", "MFLOPs (multiply-accumulates, paper convention)"
+        ),
+    }
     for name, title in (("params", "parameters"), ("latency_ms", "latency (ms)")):
         if name in objectives:
             figures[f"accuracy_vs_{name}"] = _accuracy_figure(records, front, objectives, name, title)
@@ -727,7 +736,8 @@ def write_report(study: optuna.Study, out_dir: Path, png: bool | None = None) ->
         "front (higher accuracy and fewer MFLOPs are better), green squares are the uniform baselines, "
         "grey crosses are infeasible candidates (over the FLOPs ceiling, not trained), orange open circles "
         "early-stopped trials at their last validation accuracy, and brown triangles failed trials at "
-        f"accuracy 0. Hover a point for its MFLOPs in both conventions, parameters and per-layer choices.{front_note}</p>",
+        "accuracy 0. Hover a point for its MFLOPs in both conventions, parameters and per-layer choices."
+        f"{front_note}</p>",
         rendered["accuracy_vs_mflops"],
         extra_scatters,
         _failed_table(records),

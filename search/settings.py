@@ -10,6 +10,7 @@ from typing import Any
 __all__ = [
     "BACKENDS",
     "OBJECTIVES",
+    "OBJECTIVE_SENSES",
     "PRESETS",
     "SAMPLERS",
     "TUNABLE",
@@ -21,6 +22,8 @@ __all__ = [
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 BACKENDS = ("optuna", "ray")
 OBJECTIVES = ("accuracy", "mflops", "params")
+# Direction of every objective the tool knows.
+OBJECTIVE_SENSES = {"accuracy": "max", "mflops": "min", "params": "min", "latency_ms": "min"}
 # Training hyperparameters that --tune can add to a space, with their search ranges.
 TUNABLE: dict[str, tuple[str, Any]] = {
     "lr": ("log", (1e-3, 0.4)),
@@ -92,6 +95,9 @@ class Settings:
     baselines: bool = False
     max_failures: int = 5
     checkpoint_every: int = 0  # save training state every K epochs (0: never)
+    early_stop: str | None = None  # "mo-asha": multi-objective successive halving
+    min_epochs: int = 1  # first rung
+    eta: int = 3  # a trial continues past a rung if among the best 1/eta there
     workers: int = 1  # worker processes on this machine
     worker_index: int | None = None  # set in the processes --workers starts
     # Ray backend
@@ -131,6 +137,12 @@ class Settings:
             raise SettingsError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise SettingsError(f"--max-concurrent must be at least 1, got {self.max_concurrent}")
+        if self.early_stop not in (None, "none", "mo-asha"):
+            raise SettingsError(f"unknown --early-stop {self.early_stop!r}; use mo-asha or none")
+        if self.early_stop == "mo-asha" and (self.min_epochs < 1 or self.eta < 2 or self.min_epochs >= t.epochs):
+            raise SettingsError(
+                f"--early-stop needs --min-epochs >= 1 and below --epochs ({t.epochs}), and --eta >= 2"
+            )
         if self.checkpoint_every < 0 or self.workers < 1:
             raise SettingsError("--checkpoint-every must be >= 0 and --workers >= 1")
         if self.max_failures < 1:
@@ -139,6 +151,15 @@ class Settings:
             raise SettingsError(f"--max-mflops must be positive, got {self.max_mflops}")
         if self.width is not None and not 0 < self.width <= 4:
             raise SettingsError(f"--width must be in (0, 4], got {self.width}")
+
+    def stopping_rule(self):
+        """The early-stopping rule of this run, or None."""
+        if self.early_stop in (None, "none"):
+            return None
+        from .early_stopping import MultiObjectiveASHA
+
+        senses = [OBJECTIVE_SENSES[o] for o in self.objectives]
+        return MultiObjectiveASHA(self.min_epochs, self.eta, self.training.epochs, senses)
 
     @property
     def study(self) -> str:

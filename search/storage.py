@@ -22,6 +22,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from models import Architecture
 
+from .settings import OBJECTIVE_SENSES
+
 __all__ = [
     "OBJECTIVE_SENSES",
     "StorageError",
@@ -34,8 +36,6 @@ __all__ = [
     "to_record",
 ]
 
-# Direction of every objective the tool knows.
-OBJECTIVE_SENSES = {"accuracy": "max", "mflops": "min", "params": "min", "latency_ms": "min"}
 HEARTBEAT_SECONDS = 10
 # Trial statuses (user attribute "status"); only "ok" trials can be on the Pareto front.
 STATUSES = ("ok", "infeasible", "failed", "early_stopped", "running")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import random
 import re
-import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 
