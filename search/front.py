@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from .pareto import hypervolume, hypervolume_history, pareto_mask
-from .storage import OBJECTIVE_SENSES, TrialRecord
+from .storage import OBJECTIVE_SENSES, TrialRecord, load_records, study_objectives
 
-__all__ = ["front_hypervolume", "hypervolume_over_trials", "objective_matrix", "pareto_records"]
+__all__ = ["front_hypervolume", "front_summary", "hypervolume_over_trials", "objective_matrix", "pareto_records"]
 
 
 def objective_matrix(records: list[TrialRecord], objectives: list[str]) -> np.ndarray:
@@ -44,3 +44,10 @@ def hypervolume_over_trials(
     senses = [OBJECTIVE_SENSES[o] for o in objectives]
     history = hypervolume_history(objective_matrix(candidates, objectives), senses, _reference(reference, objectives))
     return candidates, history
+
+
+def front_summary(study) -> tuple[int, float | None]:
+    """Size of the current front and the best validation accuracy (for progress lines)."""
+    records = load_records(study)
+    best = max((r.values["accuracy"] for r in records if r.feasible_complete), default=None)
+    return len(pareto_records(records, study_objectives(study))), best

@@ -20,10 +20,9 @@ from .cost import architecture_cost
 from .early_stopping import peers_from_attrs, rung_attr
 from .candidate import Outcome, evaluate_candidate, record_outcome
 from .errors import SearchAborted
-from .front import pareto_records
+from .front import front_summary
 from .progress import Progress
 from .settings import Settings
-from .storage import load_records, study_objectives
 from .train import EpochCallback, EpochRecord
 from .study import (
     SearchContext,
@@ -55,13 +54,6 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ValueError(f"unknown sampler {name!r}")
-
-
-def _front_summary(study: optuna.Study) -> tuple[int, float | None]:
-    records = load_records(study)
-    accuracies = [r.values["accuracy"] for r in records if r.feasible_complete]
-    front = pareto_records(records, study_objectives(study))
-    return len(front), max(accuracies, default=None)
 
 
 def _rung_callback(context: SearchContext, trial: optuna.Trial, arch: Architecture) -> EpochCallback:
@@ -168,6 +160,6 @@ def run_optuna_search(settings: Settings) -> optuna.Study:
                 )
             continue
         infeasible_in_a_row = 0
-        pareto_size, best = _front_summary(study)
+        pareto_size, best = front_summary(study)
         progress.trial(count_finished(study), pareto_size, best, outcome.line)
     return study

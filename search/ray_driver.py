@@ -26,10 +26,11 @@ from spaces import SearchSpace
 from .cost import architecture_cost
 from .candidate import Outcome, evaluate_candidate, record_outcome
 from .errors import SearchAborted
-from .front import pareto_records
+from .early_stopping import RungResult, peers_from_attrs, rung_attr
+from .front import front_summary
 from .progress import Progress
 from .settings import Settings
-from .storage import OBJECTIVE_SENSES, load_records, study_objectives
+from .storage import OBJECTIVE_SENSES
 from .study import (
     SearchContext,
     count_finished,
@@ -43,6 +44,8 @@ from .study import (
 from .train import EpochRecord
 
 __all__ = ["recover_orphaned_trials", "run_ray_search"]
+
+EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "seconds")
 
 # Quiet, local-friendly Ray defaults; any value the user exported wins.
 _RAY_ENV = {
@@ -87,12 +90,12 @@ def _train_candidate(config: dict[str, Any], space: SearchSpace, settings: Setti
     settings = settings.replace(training=training)
 
     cost = architecture_cost(arch)  # cached: evaluate_candidate's own count reuses it
-    progress_metrics = {"mflops": cost.mflops, "params": float(cost.params)}
 
     def report_epoch(record: EpochRecord) -> None:
-        # Every report carries every objective (Ray checks); accuracy so far, per epoch.
-        tune.report({**progress_metrics, "accuracy": record.val_accuracy or 0.0, "epoch": record.epoch,
-                     "train_loss": record.train_loss})  # fmt: skip
+        # Every report carries every objective (Ray checks it) with the accuracy so far, and
+        # the whole epoch record, so the driver can record an early-stopped trial's curve.
+        epoch = {k: float("nan") if v is None else v for k, v in record.to_json().items()}
+        tune.report({**epoch, **cost.to_json(), "params": float(cost.params), "accuracy": epoch["val_accuracy"]})
 
     outcome = evaluate_candidate(arch, hyper, settings, trial_seed(settings, number), number, on_epoch=report_epoch)
     # Where it ran, so placement on a cluster can be checked afterwards.
@@ -101,19 +104,85 @@ def _train_candidate(config: dict[str, Any], space: SearchSpace, settings: Setti
     tune.report({**{name: float(values.get(name, float("nan"))) for name in settings.objectives}, "outcome": outcome.to_json()})
 
 
-def _make_searcher(context: SearchContext, progress: Progress, done: list[int]):
+def _make_scheduler(context: SearchContext):
+    """A Ray TrialScheduler running the shared early-stopping rule (search/early_stopping.py)."""
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    settings = context.settings
+    rule = settings.stopping_rule()
+    # Trials of earlier runs of this study count as peers at their rungs too.
+    recorded: dict[int, list[RungResult]] = {
+        epoch: peers_from_attrs([(f"optuna-{t.number}", t.user_attrs) for t in context.study.get_trials(deepcopy=False)], epoch)
+        for epoch in rule.rungs
+    }
+
+    class MultiObjectiveASHAScheduler(FIFOScheduler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stopped: dict[str, int] = {}  # Ray trial id -> rung where it stopped
+
+        def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+            epoch = int(result.get("epoch", 0))
+            if not rule.is_rung(epoch):
+                return TrialScheduler.CONTINUE
+            values = tuple(float(result[o]) for o in settings.objectives)
+            peers = recorded.setdefault(epoch, [])
+            keep = rule.decide(epoch, trial.trial_id, values, peers)
+            peers.append(RungResult(trial.trial_id, values))
+            if keep:
+                return TrialScheduler.CONTINUE
+            self.stopped[trial.trial_id] = epoch
+            return TrialScheduler.STOP
+
+    return MultiObjectiveASHAScheduler()
+
+
+def _make_searcher(context: SearchContext, progress: Progress, done: list[int], scheduler=None):
     from ray.tune.search.optuna import OptunaSearch
+
+    settings = context.settings
+    rule = settings.stopping_rule()
 
     class StudySearcher(OptunaSearch):
         """OptunaSearch that records each trial's outcome (attributes, constraint, state)
         exactly as the Optuna backend does, and prints progress."""
 
+        curves: dict[str, list[dict]] = {}
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if trial_id not in self._ot_trials or "epoch" not in result:
+                return
+            curve = self.curves.setdefault(trial_id, [])
+            if curve and curve[-1]["epoch"] >= result["epoch"]:
+                return  # seen already (Tune repeats the last result at completion)
+            curve.append(result)
+            if rule is not None and rule.is_rung(int(result["epoch"])):
+                values = [float(result[o]) for o in settings.objectives]
+                self._ot_trials[trial_id].set_user_attr(rung_attr(int(result["epoch"])), values)
+
+        def _stopped_outcome(self, trial_id: str, rung: int) -> Outcome:
+            trial = self._ot_trials[trial_id]
+            curve = self.curves.get(trial_id, [])
+            last = curve[-1]
+            attrs = {
+                "status": "early_stopped", "stopped_at_rung": rung,
+                "architecture": context.space.from_params(trial.params).to_json(),
+                "mflops": last["mflops"], "mflops_all_ops": last["mflops_all_ops"], "params": int(last["params"]),
+                "curve": [{k: r[k] for k in EPOCH_KEYS} for r in curve], "epochs_run": len(curve),
+                "seed": trial_seed(settings, trial.number), "fidelity": "full",
+            }  # fmt: skip
+            line = f"trial {trial.number}: stopped at rung {rung} (acc {last['accuracy']:.4f} @ {last['mflops']:.2f} MFLOPs)"
+            return Outcome("early_stopped", None, attrs, None, line)
+
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
                 return
             trial = self._ot_trials[trial_id]
-            settings = context.settings
-            if result and "outcome" in result:
+            if result:  # the result that made the scheduler stop the trial reaches only here
+                self.on_trial_result(trial_id, result)
+            if scheduler is not None and trial_id in scheduler.stopped:
+                outcome = self._stopped_outcome(trial_id, scheduler.stopped[trial_id])
+            elif result and "outcome" in result:
                 outcome = Outcome.from_json(result["outcome"])
             else:
                 reason = "the Ray trial errored on every attempt (see Ray's logs)" if error else "no result from Ray"
@@ -125,16 +194,13 @@ def _make_searcher(context: SearchContext, progress: Progress, done: list[int]):
             else:
                 self._ot_study.tell(trial, state=TrialState.PRUNED if outcome.state == "early_stopped" else TrialState.FAIL)
             self._completed_trials.add(trial_id)
+            self.curves.pop(trial_id, None)
             if outcome.state in ("complete", "early_stopped"):
                 done[0] = count_finished(self._ot_study)
-                records = load_records(self._ot_study)
-                front = pareto_records(records, study_objectives(self._ot_study))
-                best = max((r.values["accuracy"] for r in records if r.feasible_complete), default=None)
-                progress.trial(done[0], len(front), best, outcome.line)
+                progress.trial(done[0], *front_summary(self._ot_study), outcome.line)
             else:
                 progress.message(outcome.line)
 
-    settings = context.settings
     return StudySearcher(
         space=_SampleCandidate(context.space, settings),
         metric=list(settings.objectives),
@@ -210,11 +276,13 @@ def run_ray_search(settings: Settings) -> optuna.Study:
         rounds_without_progress = 0
         while done[0] < settings.budget:
             before = done[0]
-            searcher = _make_searcher(context, progress, done)
+            scheduler = _make_scheduler(context) if settings.early_stop == "mo-asha" else None
+            searcher = _make_searcher(context, progress, done, scheduler)
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
                     search_alg=searcher,
+                    scheduler=scheduler,
                     num_samples=settings.budget - done[0],
                     max_concurrent_trials=settings.max_concurrent,
                     reuse_actors=True,
