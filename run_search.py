@@ -8,6 +8,7 @@
     python run_search.py report --study NAME                     # regenerate report from storage
     python run_search.py export --study NAME                     # export Pareto-optimal configs
     python run_search.py retrain results/STUDY/pareto/trial_12.json
+    python run_search.py deploy results/STUDY/pareto/trial_12.json --onnx
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-COMMANDS = ("search", "spaces", "flops", "report", "export", "retrain")
+COMMANDS = ("search", "spaces", "flops", "report", "export", "retrain", "deploy")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -127,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--epochs", type=int, default=None, help="(default: the config's training epochs)")
     retrain.add_argument("--device", default=None, help="(default: auto)")
     retrain.add_argument("--data-dir", default=None, help="(default: the config's)")
+
+    deploy = sub.add_parser("deploy", help="export an exported config's inference model (TorchScript, ONNX)")
+    deploy.add_argument("config", help="an exported JSON config")
+    deploy.add_argument("--weights", default=None, help="state dict to load (default: the .pt 'retrain' saved beside the config)")
+    deploy.add_argument("--onnx", action="store_true", help="also export ONNX (needs the onnx and onnxscript packages)")
+    deploy.add_argument("--hetconv-form", default="split", choices=("split", "dense"),
+                        help="HetConv as grouped KxK + 1x1 (split) or one KxK conv (dense) (default: split)")
     return parser
 
 
@@ -169,6 +177,8 @@ def run(args: argparse.Namespace) -> int:
         commands.export(args.study, args.storage, args.results_dir)
     elif args.command == "retrain":
         commands.retrain(args.config, epochs=args.epochs, device=args.device, data_dir=args.data_dir)
+    elif args.command == "deploy":
+        commands.deploy_config(args.config, args.weights, args.onnx, args.hetconv_form)
     return 0
 
 

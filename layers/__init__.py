@@ -1,11 +1,15 @@
 """Convolution layers searched by the tool: pure ``nn.Module``s, no knowledge of models or search."""
 
 from .create_conv2d import LAYER_TYPES, create_conv2d
+from .deployed import ChannelGather, ConvSum, GroupSplitConv
 from .flgc import FLGConv2d, balanced_assignment, param_groups_without_logit_decay
 from .hetconv import HetConv2d, hetconv_block_mask
 
 __all__ = [
     "LAYER_TYPES",
+    "ChannelGather",
+    "ConvSum",
+    "GroupSplitConv",
     "FLGConv2d",
     "HetConv2d",
     "balanced_assignment",

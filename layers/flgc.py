@@ -176,6 +176,53 @@ class FLGConv2d(nn.Module):
         weight = self.weight * mask[:, :, None, None].to(self.weight.dtype)
         return F.conv2d(x, weight, self.bias, self.stride, self.padding)
 
+    @torch.no_grad()
+    def deploy(self) -> nn.Module:
+        """The inference form with the learned assignment frozen.
+
+        Balanced groups: ``Sequential(ChannelGather(channels in group order),
+        Conv2d(groups=G), ChannelGather(back to filter order))``, a standard grouped
+        convolution whose two gathers :func:`models.deploy` folds into neighbouring layers
+        where that is exact. Free (unbalanced) groups: :class:`GroupSplitConv`.
+        """
+        from .deployed import ChannelGather, GroupSplitConv
+
+        in_groups, out_groups = self.input_groups(), self.output_groups()
+        k, device, dtype = self.kernel_size, self.weight.device, self.weight.dtype
+        if self.balanced:
+            in_order = torch.argsort(in_groups, stable=True)  # channels of group 0, then group 1 ...
+            out_order = torch.argsort(out_groups, stable=True)
+            per_group_in = self.in_channels // self.groups
+            conv = nn.Conv2d(self.in_channels, self.out_channels, k, self.stride, self.padding,
+                             groups=self.groups, bias=self.bias is not None).to(device, dtype)  # fmt: skip
+            # Row j of the grouped conv is filter out_order[j], of group j // (N/G); it sees
+            # that group's channels in_order[g*C/G : (g+1)*C/G].
+            group_of_row = out_groups[out_order]
+            cols = in_order.view(self.groups, per_group_in)[group_of_row]  # (N, C/G)
+            conv.weight.copy_(self.weight[out_order[:, None], cols])
+            if self.bias is not None:
+                conv.bias.copy_(self.bias[out_order])
+            return nn.Sequential(ChannelGather(in_order), conv, ChannelGather(torch.argsort(out_order)))
+        convs, in_indices, out_indices = [], [], []
+        for g in range(self.groups):
+            ins, outs = (in_groups == g).nonzero().squeeze(1), (out_groups == g).nonzero().squeeze(1)
+            if outs.numel() == 0:
+                continue
+            if ins.numel() == 0:  # filters with no input channel output a constant (their bias)
+                ins = torch.zeros(1, dtype=torch.long, device=device)
+                weight = torch.zeros(outs.numel(), 1, k, k, device=device, dtype=dtype)
+            else:
+                weight = self.weight[outs[:, None], ins]
+            conv = nn.Conv2d(ins.numel(), outs.numel(), k, self.stride, self.padding, bias=self.bias is not None)
+            conv = conv.to(device, dtype)
+            conv.weight.copy_(weight)
+            if self.bias is not None:
+                conv.bias.copy_(self.bias[outs])
+            convs.append(conv)
+            in_indices.append(ins)
+            out_indices.append(outs)
+        return GroupSplitConv(convs, in_indices, out_indices, self.out_channels)
+
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, groups={self.groups}, "

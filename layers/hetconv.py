@@ -91,8 +91,51 @@ class HetConv2d(nn.Module):
             y = y + F.conv2d(x, self.pointwise_weight(), None, self.stride)
         return y
 
+    @torch.no_grad()
+    def deploy(self, form: str = "split") -> nn.Module:
+        """The inference form, with the mask baked into plain weights.
+
+        ``split``: ``ConvSum(grouped KxK, 1x1)``, the FLOPs-proportional form; ``dense``: one
+        standard KxK convolution holding both kernels (the 1x1 kernels at the centre tap),
+        which can be faster where grouped convolutions run poorly. Both are exact.
+        """
+        from .deployed import ConvSum
+
+        gwc = _copy_conv(self.gwc)
+        if self.pwc is None:
+            return gwc
+        pwc = _copy_conv(self.pwc)
+        pwc.weight.copy_(self.pointwise_weight())
+        if form == "split":
+            return ConvSum(gwc, pwc)
+        if form != "dense":
+            raise ValueError(f"unknown HetConv deploy form {form!r}; use split or dense")
+        dense = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                          bias=self.gwc.bias is not None)  # fmt: skip
+        dense = dense.to(self.gwc.weight.device, self.gwc.weight.dtype)
+        weight = torch.zeros_like(dense.weight)
+        per_group_in, per_group_out = self.in_channels // self.part, self.out_channels // self.part
+        for g in range(self.part):
+            rows, cols = slice(g * per_group_out, (g + 1) * per_group_out), slice(g * per_group_in, (g + 1) * per_group_in)
+            weight[rows, cols] = self.gwc.weight[rows]
+        centre = self.kernel_size // 2
+        weight[:, :, centre, centre] += pwc.weight[:, :, 0, 0]
+        dense.weight.copy_(weight)
+        if self.gwc.bias is not None:
+            dense.bias.copy_(self.gwc.bias)
+        return dense
+
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, part={self.part}, "
             f"kernel_size={self.kernel_size}, stride={self.stride}"
         )
+
+
+def _copy_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    """A plain ``nn.Conv2d`` with the same configuration and weights."""
+    copy = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                     conv.dilation, conv.groups, bias=conv.bias is not None)  # fmt: skip
+    copy = copy.to(conv.weight.device, conv.weight.dtype)
+    copy.load_state_dict(conv.state_dict())
+    return copy

@@ -2,6 +2,7 @@
 
 from . import mobilenetv2, vgg  # noqa: F401  (registers the families)
 from .architecture import Architecture, ArchitectureError, LayerSlot, LayerSpec, scaled_channels
+from .deploy import count_gathers, deploy
 from .registry import ModelFamily, build_model, get_model_family, model_names, register_model, validate
 
 __all__ = [
@@ -11,6 +12,8 @@ __all__ = [
     "LayerSpec",
     "ModelFamily",
     "build_model",
+    "count_gathers",
+    "deploy",
     "get_model_family",
     "model_names",
     "register_model",

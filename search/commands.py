@@ -11,7 +11,7 @@ from spaces import get_space, space_names
 
 from .cost import architecture_cost, cheapest_and_dearest
 
-__all__ = ["export", "flops_rows", "print_table", "report", "retrain", "search", "space_rows", "write_outputs"]
+__all__ = ["deploy_config", "export", "flops_rows", "print_table", "report", "retrain", "search", "space_rows", "write_outputs"]
 
 
 def flops_rows(space_name: str, uniform: str, width: float | None, num_classes: int = 10) -> list[dict[str, Any]]:
@@ -147,3 +147,17 @@ def retrain(config: str, epochs: int | None, device: str | None, data_dir: str |
         f"test accuracy {summary['test_accuracy']:.4f} after {summary['epochs']} epochs on the full training set "
         f"({summary['mflops']:.2f} MFLOPs, {summary['params']} params); weights: {summary['weights']}"
     )
+
+
+def deploy_config(config: str, weights: str | None, onnx: bool, hetconv_form: str) -> None:
+    from .deployment import export_deployed
+
+    summary = export_deployed(config, weights=weights, onnx=onnx, hetconv_form=hetconv_form)
+    state = "trained weights " + summary["weights"] if summary["weights"] else "untrained weights (run 'retrain' first)"
+    print(f"deployed with {state}: {summary['torchscript']}")
+    print(f"max |trained - deployed| on a random batch: {summary['max_abs_difference']:.2e}; "
+          f"explicit channel gathers left: {summary['explicit_gathers']}")  # fmt: skip
+    if "onnx" in summary:
+        print(f"ONNX: {summary['onnx']}")
+    elif "onnx_error" in summary:
+        print(f"ONNX export not available here: {summary['onnx_error']}", file=sys.stderr)

@@ -1,0 +1,67 @@
+"""Inference forms of the searched layers, built only from standard convolutions.
+
+- :class:`ChannelGather`: ``x[:, index]``. Deploying FLGC puts one before and one after a
+  standard grouped convolution; :func:`models.deploy` then folds them into neighbouring layers
+  wherever that is exact, so most never run.
+- :class:`ConvSum`: ``conv_a(x) + conv_b(x)``, HetConv's deployed form (a grouped KxK conv
+  and a 1x1 conv with the mask baked into its weights).
+- :class:`GroupSplitConv`: one small convolution per group, for FLGC with free (unbalanced)
+  groups, which no single grouped convolution can run.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["ChannelGather", "ConvSum", "GroupSplitConv"]
+
+
+class ChannelGather(nn.Module):
+    """``x[:, index]`` along the channel dimension."""
+
+    def __init__(self, index: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("index", index.to(torch.long).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(1, self.index)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.index.numel()}"
+
+
+class ConvSum(nn.Module):
+    """Sum of two convolutions of the same input (HetConv: grouped KxK + 1x1)."""
+
+    def __init__(self, conv_a: nn.Conv2d, conv_b: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv_a = conv_a
+        self.conv_b = conv_b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_a(x) + self.conv_b(x)
+
+
+class GroupSplitConv(nn.Module):
+    """Per-group convolutions for unbalanced groups: group g reads ``in_indices[g]`` and
+    writes output channels ``out_indices[g]``."""
+
+    def __init__(
+        self, convs: list[nn.Conv2d], in_indices: list[torch.Tensor], out_indices: list[torch.Tensor], out_channels: int
+    ) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(convs)
+        self.out_channels = out_channels
+        for g, (i, o) in enumerate(zip(in_indices, out_indices)):
+            self.register_buffer(f"in_index_{g}", i.to(torch.long).clone())
+            self.register_buffer(f"out_index_{g}", o.to(torch.long).clone())
+        # The concatenated outputs are in group order; this restores filter order.
+        order = torch.cat([o.to(torch.long) for o in out_indices]) if out_indices else torch.zeros(0, dtype=torch.long)
+        self.register_buffer("restore", torch.argsort(order))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outputs = []
+        for g, conv in enumerate(self.convs):
+            outputs.append(conv(x.index_select(1, getattr(self, f"in_index_{g}"))))
+        return torch.cat(outputs, dim=1).index_select(1, self.restore)

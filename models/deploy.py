@@ -1,0 +1,178 @@
+"""Deploy a trained model: only standard convolutions, permutations folded away.
+
+``deploy(model)`` returns a copy in eval mode where every HetConv has its mask baked into
+plain weights and every FLGC is a standard grouped convolution (or, with free groups, one
+convolution per group). A balanced FLGC needs its input channels in group order and gives
+its filters in group order; those two channel gathers are folded into neighbouring layers
+wherever that is exact:
+
+- a gather moves backward through per-channel layers (BatchNorm, activations, pooling,
+  depthwise convolutions: their parameters are permuted instead) into the rows of the
+  convolution that produced the tensor, if that is a standard convolution;
+- otherwise it moves forward into the input columns of the convolution that consumes the
+  tensor, or merges with the next gather (two gathers of the same tensor become one);
+- what cannot be folded (between two grouped convolutions with different learned groupings,
+  or where a block's output must keep its channel order for a residual sum) stays as one
+  explicit gather, moved to the smallest tensor of its run of per-channel layers.
+
+The deployed model gives the same outputs as the trained one in eval mode (to float
+tolerance) and exports to TorchScript.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from layers import ChannelGather, FLGConv2d, HetConv2d
+
+__all__ = ["count_gathers", "deploy"]
+
+_PARAMETER_FREE = (nn.ReLU, nn.ReLU6, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity, nn.Dropout)
+_SHRINKING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+
+
+def _is_depthwise(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.groups == m.in_channels == m.out_channels and m.groups > 1
+
+
+def _per_channel(m: nn.Module) -> bool:
+    return isinstance(m, (*_PARAMETER_FREE, nn.BatchNorm2d)) or _is_depthwise(m)
+
+
+def _dense(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.groups == 1
+
+
+@torch.no_grad()
+def _permute_channels(m: nn.Module, index: torch.Tensor) -> None:
+    """Make ``m`` work on channels reordered by ``index`` (new channel j = old index[j])."""
+    if isinstance(m, nn.BatchNorm2d):
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            tensor = getattr(m, name)
+            if tensor is not None:
+                tensor.copy_(tensor[index])
+    elif _is_depthwise(m):
+        m.weight.copy_(m.weight[index])
+        if m.bias is not None:
+            m.bias.copy_(m.bias[index])
+
+
+@torch.no_grad()
+def _fold_into_rows(conv: nn.Conv2d, index: torch.Tensor) -> None:
+    conv.weight.copy_(conv.weight[index])
+    if conv.bias is not None:
+        conv.bias.copy_(conv.bias[index])
+
+
+@torch.no_grad()
+def _fold_into_columns(conv: nn.Conv2d, inverse: torch.Tensor) -> None:
+    conv.weight.copy_(conv.weight[:, inverse])
+
+
+def _fold_one(layers: list[nn.Module], i: int) -> bool:
+    """Fold the gather at ``layers[i]`` backward or forward; True if it was removed."""
+    index = layers[i].index
+    if torch.equal(index, torch.arange(index.numel(), device=index.device)):
+        del layers[i]
+        return True
+    j = i - 1
+    while j >= 0 and _per_channel(layers[j]):
+        j -= 1
+    if j >= 0 and (_dense(layers[j]) or isinstance(layers[j], ChannelGather)):
+        for m in layers[j + 1 : i]:
+            _permute_channels(m, index)
+        if isinstance(layers[j], ChannelGather):
+            layers[j].index = layers[j].index[index]
+        else:
+            _fold_into_rows(layers[j], index)
+        del layers[i]
+        return True
+    k = i + 1
+    while k < len(layers) and _per_channel(layers[k]):
+        k += 1
+    if k < len(layers) and (_dense(layers[k]) or isinstance(layers[k], ChannelGather)):
+        inverse = torch.argsort(index)
+        for m in layers[i + 1 : k]:
+            _permute_channels(m, inverse)
+        if isinstance(layers[k], ChannelGather):
+            layers[k].index = index[layers[k].index]
+        else:
+            _fold_into_columns(layers[k], inverse)
+        del layers[i]
+        return True
+    return False
+
+
+def _sink(layers: list[nn.Module], i: int) -> None:
+    """Move an unfoldable gather past per-channel layers to after the last pooling of the run
+    (a smaller tensor to copy)."""
+    k, last_pool = i + 1, None
+    while k < len(layers) and _per_channel(layers[k]):
+        if isinstance(layers[k], _SHRINKING):
+            last_pool = k
+        k += 1
+    if last_pool is None:
+        return
+    gather = layers[i]
+    inverse = torch.argsort(gather.index)
+    for m in layers[i + 1 : last_pool + 1]:
+        _permute_channels(m, inverse)
+    layers.insert(last_pool + 1, gather)
+    del layers[i]
+
+
+def _fold_sequential(seq: nn.Sequential) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for m in seq:  # deployed FLGC layers are Sequentials of their own: flatten them in
+        layers.extend(m if isinstance(m, nn.Sequential) and any(isinstance(x, ChannelGather) for x in m) else [m])
+    folded = True
+    while folded:
+        folded = any(_fold_one(layers, i) for i, m in enumerate(layers) if isinstance(m, ChannelGather))
+    for i in [i for i, m in enumerate(layers) if isinstance(m, ChannelGather)][::-1]:
+        _sink(layers, i)
+    return nn.Sequential(*layers)
+
+
+def _convert(module: nn.Module, hetconv_form: str) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, HetConv2d):
+            setattr(module, name, child.deploy(hetconv_form))
+        elif isinstance(child, FLGConv2d):
+            setattr(module, name, child.deploy())
+        else:
+            _convert(child, hetconv_form)
+
+
+def _fold(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        _fold(child)
+        if isinstance(child, nn.Sequential):
+            setattr(module, name, _fold_sequential(child))
+
+
+def deploy(model: nn.Module, hetconv_form: str = "split", fold: bool = True) -> nn.Module:
+    """The inference form of ``model`` (a copy, in eval mode). ``hetconv_form`` is ``split``
+    (grouped KxK + 1x1) or ``dense`` (one KxK conv); ``fold=False`` keeps every gather (for
+    measuring what folding saves).
+
+    Example:
+        >>> from models import Architecture, LayerSpec, build_model
+        >>> net = build_model(Architecture("vgg16", 0.25, 10, (LayerSpec.flgc(4),) * 12)).eval()
+        >>> x = torch.randn(2, 3, 32, 32)
+        >>> bool(torch.allclose(net(x), deploy(net)(x), atol=1e-4))
+        True
+    """
+    deployed = copy.deepcopy(model).eval()
+    _convert(deployed, hetconv_form)
+    if fold:
+        _fold(deployed)
+    return deployed
+
+
+def count_gathers(model: nn.Module) -> int:
+    """Explicit channel gathers left in a deployed model (what folding could not remove)."""
+    return sum(isinstance(m, ChannelGather) for m in model.modules())
+
