@@ -38,7 +38,7 @@ def _add_width(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_search_options(parser: argparse.ArgumentParser) -> None:
-    from search.settings import OBJECTIVES, PRESETS, SAMPLERS, TUNABLE, TrainingSettings
+    from search.settings import PRESETS, SAMPLERS, TUNABLE, TrainingSettings
 
     d = TrainingSettings()
     g = parser.add_argument_group("what to search")
@@ -49,7 +49,10 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
                         "cifar: CIFAR-10, width 1, 15 epochs (for GPUs). Explicit options override it")
     _add_width(g)
     g.add_argument("--objectives", default="accuracy,mflops",
-                   help=f"comma-separated, accuracy plus any of {', '.join(OBJECTIVES[1:])} (default: accuracy,mflops)")
+                   help="comma-separated, accuracy plus any of mflops, params, latency (default: accuracy,mflops)")
+    g.add_argument("--latency", default="measured", help="latency objective: measured (time each deployed candidate) "
+                   "or table (per-layer lookup table, built once per device and cached) (default: measured)")
+    g.add_argument("--latency-batch", type=int, default=1, help="batch size of the latency objective (default: 1)")
     g.add_argument("--max-mflops", type=float, default=None, help="FLOPs ceiling: candidates above it are not trained")
     g.add_argument("--tune", default="", help=f"also sweep training hyperparameters: comma-separated from {', '.join(TUNABLE)}")
     g.add_argument("--baselines", action="store_true", help="queue the uniform configurations of the space as ordinary trials")
@@ -158,7 +161,8 @@ def settings_from_args(args: argparse.Namespace):
         max_failures=args.max_failures, quiet=args.quiet, ray_address=args.address, ray_storage=args.ray_storage,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
         ray_retries=args.ray_retries, workers=args.workers, checkpoint_every=args.checkpoint_every,
-        early_stop=args.early_stop, min_epochs=args.min_epochs, eta=args.eta,
+        early_stop=args.early_stop, min_epochs=args.min_epochs, eta=args.eta, latency=args.latency,
+        latency_batch=args.latency_batch,
     )  # fmt: skip
 
 

@@ -12,16 +12,18 @@ import json
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from models import Architecture
+from spaces import SearchSpace
 
 from .cost import architecture_cost
 from .evaluate import evaluate, release_memory, result_attributes
 from .settings import Settings
 from .train import EpochCallback, TrialFailed
 
-__all__ = ["CONSTRAINT_KEY", "Outcome", "evaluate_candidate", "record_outcome"]
+__all__ = ["CONSTRAINT_KEY", "Outcome", "evaluate_candidate", "latency_function", "record_outcome"]
 
 CONSTRAINT_KEY = "mflops_over_ceiling"
 
@@ -66,6 +68,7 @@ def evaluate_candidate(
     number: int,
     on_epoch: EpochCallback | None = None,
     checkpoint: Path | None = None,
+    latency: Callable[[Architecture], float] | None = None,
 ) -> Outcome:
     """Evaluate trial ``number``'s candidate; never raises for a failure of the trial itself
     (only KeyboardInterrupt and the like pass through)."""
@@ -74,12 +77,16 @@ def evaluate_candidate(
         attrs["hyperparameters"] = hyperparameters
     try:
         cost = architecture_cost(arch)
+        costs = {"mflops": cost.mflops, "params": float(cost.params)}
+        if latency is not None:  # known before training: latency does not depend on the weights
+            costs["latency_ms"] = latency(arch)
+            attrs["latency_ms"] = costs["latency_ms"]
         constraint = None if settings.max_mflops is None else cost.mflops - settings.max_mflops
         if constraint is not None and constraint > 0:
             attrs.update(status="infeasible", mflops=cost.mflops, mflops_all_ops=cost.mflops_all_ops, params=cost.params)
             # Never trained: accuracy 0 with its real cost, so the sampler learns the region is
             # infeasible (through the constraint) while fronts and budget ignore it.
-            values = {"accuracy": 0.0, "mflops": cost.mflops, "params": float(cost.params)}
+            values = {"accuracy": 0.0, **costs}
             return Outcome("infeasible", values, attrs, constraint, f"trial {number}: {cost.mflops:.2f} MFLOPs over the ceiling, not trained")
         result = evaluate(
             arch, settings.training.replace(**hyperparameters), seed, on_epoch=on_epoch,
@@ -96,5 +103,21 @@ def evaluate_candidate(
         return Outcome("failed", None, attrs, None, f"trial {number}: failed ({reason})")
     attrs.update(result_attributes(result))
     state = "early_stopped" if result.stopped_early else "complete"
-    line = f"trial {number}: acc {result.accuracy:.4f} @ {result.cost.mflops:.2f} MFLOPs in {result.train_seconds:.1f}s"
-    return Outcome(state, result.metrics(), attrs, constraint, line)
+    latency_text = f", {costs['latency_ms']:.2f} ms" if "latency_ms" in costs else ""
+    line = f"trial {number}: acc {result.accuracy:.4f} @ {result.cost.mflops:.2f} MFLOPs{latency_text} in {result.train_seconds:.1f}s"
+    return Outcome(state, {**result.metrics(), **costs}, attrs, constraint, line)
+
+
+def latency_function(settings: Settings, space: SearchSpace) -> Callable[[Architecture], float] | None:
+    """How this run gets a candidate's latency (None when latency is not an objective)."""
+    if "latency_ms" not in settings.objectives:
+        return None
+    from .latency import LatencyTable, model_latency_ms
+    from .train import resolve_device
+
+    device = resolve_device(settings.training.device)
+    batch = settings.latency_batch
+    if settings.latency == "table":
+        table = LatencyTable.cached(space, device, batch, Path(settings.results_dir) / "latency_tables")
+        return lambda arch: table.predict(arch, space.slots)
+    return lambda arch: model_latency_ms(arch, device, batch)

@@ -90,7 +90,7 @@ def _run_trial(context: SearchContext, trial: optuna.Trial) -> Outcome:
     with Heartbeat(study, trial):
         outcome = evaluate_candidate(
             arch, hyperparameters, settings, trial_seed(settings, origin), trial.number,
-            on_epoch=on_epoch, checkpoint=checkpoint,
+            on_epoch=on_epoch, checkpoint=checkpoint, latency=context.latency,
         )  # fmt: skip
     record_outcome(trial, outcome, with_constraint=settings.max_mflops is not None)
     if origin != trial.number:

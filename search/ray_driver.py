@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from spaces import SearchSpace
 
 from .cost import architecture_cost
-from .candidate import Outcome, evaluate_candidate, record_outcome
+from .candidate import Outcome, evaluate_candidate, latency_function, record_outcome
 from .errors import SearchAborted
 from .early_stopping import RungResult, peers_from_attrs, rung_attr
 from .front import front_summary
@@ -37,6 +37,7 @@ from .study import (
     enqueue_baselines,
     fail_and_requeue,
     open_search,
+    retry_origin,
     sample_hyperparameters,
     trial_seed,
     write_run_json,
@@ -67,7 +68,8 @@ class _SampleCandidate:
     def __call__(self, trial: Any) -> dict[str, Any]:
         self.space.sample(trial)
         sample_hyperparameters(trial, self.settings)
-        return {"trial_number": trial.number}
+        # A retry keeps its original's seed and checkpoint, as in the Optuna backend.
+        return {"trial_number": trial.number, "origin_number": retry_origin(trial.study, trial.number)}
 
 
 def _train_candidate(config: dict[str, Any], space: SearchSpace, settings: Settings) -> None:
@@ -76,7 +78,7 @@ def _train_candidate(config: dict[str, Any], space: SearchSpace, settings: Setti
     import ray
     from ray import tune
 
-    number = int(config["trial_number"])
+    number, origin = int(config["trial_number"]), int(config["origin_number"])
     arch = space.from_params(config)
     hyper = {key[3:]: value for key, value in config.items() if key.startswith("hp_")}
     training = settings.training
@@ -97,7 +99,11 @@ def _train_candidate(config: dict[str, Any], space: SearchSpace, settings: Setti
         epoch = {k: float("nan") if v is None else v for k, v in record.to_json().items()}
         tune.report({**epoch, **cost.to_json(), "params": float(cost.params), "accuracy": epoch["val_accuracy"]})
 
-    outcome = evaluate_candidate(arch, hyper, settings, trial_seed(settings, number), number, on_epoch=report_epoch)
+    checkpoint = settings.study_dir / "checkpoints" / f"trial_{origin}.pt" if settings.checkpoint_every else None
+    outcome = evaluate_candidate(
+        arch, hyper, settings, trial_seed(settings, origin), number, on_epoch=report_epoch,
+        checkpoint=checkpoint, latency=latency_function(settings, space),
+    )  # fmt: skip
     # Where it ran, so placement on a cluster can be checked afterwards.
     outcome.attrs.update(ray_node_id=ray.get_runtime_context().get_node_id(), ray_gpu_ids=gpu_ids)
     values = outcome.values or {}
@@ -169,7 +175,7 @@ def _make_searcher(context: SearchContext, progress: Progress, done: list[int], 
                 "architecture": context.space.from_params(trial.params).to_json(),
                 "mflops": last["mflops"], "mflops_all_ops": last["mflops_all_ops"], "params": int(last["params"]),
                 "curve": [{k: r[k] for k in EPOCH_KEYS} for r in curve], "epochs_run": len(curve),
-                "seed": trial_seed(settings, trial.number), "fidelity": "full",
+                "seed": trial_seed(settings, retry_origin(self._ot_study, trial.number)), "fidelity": "full",
             }  # fmt: skip
             line = f"trial {trial.number}: stopped at rung {rung} (acc {last['accuracy']:.4f} @ {last['mflops']:.2f} MFLOPs)"
             return Outcome("early_stopped", None, attrs, None, line)
@@ -238,8 +244,10 @@ def _init_ray(settings: Settings) -> bool:
     if settings.ray_address:
         ray.init(address=settings.ray_address, **kwargs)
     else:
+        # "local": always a private Ray, never one found through RAY_ADDRESS or the address
+        # file that `ray start` leaves behind.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local Ray needs no token
-        ray.init(**kwargs)
+        ray.init(address="local", **kwargs)
     return True
 
 
@@ -247,6 +255,11 @@ def run_ray_search(settings: Settings) -> optuna.Study:
     """Run (or continue) the study of ``settings`` with Ray Tune until ``budget`` trials finished."""
     from ray import tune
 
+    # Ray runs each trial in its own working directory: relative paths must not reach it.
+    settings = settings.replace(
+        results_dir=str(Path(settings.results_dir).resolve()),
+        training=settings.training.replace(data_dir=str(Path(settings.training.data_dir).resolve())),
+    )
     context = open_search(settings, heartbeat=False)
     study = context.study
     recovered = recover_orphaned_trials(study)

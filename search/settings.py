@@ -9,7 +9,9 @@ from typing import Any
 
 __all__ = [
     "BACKENDS",
+    "LATENCY_MODES",
     "OBJECTIVES",
+    "OBJECTIVE_ALIASES",
     "OBJECTIVE_SENSES",
     "PRESETS",
     "SAMPLERS",
@@ -21,7 +23,10 @@ __all__ = [
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 BACKENDS = ("optuna", "ray")
-OBJECTIVES = ("accuracy", "mflops", "params")
+OBJECTIVES = ("accuracy", "mflops", "params", "latency_ms")
+# Names the command line also accepts for an objective.
+OBJECTIVE_ALIASES = {"latency": "latency_ms", "flops": "mflops"}
+LATENCY_MODES = ("measured", "table")
 # Direction of every objective the tool knows.
 OBJECTIVE_SENSES = {"accuracy": "max", "mflops": "min", "params": "min", "latency_ms": "min"}
 # Training hyperparameters that --tune can add to a space, with their search ranges.
@@ -95,6 +100,8 @@ class Settings:
     baselines: bool = False
     max_failures: int = 5
     checkpoint_every: int = 0  # save training state every K epochs (0: never)
+    latency: str = "measured"  # how the latency objective is obtained: measured or table
+    latency_batch: int = 1  # batch size the latency objective is measured at
     early_stop: str | None = None  # "mo-asha": multi-objective successive halving
     min_epochs: int = 1  # first rung
     eta: int = 3  # a trial continues past a rung if among the best 1/eta there
@@ -111,6 +118,7 @@ class Settings:
     quiet: bool = False
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "objectives", tuple(OBJECTIVE_ALIASES.get(o, o) for o in self.objectives))
         self.validate()
 
     def validate(self) -> None:
@@ -124,8 +132,10 @@ class Settings:
         bad = [o for o in self.objectives if o not in OBJECTIVES]
         if bad or "accuracy" not in self.objectives or len(set(self.objectives)) != len(self.objectives):
             raise SettingsError(
-                f"--objectives must list accuracy and any of {', '.join(OBJECTIVES[1:])} once each, got {','.join(self.objectives)}"
+                f"--objectives must list accuracy and any of mflops, params, latency once each, got {','.join(self.objectives)}"
             )
+        if self.latency not in LATENCY_MODES or self.latency_batch < 1:
+            raise SettingsError(f"--latency must be one of {', '.join(LATENCY_MODES)} and --latency-batch >= 1")
         bad = [name for name in self.tune if name not in TUNABLE]
         if bad:
             raise SettingsError(f"cannot --tune {', '.join(bad)}; tunable: {', '.join(TUNABLE)}")

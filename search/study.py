@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -22,6 +23,7 @@ from optuna.trial import TrialState
 from models import Architecture
 from spaces import SearchSpace, get_space
 
+from .candidate import latency_function
 from .cost import architecture_cost, cheapest_and_dearest
 from .evaluate import get_dataset
 from .settings import TUNABLE, Settings, SettingsError
@@ -55,6 +57,7 @@ class SearchContext:
     study: optuna.Study
     storage: optuna.storages.BaseStorage
     reference: dict[str, float]
+    latency: Callable[[Architecture], float] | None = None  # when latency is an objective
 
 
 def package_versions() -> dict[str, str]:
@@ -114,9 +117,12 @@ def open_search(settings: Settings, heartbeat: bool = True) -> SearchContext:
         directions=["maximize" if OBJECTIVE_SENSES[o] == "max" else "minimize" for o in settings.objectives],
         load_if_exists=True,  # another worker may create it at the same moment
     )
+    latency = latency_function(settings, space)
     _check_compatible_or_initialise(study, expected, space, dense, settings.training.to_json())
+    if latency is not None and "latency_ms" not in study.user_attrs["reference_point"]:
+        study.set_user_attr("reference_point", {**study.user_attrs["reference_point"], "latency_ms": latency(space.dense())})
     reference = dict(study.user_attrs["reference_point"])
-    return SearchContext(settings, space, study, storage, reference)
+    return SearchContext(settings, space, study, storage, reference, latency)
 
 
 def _check_compatible_or_initialise(

@@ -1,0 +1,148 @@
+"""Latency of a candidate's deployed model, measured or predicted from a per-layer table.
+
+Latency does not depend on trained weights (the deployed layers have the same shapes
+whatever the weights), so it is known before training, like FLOPs, and a FLOPs-style
+ceiling or the sampler can use it at once.
+
+- ``measured``: the deployed model is timed on the trial's device (warm-up, then the median
+  of repeated runs). Exact for that device, but noisy and ~a second per candidate.
+- ``table``: a per-device lookup table of every searchable layer's deployed latency for
+  every choice of the space, built once and cached in the results folder; a candidate's
+  latency is the fixed part of the model plus the sum of its layers. Deterministic and
+  instant; ``bench/latency_table.py`` reports its error against measured latency.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from layers import create_conv2d
+from models import Architecture, LayerSlot, LayerSpec, build_model, deploy
+from spaces import SearchSpace
+
+__all__ = ["LatencyTable", "device_key", "measure_latency", "model_latency_ms"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def measure_latency(
+    run: Callable[[], Any], device: torch.device, warmup: int = 5, repeats: int = 20
+) -> float:
+    """Median wall-clock milliseconds of ``run()`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        run()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def _prepare(module: nn.Module, device: torch.device) -> tuple[nn.Module, torch.memory_format]:
+    # channels_last is the fast layout for convolutions on current CPUs and GPUs.
+    fmt = torch.channels_last
+    return module.to(device, memory_format=fmt).eval(), fmt
+
+
+def model_latency_ms(
+    arch: Architecture, device: torch.device, batch: int = 1, warmup: int = 5, repeats: int = 20
+) -> float:
+    """Measured latency of ``arch``'s deployed model for one batch of 32x32 images."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = deploy(build_model(arch))
+    model, fmt = _prepare(model, device)
+    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+    return measure_latency(lambda: model(x), device, warmup, repeats)
+
+
+def _layer_latency_ms(slot: LayerSlot, spec: LayerSpec, device: torch.device, batch: int, repeats: int) -> float:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        layer = create_conv2d(slot.in_channels, slot.out_channels, slot.kernel_size, slot.stride, **spec.conv_kwargs())
+    wrapped = deploy(nn.Sequential(layer))
+    wrapped, fmt = _prepare(wrapped, device)
+    x = torch.randn(batch, slot.in_channels, slot.input_size, slot.input_size, device=device).contiguous(memory_format=fmt)
+    return measure_latency(lambda: wrapped(x), device, warmup=3, repeats=repeats)
+
+
+def device_key(device: torch.device) -> str:
+    """Names the hardware a table was measured on (tables do not transfer between devices)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{platform.processor() or platform.machine()}-{torch.get_num_threads()}threads"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{device.type}-{name}")
+
+
+class LatencyTable:
+    """Per-layer latencies of a space on one device; predicts a candidate as fixed + sum.
+
+    Example:
+        >>> from spaces import get_space
+        >>> space = get_space("vgg_hetconv", width=0.25)
+        >>> table = LatencyTable.build(space, torch.device("cpu"), repeats=3)  # doctest: +SKIP
+        >>> table.predict(space.uniform("4"))  # doctest: +SKIP
+    """
+
+    def __init__(self, key: dict[str, Any], fixed_ms: float, layers: dict[str, dict[str, float]]) -> None:
+        self.key = key
+        self.fixed_ms = fixed_ms
+        self.layers = layers  # slot name -> choice label -> ms
+
+    @staticmethod
+    def table_key(space: SearchSpace, device: torch.device, batch: int) -> dict[str, Any]:
+        return {"format": 2, "device": device_key(device), "model": space.model, "width": space.width,
+                "num_classes": space.num_classes, "batch": batch, "torch": torch.__version__}  # fmt: skip
+
+    @classmethod
+    def build(cls, space: SearchSpace, device: torch.device, batch: int = 1, repeats: int = 20) -> LatencyTable:
+        dense = LayerSpec.dense()
+        layers = {  # dense too: the dense model is the reference point of every study
+            slot.name: {spec.label: _layer_latency_ms(slot, spec, device, batch, repeats) for spec in dict.fromkeys((dense, *options))}
+            for slot, options in zip(space.slots, space.choices)
+        }
+        dense_total = model_latency_ms(space.dense(), device, batch, repeats=repeats)
+        dense_layers = sum(layers[slot.name]["dense"] for slot in space.slots)
+        # What the searchable layers do not cover (stem, pools, head, other convs).
+        fixed = max(dense_total - dense_layers, 0.0)
+        return cls(cls.table_key(space, device, batch), fixed, layers)
+
+    def predict(self, arch: Architecture, slots: list[LayerSlot] | tuple[LayerSlot, ...]) -> float:
+        return self.fixed_ms + sum(self.layers[slot.name][spec.label] for slot, spec in zip(slots, arch.layers))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "fixed_ms": self.fixed_ms, "layers": self.layers}
+
+    @classmethod
+    def cached(cls, space: SearchSpace, device: torch.device, batch: int, folder: Path, repeats: int = 20) -> LatencyTable:
+        """Load the table for this space/device/batch from ``folder``, building it if absent."""
+        key = cls.table_key(space, device, batch)
+        digest = hashlib.sha256(json.dumps({**key, "choices": space.fingerprint()["choices"]}, sort_keys=True).encode())
+        path = folder / f"{space.model}-w{space.width:g}-b{batch}-{key['device']}-{digest.hexdigest()[:10]}.json"
+        if path.exists():
+            data = json.loads(path.read_text())
+            return cls(data["key"], data["fixed_ms"], data["layers"])
+        table = cls.build(space, device, batch, repeats)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(table.to_json(), indent=1))
+        tmp.replace(path)
+        return table
