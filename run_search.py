@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 COMMANDS = ("search", "spaces", "flops", "report", "export", "retrain", "deploy")
@@ -213,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     except SearchAborted as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (silences the flush at exit)
+        return 0
     except KeyboardInterrupt:
         print("interrupted: the study is kept; run the same command again to continue", file=sys.stderr)
         return 130

@@ -15,6 +15,8 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from models import Architecture
 from spaces import SearchSpace
 
@@ -96,6 +98,11 @@ def evaluate_candidate(
         attrs.update(status="failed", fail_reason=str(err))
         release_memory()
         return Outcome("failed", None, attrs, None, f"trial {number}: failed ({err})")
+    except torch.OutOfMemoryError as err:
+        reason = "out of device memory (use a smaller --batch-size, or give each trial more GPU: --gpus-per-trial 1)"
+        attrs.update(status="failed", fail_reason=reason, traceback=str(err).splitlines()[0][:500] if str(err) else "")
+        release_memory()  # the cache of the failed trial must not starve the next one
+        return Outcome("failed", None, attrs, None, f"trial {number}: failed ({reason})")
     except Exception as err:  # noqa: BLE001  (one broken trial must not end or corrupt the study)
         reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
         attrs.update(status="failed", fail_reason=reason, traceback=traceback.format_exc(limit=8)[-4000:])

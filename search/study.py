@@ -72,20 +72,35 @@ def package_versions() -> dict[str, str]:
 
 def _protocol(settings: Settings) -> dict[str, Any]:
     training = settings.training.to_json()
-    protocol = {key: training[key] for key in PROTOCOL_KEYS}
+    # A swept hyperparameter's fixed value is never used, so it does not have to match.
+    protocol = {key: "tuned" if key in settings.tune else training[key] for key in PROTOCOL_KEYS}
     protocol["tune"] = sorted(settings.tune)
     return protocol
+
+
+def _differences(path: str, old: Any, new: Any) -> list[str]:
+    """Where two attribute values differ, down to the leaf keys, as short text."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(set(old) | set(new), key=str):
+            found += _differences(f"{path}.{key}", old.get(key, "(none)"), new.get(key, "(none)"))
+        return found
+    if old == new:
+        return []
+
+    def show(value: Any) -> str:
+        text = json.dumps(value, sort_keys=True)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    return [f"{path}: study has {show(old)}, this run {show(new)}"]
 
 
 def _check_compatible(study: optuna.Study, expected: dict[str, Any]) -> None:
     attrs = study.user_attrs
     differing = [key for key, value in expected.items() if attrs.get(key) != value]
     if differing:
-        def show(key: str, value: Any) -> str:
-            text = json.dumps(value, sort_keys=True)
-            return text if len(text) < 80 else text[:77] + "..."
-
-        details = "; ".join(f"{k}: study has {show(k, attrs.get(k))}, this run {show(k, expected[k])}" for k in differing)
+        found = [d for key in differing for d in _differences(key, attrs.get(key, "(none)"), expected[key])]
+        details = "; ".join(found[:4]) + (f"; and {len(found) - 4} more" if len(found) > 4 else "")
         raise StudyMismatch(
             f"study '{study.study_name}' exists with a different {', '.join(differing)} ({details}); "
             "use the same options to continue it, or --study-name NEW to start another"
@@ -190,11 +205,13 @@ def sample_hyperparameters(trial: Any, settings: Settings) -> dict[str, Any]:
 
 
 def baseline_architectures(space: SearchSpace) -> dict[str, Architecture]:
-    """Uniform configurations of the space (dense first), one per distinct architecture."""
+    """Uniform configurations of the space, one per distinct architecture. Only candidates of
+    the space can be trials of its study, so the dense model is a baseline where ``dense``
+    is a choice (vgg_mixed); elsewhere P = 1 or G = 1 is the dense-equivalent baseline."""
     result: dict[str, Architecture] = {}
     for value in space.uniform_values():
         arch = space.uniform(value)
-        if arch not in result.values():
+        if space.contains(arch) and arch not in result.values():
             result[value] = arch
     return result
 

@@ -94,6 +94,15 @@ class SearchSpace:
             specs.append(spec)
         return Architecture(self.model, self.width, self.num_classes, tuple(specs))
 
+    def contains(self, arch: Architecture) -> bool:
+        """Whether ``arch`` is a candidate of this space (same model, width, every choice legal here)."""
+        return (
+            arch.model == self.model
+            and arch.width == self.width
+            and len(arch.layers) == len(self.choices)
+            and all(spec in options for spec, options in zip(arch.layers, self.choices))
+        )
+
     def to_params(self, arch: Architecture) -> dict[str, str]:
         """Inverse of :meth:`from_params` (used to enqueue baselines)."""
         return {slot.name: spec.label for slot, spec in zip(self.slots, arch.layers)}

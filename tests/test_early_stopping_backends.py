@@ -221,6 +221,79 @@ def test_ray_scheduler_matches_the_optuna_decisions(constructed):
 
 
 # =============================================================================================
+# 4. Samplers with PRUNED trials in the study
+# =============================================================================================
+N_COMPLETE, N_PRUNED, N_MORE = 21, 6, 3  # 21 complete: NSGA-II (population 20) reaches generation 1
+
+
+def _proxy_objectives(space, arch) -> tuple[float, float]:
+    """Cheap synthetic (accuracy, MFLOPs): more parts = fewer FLOPs and a bit less accuracy."""
+    parts = [int(str(layer).rsplit(":", 1)[-1]) if ":" in str(layer) else 1 for layer in space.to_params(arch).values()]
+    mflops = sum(1.0 / p for p in parts)
+    return 0.5 + 0.04 * mflops, mflops
+
+
+@pytest.mark.parametrize("sampler_name", ["tpe", "nsga2", "gp", "random"])
+def test_samplers_work_with_pruned_trials(sampler_name):
+    space = get_space("vgg_hetconv", width=0.25)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(sampler_name, 0))
+
+    def check(trial, arch) -> None:
+        params = trial.params
+        assert set(params) == {slot.name for slot in space.slots}
+        for name, value in params.items():
+            dist = trial.distributions[name]
+            assert isinstance(dist, CategoricalDistribution) and value in dist.choices, (name, value)
+        assert space.from_params(params) == arch
+
+    def attrs(prune: bool, accuracy: float, mflops: float) -> dict:
+        return {"status": "early_stopped" if prune else "ok", rung_attr(1): [accuracy / 3, mflops],
+                **({"stopped_at_rung": 1} if prune else {})}  # fmt: skip
+
+    def run_trial(prune: bool) -> None:
+        """Ask, sample the space, tell, as the Optuna driver does (a pruned trial has no values)."""
+        trial = study.ask()
+        arch = space.sample(trial)
+        check(trial, arch)
+        accuracy, mflops = _proxy_objectives(space, arch)
+        for key, value in attrs(prune, accuracy, mflops).items():
+            trial.set_user_attr(key, value)
+        if prune:
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, [accuracy, mflops])
+
+    def add_trial(prune: bool) -> None:
+        """The same trial made with create_trial (candidates from a random sampler)."""
+        asked = seed_study.ask()
+        arch = space.sample(asked)
+        accuracy, mflops = _proxy_objectives(space, arch)
+        seed_study.tell(asked, [accuracy, mflops])
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.PRUNED if prune else TrialState.COMPLETE, values=None if prune else [accuracy, mflops],
+                params=asked.params, distributions=asked.distributions, user_attrs=attrs(prune, accuracy, mflops),
+            )
+        )  # fmt: skip
+
+    # The first trials: asked from the sampler itself (NSGA-II must see its own generation 0),
+    # except for GP, whose asks take seconds each on 2 cores: made with create_trial instead.
+    seed_study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1))
+    first = add_trial if sampler_name == "gp" else run_trial
+    for i in range(N_COMPLETE + N_PRUNED):  # pruned: every 4th of the first 24
+        first(prune=i % 4 == 3 and i < 4 * N_PRUNED)
+    counts = {s: len(study.get_trials(states=(s,))) for s in (TrialState.COMPLETE, TrialState.PRUNED)}
+    assert counts == {TrialState.COMPLETE: N_COMPLETE, TrialState.PRUNED: N_PRUNED}
+    for i in range(N_MORE):  # the sampler keeps going with them (past its start-up trials)
+        run_trial(prune=i == 1)
+    assert len(study.trials) == N_COMPLETE + N_PRUNED + N_MORE
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+    if sampler_name == "nsga2":  # the last trials were bred from a parent population
+        generations = [t.system_attrs.get("NSGAIISampler:generation") for t in study.trials[-N_MORE:]]
+        assert all(g is not None and g >= 1 for g in generations), generations
+
+
+# =============================================================================================
 # 3. End to end
 # =============================================================================================
 E2E_ARGS = ["--preset", "quick", "--epochs", "4", "--early-stop", "mo-asha", "--min-epochs", "1", "--eta", "2",
@@ -376,76 +449,3 @@ def test_end_to_end(backend, e2e_searches):
     assert not numbers & pruned_numbers
     front = pareto_records(load_records(study), study_objectives(study))
     assert numbers == {r.number for r in front}
-
-
-# =============================================================================================
-# 4. Samplers with PRUNED trials in the study
-# =============================================================================================
-N_COMPLETE, N_PRUNED, N_MORE = 21, 6, 3  # 21 complete: NSGA-II (population 20) reaches generation 1
-
-
-def _proxy_objectives(space, arch) -> tuple[float, float]:
-    """Cheap synthetic (accuracy, MFLOPs): more parts = fewer FLOPs and a bit less accuracy."""
-    parts = [int(str(layer).rsplit(":", 1)[-1]) if ":" in str(layer) else 1 for layer in space.to_params(arch).values()]
-    mflops = sum(1.0 / p for p in parts)
-    return 0.5 + 0.04 * mflops, mflops
-
-
-@pytest.mark.parametrize("sampler_name", ["tpe", "nsga2", "gp", "random"])
-def test_samplers_work_with_pruned_trials(sampler_name):
-    space = get_space("vgg_hetconv", width=0.25)
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(sampler_name, 0))
-
-    def check(trial, arch) -> None:
-        params = trial.params
-        assert set(params) == {slot.name for slot in space.slots}
-        for name, value in params.items():
-            dist = trial.distributions[name]
-            assert isinstance(dist, CategoricalDistribution) and value in dist.choices, (name, value)
-        assert space.from_params(params) == arch
-
-    def attrs(prune: bool, accuracy: float, mflops: float) -> dict:
-        return {"status": "early_stopped" if prune else "ok", rung_attr(1): [accuracy / 3, mflops],
-                **({"stopped_at_rung": 1} if prune else {})}  # fmt: skip
-
-    def run_trial(prune: bool) -> None:
-        """Ask, sample the space, tell, as the Optuna driver does (a pruned trial has no values)."""
-        trial = study.ask()
-        arch = space.sample(trial)
-        check(trial, arch)
-        accuracy, mflops = _proxy_objectives(space, arch)
-        for key, value in attrs(prune, accuracy, mflops).items():
-            trial.set_user_attr(key, value)
-        if prune:
-            study.tell(trial, state=TrialState.PRUNED)
-        else:
-            study.tell(trial, [accuracy, mflops])
-
-    def add_trial(prune: bool) -> None:
-        """The same trial made with create_trial (candidates from a random sampler)."""
-        asked = seed_study.ask()
-        arch = space.sample(asked)
-        accuracy, mflops = _proxy_objectives(space, arch)
-        seed_study.tell(asked, [accuracy, mflops])
-        study.add_trial(
-            optuna.trial.create_trial(
-                state=TrialState.PRUNED if prune else TrialState.COMPLETE, values=None if prune else [accuracy, mflops],
-                params=asked.params, distributions=asked.distributions, user_attrs=attrs(prune, accuracy, mflops),
-            )
-        )  # fmt: skip
-
-    # The first trials: asked from the sampler itself (NSGA-II must see its own generation 0),
-    # except for GP, whose asks take seconds each on 2 cores: made with create_trial instead.
-    seed_study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1))
-    first = add_trial if sampler_name == "gp" else run_trial
-    for i in range(N_COMPLETE + N_PRUNED):  # pruned: every 4th of the first 24
-        first(prune=i % 4 == 3 and i < 4 * N_PRUNED)
-    counts = {s: len(study.get_trials(states=(s,))) for s in (TrialState.COMPLETE, TrialState.PRUNED)}
-    assert counts == {TrialState.COMPLETE: N_COMPLETE, TrialState.PRUNED: N_PRUNED}
-    for i in range(N_MORE):  # the sampler keeps going with them (past its start-up trials)
-        run_trial(prune=i == 1)
-    assert len(study.trials) == N_COMPLETE + N_PRUNED + N_MORE
-    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
-    if sampler_name == "nsga2":  # the last trials were bred from a parent population
-        generations = [t.system_attrs.get("NSGAIISampler:generation") for t in study.trials[-N_MORE:]]
-        assert all(g is not None and g >= 1 for g in generations), generations
