@@ -75,7 +75,9 @@ def parse_formats(text: str) -> list[str]:
 
 
 def setup_threads(threads: int) -> None:
+    """Torch intra-op threads; denormals flushed so that tiny activations cannot slow a form."""
     torch.set_num_threads(max(1, threads))
+    torch.set_flush_denormal(True)
 
 
 def default_out(name: str) -> Path:

@@ -3,7 +3,16 @@
 from . import mobilenetv2, vgg  # noqa: F401  (registers the families)
 from .architecture import Architecture, ArchitectureError, LayerSlot, LayerSpec, scaled_channels
 from .deploy import count_gathers, deploy
-from .registry import ModelFamily, build_model, get_model_family, model_names, register_model, validate
+from .registry import (
+    ModelFamily,
+    build_model,
+    get_model_family,
+    mark_searchable,
+    model_names,
+    register_model,
+    searchable_layers,
+    validate,
+)
 
 __all__ = [
     "Architecture",
@@ -15,8 +24,10 @@ __all__ = [
     "count_gathers",
     "deploy",
     "get_model_family",
+    "mark_searchable",
     "model_names",
     "register_model",
     "scaled_channels",
+    "searchable_layers",
     "validate",
 ]

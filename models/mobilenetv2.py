@@ -15,7 +15,7 @@ from torch import nn
 from layers import create_conv2d
 
 from .architecture import Architecture, LayerSlot, LayerSpec, scaled_channels
-from .registry import ModelFamily, register_model
+from .registry import ModelFamily, mark_searchable, register_model
 
 __all__ = ["MobileNetV2", "mobilenetv2_slots"]
 
@@ -56,10 +56,10 @@ class InvertedResidual(nn.Module):
         hidden = cin * expansion
         layers: list[nn.Module] = []
         if expand is not None:
-            layers += _conv_bn(create_conv2d(cin, hidden, 1, **expand.conv_kwargs()), hidden, act=True)
+            layers += _conv_bn(mark_searchable(create_conv2d(cin, hidden, 1, **expand.conv_kwargs())), hidden, act=True)
         depthwise = nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False)
         layers += _conv_bn(depthwise, hidden, act=True)
-        layers += _conv_bn(create_conv2d(hidden, cout, 1, **project.conv_kwargs()), cout, act=False)
+        layers += _conv_bn(mark_searchable(create_conv2d(hidden, cout, 1, **project.conv_kwargs())), cout, act=False)
         self.conv = nn.Sequential(*layers)
         self.residual = stride == 1
         self.shortcut: nn.Module = nn.Identity()

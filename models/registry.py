@@ -9,7 +9,36 @@ from torch import nn
 
 from .architecture import Architecture, ArchitectureError, LayerSlot
 
-__all__ = ["ModelFamily", "build_model", "get_model_family", "model_names", "register_model", "validate"]
+__all__ = [
+    "ModelFamily",
+    "build_model",
+    "get_model_family",
+    "mark_searchable",
+    "model_names",
+    "register_model",
+    "searchable_layers",
+    "validate",
+]
+
+_MARK = "is_searchable_layer"
+
+
+def mark_searchable(module: nn.Module) -> nn.Module:
+    """Tag a searchable convolution as models build it (in slot order)."""
+    setattr(module, _MARK, True)
+    return module
+
+
+def searchable_layers(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """(parent, attribute name) of every searchable convolution of a built model, in slot
+    order, so that tools such as the one-shot supernet can swap them without knowing the
+    model family."""
+    found = []
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if getattr(child, _MARK, False):
+                found.append((parent, name))
+    return found
 
 
 @dataclass(frozen=True)

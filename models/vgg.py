@@ -14,7 +14,7 @@ from torch import nn
 from layers import create_conv2d
 
 from .architecture import Architecture, LayerSlot, scaled_channels
-from .registry import ModelFamily, register_model
+from .registry import ModelFamily, mark_searchable, register_model
 
 __all__ = ["VGG16", "vgg16_slots"]
 
@@ -53,8 +53,8 @@ class VGG16(nn.Module):
                 continue
             cin, cout, _ = next(shapes)
             spec = next(specs)
-            conv_kwargs = spec.conv_kwargs() if spec is not None else {}
-            layers += [create_conv2d(cin, cout, 3, 1, **conv_kwargs), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            conv = create_conv2d(cin, cout, 3, 1, **spec.conv_kwargs()) if spec else nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+            layers += [mark_searchable(conv) if spec else conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*layers)
         hidden = scaled_channels(512, arch.width)
         self.classifier = nn.Sequential(
