@@ -57,6 +57,11 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-mflops", type=float, default=None, help="FLOPs ceiling: candidates above it are not trained")
     g.add_argument("--tune", default="", help=f"also sweep training hyperparameters: comma-separated from {', '.join(TUNABLE)}")
     g.add_argument("--baselines", action="store_true", help="queue the uniform configurations of the space as ordinary trials")
+    g.add_argument("--strategy", default="train-each",
+                   help="train-each (train every candidate) or one-shot (a weight-sharing supernet scores candidates "
+                        "in seconds; then --retrain-top trains the best from scratch) (default: train-each)")
+    g.add_argument("--retrain-top", type=int, default=3, help="one-shot: configurations of the front retrained from scratch (default: 3)")
+    g.add_argument("--supernet-epochs", type=int, default=None, help="one-shot: supernet training epochs (default: 4 x --epochs)")
     g.add_argument("--early-stop", default=None, help="mo-asha: stop trials that cannot reach the front, at rungs (default: off)")
     g.add_argument("--min-epochs", type=int, default=1, help="first rung of --early-stop (default: 1)")
     g.add_argument("--eta", type=int, default=3, help="--early-stop keeps the best 1/eta at each rung (default: 3)")
@@ -78,7 +83,7 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads per trial (default: torch's)")
 
     g = parser.add_argument_group("driver and storage")
-    g.add_argument("--sampler", default="tpe", help=f"{', '.join(SAMPLERS)} (default: tpe)")
+    g.add_argument("--sampler", default=None, help=f"{', '.join(SAMPLERS)} (default: tpe; nsga2 with --strategy one-shot)")
     g.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial's training (default: 0)")
     g.add_argument("--backend", default="optuna", help="optuna (one machine) or ray (cluster) (default: optuna)")
     g.add_argument("--study-name", default=None, help="(default: <space>-<dataset>)")
@@ -156,14 +161,16 @@ def settings_from_args(args: argparse.Namespace):
     split = lambda text: tuple(x.strip() for x in text.split(",") if x.strip())  # noqa: E731
     return Settings(
         space=args.space, budget=args.budget, width=width, training=TrainingSettings(**training),
-        tune=split(args.tune), objectives=split(args.objectives), sampler=args.sampler, seed=args.seed,
+        tune=split(args.tune), objectives=split(args.objectives),
+        sampler=args.sampler or ("nsga2" if args.strategy == "one-shot" else "tpe"), seed=args.seed,
         backend=args.backend, results_dir=args.results_dir, storage=args.storage, study_name=args.study_name,
         max_mflops=args.max_mflops, baselines=args.baselines, preset=args.preset,
         max_failures=args.max_failures, quiet=args.quiet, ray_address=args.address, ray_storage=args.ray_storage,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
         ray_retries=args.ray_retries, workers=args.workers, checkpoint_every=args.checkpoint_every,
         early_stop=args.early_stop, min_epochs=args.min_epochs, eta=args.eta, latency=args.latency,
-        latency_batch=args.latency_batch,
+        latency_batch=args.latency_batch, strategy=args.strategy, retrain_top=args.retrain_top,
+        supernet_epochs=args.supernet_epochs,
     )  # fmt: skip
 
 

@@ -7,7 +7,8 @@ Models (width 1.0 unless ``--width``):
 - VGG-16: ``dense``; uniform HetConv P in 2, 4, 8: ``training_form``, ``deployed_split``,
   ``deployed_dense`` and ``deployed_best`` (the faster of the two, per model: derived, not
   measured again); uniform FLGC G in 2, 4, 8: ``training_form``, ``deployed_folded``
-  (``deploy(model)``), ``deployed_unfolded`` (``fold=False``: every gather explicit) and
+  (``deploy(model)``), ``deployed_unfolded`` (``fold=False``: every gather explicit; not with
+  ``--quick``) and
   ``standard_group_conv`` (the deployed model with every ``ChannelGather`` removed: exactly a
   model of standard grouped convs of the same shapes, what FLGC's deployment should match);
 - MobileNetV2: ``dense`` and the same FLGC forms;
@@ -120,7 +121,9 @@ class Entry:
         self.gathers = count_gathers(module)
 
 
-def forms_of(arch: Architecture, name: str, kind: str, param: str, seed: int, weights: Path | None = None) -> list[Entry]:
+def forms_of(
+    arch: Architecture, name: str, kind: str, param: str, seed: int, weights: Path | None = None, quick: bool = False
+) -> list[Entry]:
     from search.cost import architecture_cost
 
     torch.manual_seed(seed)
@@ -145,7 +148,7 @@ def forms_of(arch: Architecture, name: str, kind: str, param: str, seed: int, we
         entries.append(Entry(form="deployed_dense", module=dense_form, trains=False,
                              executed=executed_mflops(dense_form), **common))  # fmt: skip
     if has_flgc:
-        if kind == "flgc":
+        if kind == "flgc" and not quick:
             unfolded = deploy(model, fold=False)
             entries.append(Entry(form="deployed_unfolded", module=unfolded, trains=False,
                                  executed=executed_mflops(unfolded), **common))  # fmt: skip
@@ -170,7 +173,7 @@ def builtin_entries(args) -> list[Entry]:
                 entries += forms_of(arch, model, "hetconv", f"P={p}", args.seed)
         for g in args.groups:
             arch = uniform_arch(model, args.width, LayerSpec.flgc(g))
-            entries += forms_of(arch, model, "flgc", f"G={g}", args.seed)
+            entries += forms_of(arch, model, "flgc", f"G={g}", args.seed, quick=args.quick)
     return entries
 
 
@@ -187,9 +190,20 @@ def config_entries(paths: list[str], seed: int) -> tuple[list[Entry], set[tuple[
             continue
         arch = Architecture.from_json(config["architecture"])
         weights = path.with_suffix(".pt")
-        entries += forms_of(arch, path.stem, "config", arch.summary(), seed, weights if weights.exists() else None)
+        entries += forms_of(arch, path.stem, "config", _compact(arch.summary()), seed, weights if weights.exists() else None)
         references.add((arch.model, arch.width, arch.num_classes))
     return entries, references
+
+
+def _compact(summary: str) -> str:
+    """``hetconv:2 hetconv:2 flgc:4`` -> ``hetconv:2x2 flgc:4`` (runs of equal layers)."""
+    runs: list[list] = []
+    for label in summary.split():
+        if runs and runs[-1][0] == label:
+            runs[-1][1] += 1
+        else:
+            runs.append([label, 1])
+    return " ".join(label if n == 1 else f"{label}x{n}" for label, n in runs)
 
 
 def measure(entries: list[Entry], args, formats: list[str]) -> list[dict]:

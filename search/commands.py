@@ -103,7 +103,11 @@ def search(settings, write_report: bool = True) -> None:
         resolve_device(settings.training.device)
     except (ValueError, RuntimeError) as err:
         raise UserError(str(err)) from None
-    if settings.backend == "ray":
+    if settings.strategy == "one-shot":
+        from .one_shot import run_one_shot_search
+
+        study = run_one_shot_search(settings)
+    elif settings.backend == "ray":
         from .ray_driver import run_ray_search
 
         study = run_ray_search(settings)

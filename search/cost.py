@@ -7,9 +7,10 @@ Conventions (DESIGN.md section 6):
   hooks below). BatchNorm, activations and pooling are not counted.
 - ``mflops_all_ops``: the same plus everything ptflops counts per module (BatchNorm,
   activations, pooling), which some papers quote.
-- ``params``: parameters of the deployed network: masked HetConv weights, FLGC weights
-  outside the learned groups and FLGC assignment logits are not parameters of the model
-  that runs.
+- ``params``: effective parameters, the papers' count: weights that can be non-zero in the
+  network that runs. Masked HetConv weights, FLGC weights outside the learned groups and
+  FLGC assignment logits are not counted. (HetConv's deployed split form still stores its
+  1x1 block diagonal as zeros: a dense 1x1 convolution is faster than a masked one.)
 
 ptflops pitfalls handled here: the backend is always given; ``count_functional=False``
 (otherwise ReLU and max-pool are counted twice and FLGC's mask product is added); hooks match
@@ -97,7 +98,7 @@ def _ptflops_macs(model: nn.Module, input_size: tuple[int, int, int], ignore: li
 
 
 def count_params(module: nn.Module) -> int:
-    """Parameters of the deployed form (see module docstring)."""
+    """Effective parameters (see module docstring)."""
     if isinstance(module, HetConv2d):
         total = module.gwc.weight.numel() + (module.gwc.bias.numel() if module.gwc.bias is not None else 0)
         if module.pwc is not None:

@@ -47,6 +47,7 @@ _COLORS = {
     "infeasible": "#9a9a9a",
     "failed": "#8c564b",
     "early_stopped": "#ff7f0e",
+    "retrained": "#9467bd",
 }
 _PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 _TEMPLATE = "plotly_white"
@@ -311,7 +312,12 @@ def _front_2d(records: list[TrialRecord], x_of) -> list[TrialRecord]:
 
 
 def _accuracy_figure(
-    records: list[TrialRecord], front: list[TrialRecord], objectives: list[str], x_name: str, x_title: str
+    records: list[TrialRecord],
+    front: list[TrialRecord],
+    objectives: list[str],
+    x_name: str,
+    x_title: str,
+    retrained: list[TrialRecord] | None = None,
 ) -> go.Figure:
     """Accuracy against a cost (MFLOPs, params or latency) of every trial, with the front."""
     if x_name == "mflops":
@@ -371,6 +377,24 @@ def _accuracy_figure(
     )  # fmt: skip
     if trace is not None:
         fig.add_trace(trace)
+    if retrained:  # one-shot study: its retrained configurations, a front of their own
+        done = [r for r in retrained if r.feasible_complete and x_of(r) is not None]
+        retrained_front = {r.number for r in pareto_records(done, objectives)}
+        trace = _scatter(
+            done, x_of, lambda r: r.values.get("accuracy"), objectives, mode="markers",
+            name="retrained from scratch (stand-alone accuracy)",
+            marker={"symbol": "diamond", "size": [12 if r.number in retrained_front else 8 for r in done],
+                    "color": _COLORS["retrained"], "line": {"width": 1, "color": "white"}},
+        )  # fmt: skip
+        if trace is not None:
+            fig.add_trace(trace)
+        corners = _front_2d(done, x_of)
+        if corners:
+            fig.add_trace(go.Scatter(
+                x=[x_of(r) for r in corners], y=[r.values["accuracy"] for r in corners], mode="lines",
+                line={"shape": "hv", "color": _COLORS["retrained"], "width": 2, "dash": "dash"},
+                name="retrained front", hoverinfo="skip",
+            ))  # fmt: skip
     fig.update_layout(
         template=_TEMPLATE, height=560, xaxis_title=x_title, yaxis_title="validation accuracy",
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0},
@@ -673,6 +697,26 @@ def _write_pngs(figures: dict[str, go.Figure], folder: Path) -> tuple[list[Path]
 # ---------------------------------------------------------------------------------------------
 # the report
 # ---------------------------------------------------------------------------------------------
+_ONE_SHOT_NOTE = (
+    " This is a one-shot study: blue points and the red front are one-shot scores (a candidate's"
+    " accuracy with weights inherited from the trained supernet); purple diamonds and the dashed front"
+    " are the configurations retrained from scratch (--retrain-top), measured like any stand-alone"
+    " trial. The two fidelities are never mixed on one front."
+)
+
+
+def _retrained_records(study: optuna.Study) -> list[TrialRecord] | None:
+    """For a one-shot study, the stand-alone trials that retrained its configurations."""
+    name = study.user_attrs.get("retrained_study")
+    if not name:
+        return None
+    try:
+        linked = optuna.load_study(study_name=name, storage=study._storage)
+    except KeyError:
+        return []
+    return [r for r in load_records(linked) if r.user_attrs.get("from_one_shot") is not None]
+
+
 def write_report(study: optuna.Study, out_dir: Path, png: bool | None = None) -> ReportFiles:
     """Write ``report.html``, ``trials.csv``, ``pareto.csv`` (and ``figures/*.png`` when a
     Chromium is available, or ``png=True``) into ``out_dir``, reading everything from the
@@ -699,9 +743,10 @@ def write_report(study: optuna.Study, out_dir: Path, png: bool | None = None) ->
         box = _hv_box(hv_objectives, reference)
         hv_norm = hv / box if box else None
 
+    retrained = _retrained_records(study)
     figures: dict[str, go.Figure] = {
         "accuracy_vs_mflops": _accuracy_figure(
-            records, front, objectives, "mflops", "MFLOPs (multiply-accumulates, paper convention)"
+            records, front, objectives, "mflops", "MFLOPs (multiply-accumulates, paper convention)", retrained
         ),
     }
     for name, title in (("params", "parameters"), ("latency_ms", "latency (ms)")):
@@ -737,7 +782,7 @@ def write_report(study: optuna.Study, out_dir: Path, png: bool | None = None) ->
         "grey crosses are infeasible candidates (over the FLOPs ceiling, not trained), orange open circles "
         "early-stopped trials at their last validation accuracy, and brown triangles failed trials at "
         "accuracy 0. Hover a point for its MFLOPs in both conventions, parameters and per-layer choices."
-        f"{front_note}</p>",
+        f"{front_note}{_ONE_SHOT_NOTE if retrained is not None else ''}</p>",
         rendered["accuracy_vs_mflops"],
         extra_scatters,
         _failed_table(records),

@@ -15,6 +15,7 @@ __all__ = [
     "OBJECTIVE_SENSES",
     "PRESETS",
     "SAMPLERS",
+    "STRATEGIES",
     "TUNABLE",
     "Settings",
     "SettingsError",
@@ -27,6 +28,7 @@ OBJECTIVES = ("accuracy", "mflops", "params", "latency_ms")
 # Names the command line also accepts for an objective.
 OBJECTIVE_ALIASES = {"latency": "latency_ms", "flops": "mflops"}
 LATENCY_MODES = ("measured", "table")
+STRATEGIES = ("train-each", "one-shot")
 # Direction of every objective the tool knows.
 OBJECTIVE_SENSES = {"accuracy": "max", "mflops": "min", "params": "min", "latency_ms": "min"}
 # Training hyperparameters that --tune can add to a space, with their search ranges.
@@ -102,6 +104,9 @@ class Settings:
     checkpoint_every: int = 0  # save training state every K epochs (0: never)
     latency: str = "measured"  # how the latency objective is obtained: measured or table
     latency_batch: int = 1  # batch size the latency objective is measured at
+    strategy: str = "train-each"  # or "one-shot": a weight-sharing supernet scores candidates
+    retrain_top: int = 3  # one-shot: configurations of its front retrained from scratch
+    supernet_epochs: int | None = None  # one-shot: supernet training epochs (default 4 x --epochs)
     early_stop: str | None = None  # "mo-asha": multi-objective successive halving
     min_epochs: int = 1  # first rung
     eta: int = 3  # a trial continues past a rung if among the best 1/eta there
@@ -153,6 +158,10 @@ class Settings:
             raise SettingsError(
                 f"--early-stop needs --min-epochs >= 1 and below --epochs ({t.epochs}), and --eta >= 2"
             )
+        if self.strategy not in STRATEGIES:
+            raise SettingsError(f"unknown --strategy {self.strategy!r}; use {' or '.join(STRATEGIES)}")
+        if self.retrain_top < 0 or (self.supernet_epochs is not None and self.supernet_epochs < 1):
+            raise SettingsError("--retrain-top must be >= 0 and --supernet-epochs >= 1")
         if self.checkpoint_every < 0 or self.workers < 1:
             raise SettingsError("--checkpoint-every must be >= 0 and --workers >= 1")
         if self.max_failures < 1:
@@ -161,6 +170,9 @@ class Settings:
             raise SettingsError(f"--max-mflops must be positive, got {self.max_mflops}")
         if self.width is not None and not 0 < self.width <= 4:
             raise SettingsError(f"--width must be in (0, 4], got {self.width}")
+
+    def supernet_epochs_or_default(self) -> int:
+        return self.supernet_epochs or 4 * self.training.epochs
 
     def stopping_rule(self):
         """The early-stopping rule of this run, or None."""

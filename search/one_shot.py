@@ -1,0 +1,167 @@
+"""``--strategy one-shot``: train one weight-sharing supernet, then score thousands of
+candidates in seconds each, then retrain the top of the one-shot front from scratch.
+
+1. The supernet of the space (:mod:`search.supernet`) is trained once with the sandwich
+   rule and in-place distillation, saved under ``<results-dir>/<study>/supernet/`` and reused
+   by later searches of the same space and settings.
+2. A separate study, ``<study>-oneshot``, holds the one-shot scores (user attribute
+   ``fidelity = "one-shot"``), searched with NSGA-II by default. One-shot scores are never
+   mixed with stand-alone accuracies on one front.
+3. ``--retrain-top K`` queues K configurations spread along the one-shot front into the
+   ordinary study ``<study>`` (user attribute ``from_one_shot``), where they are trained
+   from scratch by the ordinary evaluation path; the one-shot study's report shows both fronts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from .candidate import CONSTRAINT_KEY
+from .cost import architecture_cost
+from .errors import SearchAborted
+from .front import front_summary, pareto_records
+from .progress import Progress
+from .settings import Settings
+from .storage import load_records, study_objectives
+from .study import count_finished, open_search, write_run_json
+from .train import TrialFailed, resolve_device
+
+__all__ = ["one_shot_study_name", "run_one_shot_search"]
+
+
+def one_shot_study_name(settings: Settings) -> str:
+    return f"{settings.study}-oneshot"
+
+
+def _supernet_path(settings: Settings, fingerprint: dict) -> Path:
+    key = json.dumps({"space": fingerprint, "training": settings.training.to_json(), "seed": settings.seed,
+                      "epochs": settings.supernet_epochs_or_default()}, sort_keys=True, default=str)  # fmt: skip
+    key = json.loads(key)
+    for volatile in ("device", "threads", "amp", "data_dir"):  # do not change what is learned
+        key["training"].pop(volatile, None)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return settings.study_dir / "supernet" / f"supernet-{digest}.pt"
+
+
+def _trained_supernet(settings: Settings, space, data, progress: Progress):
+    from .supernet import Supernet, load_supernet, save_supernet, train_supernet
+
+    path = _supernet_path(settings, space.fingerprint())
+    if path.exists():
+        supernet, _ = load_supernet(space, path)
+        progress.message(f"reusing the trained supernet {path}")
+        return supernet, path
+    device = resolve_device(settings.training.device)
+    epochs = settings.supernet_epochs_or_default()
+    progress.message(f"training the supernet of {space.name} for {epochs} epochs (sandwich rule, in-place distillation)")
+    supernet = Supernet(space)
+    started = time.perf_counter()
+
+    def on_epoch(record: dict) -> None:
+        progress.message(
+            f"supernet epoch {record['epoch']}/{epochs}: largest {record['val_accuracy_largest']:.4f}, "
+            f"smallest {record['val_accuracy_smallest']:.4f}, {record['seconds']:.1f}s"
+        )
+
+    training = settings.training.replace(epochs=epochs)
+    history = train_supernet(supernet, data, training, settings.seed, device, on_epoch=on_epoch)
+    supernet.to("cpu")
+    meta = {"space": space.fingerprint(), "training": training.to_json(), "history": history,
+            "seconds": time.perf_counter() - started}  # fmt: skip
+    save_supernet(supernet, path, meta)
+    return supernet, path
+
+
+def _spread(records: list, k: int) -> list:
+    """``k`` records evenly spread along a front sorted by cost (both ends included)."""
+    ordered = sorted(records, key=lambda r: r.values["mflops"])
+    if k >= len(ordered):
+        return ordered
+    if k == 1:
+        return [max(ordered, key=lambda r: r.values["accuracy"])]
+    step = (len(ordered) - 1) / (k - 1)
+    return [ordered[round(i * step)] for i in range(k)]
+
+
+def run_one_shot_search(settings: Settings) -> optuna.Study:
+    """Supernet, one-shot study up to ``budget`` scored candidates, then ``--retrain-top``."""
+    from .supernet import score
+
+    if "latency_ms" in settings.objectives:
+        raise SearchAborted("--strategy one-shot supports the accuracy, mflops and params objectives")
+    standalone = open_search(settings)  # the ordinary study: checks and creates it
+    one_shot_settings = settings.replace(study_name=one_shot_study_name(settings))
+    context = open_search(one_shot_settings, heartbeat=False)
+    study = context.study
+    study.set_user_attr("fidelity", "one-shot")
+    study.set_user_attr("retrained_study", standalone.study.study_name)
+    from .evaluate import get_dataset
+
+    data = get_dataset(settings.training)
+    progress = Progress(settings.budget, count_finished(study), quiet=settings.quiet)
+    supernet, path = _trained_supernet(settings, context.space, data, progress)
+    write_run_json(context, {"strategy": "one-shot", "supernet": str(path)})
+    device = resolve_device(settings.training.device)
+    supernet.to(device)
+    from .optuna_driver import make_sampler
+
+    sampler = make_sampler(settings.sampler, settings.seed + len(study.get_trials(deepcopy=False)))
+    study = optuna.load_study(study_name=study.study_name, storage=context.storage, sampler=sampler)
+    progress.message(f"one-shot study '{study.study_name}': {count_finished(study)}/{settings.budget} scored candidates")
+    while (done := count_finished(study)) < settings.budget:
+        trial = study.ask()
+        arch = context.space.sample(trial)
+        cost = architecture_cost(arch)
+        attrs = {"architecture": arch.to_json(), "mflops": cost.mflops, "mflops_all_ops": cost.mflops_all_ops,
+                 "params": cost.params, "fidelity": "one-shot", "supernet": path.name}  # fmt: skip
+        if settings.max_mflops is not None:
+            trial.set_constraint(CONSTRAINT_KEY, cost.mflops - settings.max_mflops)
+        if settings.max_mflops is not None and cost.mflops > settings.max_mflops:
+            attrs["status"] = "infeasible"
+            accuracy = 0.0
+        else:
+            started = time.perf_counter()
+            try:
+                accuracy = score(supernet, arch, data, device=device, seed=settings.seed)
+            except TrialFailed as err:
+                trial.set_user_attr("fail_reason", str(err))
+                study.tell(trial, state=TrialState.FAIL)
+                continue
+            attrs.update(status="ok", score_seconds=round(time.perf_counter() - started, 3))
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        values = {"accuracy": accuracy, "mflops": cost.mflops, "params": float(cost.params)}
+        study.tell(trial, [values[o] for o in settings.objectives])
+        if attrs["status"] == "ok" and (done + 1) % max(1, settings.budget // 20) == 0:
+            progress.trial(done + 1, *front_summary(study), f"trial {trial.number}: score {accuracy:.4f} @ {cost.mflops:.2f} MFLOPs")
+    if settings.retrain_top:
+        _retrain_top(settings, study, standalone, progress)
+    return study
+
+
+def _retrain_top(settings: Settings, study: optuna.Study, standalone, progress: Progress) -> None:
+    """Queue the top of the one-shot front into the ordinary study and train them from scratch."""
+    from .optuna_driver import run_optuna_search
+
+    front = pareto_records(load_records(study), study_objectives(study))
+    chosen = _spread(front, settings.retrain_top)
+    target = standalone.study
+    already = {t.user_attrs.get("from_one_shot") for t in target.get_trials(deepcopy=False)}
+    queued = 0
+    for record in chosen:
+        if record.number in already:
+            continue
+        params = standalone.space.to_params(record.architecture)
+        target.enqueue_trial(params, user_attrs={"from_one_shot": record.number, "one_shot_score": record.accuracy})
+        queued += 1
+    progress.message(f"retraining {len(chosen)} configurations of the one-shot front from scratch in study '{target.study_name}'")
+    waiting = len(target.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    budget = count_finished(target) + waiting
+    if budget > count_finished(target):
+        run_optuna_search(settings.replace(budget=budget, baselines=False))
