@@ -223,9 +223,13 @@ def _ints(text: str | None, default) -> tuple[int, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_common_arguments(parser, "layers")
-    parser.add_argument("--shapes", default=None, help="vgg, mbv2 or CINxCOUT@D, comma-separated (default: all; --quick: 3)")
+    parser.add_argument(
+        "--shapes", default=None, help="vgg, mbv2 or CINxCOUT@D, comma-separated (default: all; --quick: 3)"
+    )
     parser.add_argument("--parts", default=None, help=f"HetConv parts (default: {PARTS}; --quick: 4)")
     parser.add_argument("--groups", default=None, help=f"FLGC groups (default: {GROUPS}; --quick: 4)")
     parser.add_argument("--batches", default="1,64", help="inference batch sizes (default: 1,64)")

@@ -66,7 +66,7 @@ CSV_COLUMNS = [
     "note", "samples", "calls_per_sample",
 ]  # fmt: skip
 TABLE_COLUMNS = [
-    "model", "kind", "param", "form", "batch", "memory_format", "ms_nchw", "ms_channels_last", "mflops",
+    "shape", "model", "kind", "param", "form", "batch", "memory_format", "ms_nchw", "ms_channels_last", "mflops",
     "flops_ratio", "latency_ratio", "explicit_gathers",
 ]  # fmt: skip
 
@@ -131,7 +131,7 @@ def forms_of(
     if weights is not None:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     model.eval()
-    shape = f"{arch.model}@{arch.width:g}"
+    shape = f"{arch.model}@{arch.width:g}" + (f"/{arch.num_classes}cls" if arch.num_classes != 10 else "")
     mflops = architecture_cost(arch).mflops
     common = dict(model=name, kind=kind, shape=shape, param=param, mflops=mflops, width=arch.width,
                   num_classes=arch.num_classes)  # fmt: skip
@@ -163,36 +163,41 @@ def uniform_arch(model: str, width: float, spec: LayerSpec | None) -> Architectu
     return Architecture(model, width, 10, (spec or LayerSpec.dense(),) * len(slots))
 
 
-def builtin_entries(args) -> list[Entry]:
-    entries: list[Entry] = []
-    for model in args.model_names:
-        entries += forms_of(uniform_arch(model, args.width, None), model, "dense", "", args.seed)
-        if model == "vgg16":
-            for p in args.parts:
-                arch = uniform_arch(model, args.width, LayerSpec.hetconv(p))
-                entries += forms_of(arch, model, "hetconv", f"P={p}", args.seed)
-        for g in args.groups:
-            arch = uniform_arch(model, args.width, LayerSpec.flgc(g))
-            entries += forms_of(arch, model, "flgc", f"G={g}", args.seed, quick=args.quick)
+def builtin_entries(model: str, args) -> list[Entry]:
+    """The dense model and the uniform HetConv (VGG only) and FLGC models of one family."""
+    entries = forms_of(uniform_arch(model, args.width, None), model, "dense", "", args.seed)
+    if model == "vgg16":
+        for p in args.parts:
+            arch = uniform_arch(model, args.width, LayerSpec.hetconv(p))
+            entries += forms_of(arch, model, "hetconv", f"P={p}", args.seed)
+    for g in args.groups:
+        arch = uniform_arch(model, args.width, LayerSpec.flgc(g))
+        entries += forms_of(arch, model, "flgc", f"G={g}", args.seed, quick=args.quick)
     return entries
 
 
-def config_entries(paths: list[str], seed: int) -> tuple[list[Entry], set[tuple[str, float, int]]]:
+def read_configs(paths: list[str]) -> list[tuple[Path, Architecture]]:
+    """The exported configs that load (others are skipped with a message: e.g. the
+    ``*.retrain.json`` summaries beside them in a pareto folder)."""
     from search.retrain import load_config
 
-    entries, references = [], set()
+    configs = []
     for text in paths:
         path = Path(text)
         try:
-            config = load_config(path)
+            configs.append((path, Architecture.from_json(load_config(path)["architecture"])))
         except ValueError as err:
             print(f"skipping {path}: {err}", file=sys.stderr)
-            continue
-        arch = Architecture.from_json(config["architecture"])
-        weights = path.with_suffix(".pt")
-        entries += forms_of(arch, path.stem, "config", _compact(arch.summary()), seed, weights if weights.exists() else None)
-        references.add((arch.model, arch.width, arch.num_classes))
-    return entries, references
+    return configs
+
+
+def config_entries(path: Path, arch: Architecture, seed: int) -> list[Entry]:
+    weights = path.with_suffix(".pt")
+    try:
+        return forms_of(arch, path.stem, "config", _compact(arch.summary()), seed, weights if weights.exists() else None)
+    except RuntimeError as err:  # weights that do not fit the architecture
+        print(f"skipping {path}: {str(err).splitlines()[0]}", file=sys.stderr)
+        return []
 
 
 def _compact(summary: str) -> str:
@@ -229,7 +234,8 @@ def measure(entries: list[Entry], args, formats: list[str]) -> list[dict]:
                     else:
                         fn = train_step_fn(e.module, x, fmt, target=target % e.num_classes)
                     row = {
-                        "model": e.model, "kind": e.kind, "form": e.form if mode == "inference" else f"train_step:{e.form}",
+                        "model": e.model, "kind": e.kind,
+                        "form": e.form if mode == "inference" else f"train_step:{e.form}",
                         "shape": e.shape, "param": e.param, "batch": batch, "mflops": e.mflops,
                         "executed_mflops": e.executed if e.executed is not None else math.nan,
                         "explicit_gathers": e.gathers, "memory_format": fmt, "mode": mode, "width": e.width,
@@ -238,7 +244,9 @@ def measure(entries: list[Entry], args, formats: list[str]) -> list[dict]:
                     candidates.append(Candidate(fn, row))
             measure_round_robin(candidates, args.repeats, args.warmup)
             for c in candidates:
-                rows.append({**c.row, "latency_ms": c.median_ms, "samples": len(c.samples), "calls_per_sample": c.calls})
+                rows.append(
+                    {**c.row, "latency_ms": c.median_ms, "samples": len(c.samples), "calls_per_sample": c.calls}
+                )
             del candidates
     return rows
 
@@ -257,10 +265,14 @@ def add_best_rows(rows: list[dict]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_common_arguments(parser, "models")
-    parser.add_argument("--width", type=float, default=1.0, help="width multiplier of the built-in models (default: 1.0)")
-    parser.add_argument("--models", default="vgg16,mobilenetv2", help="built-in models (default: vgg16,mobilenetv2; 'none' for configs only)")
+    parser.add_argument("--width", type=float, default=1.0, help="width of the built-in models (default: 1.0)")
+    parser.add_argument(
+        "--models", default="vgg16,mobilenetv2", help="built-in models (default: vgg16,mobilenetv2; 'none': configs only)"
+    )
     parser.add_argument("--parts", default=None, help="uniform HetConv parts for VGG (default: 2,4,8; --quick: 4)")
     parser.add_argument("--groups", default=None, help="uniform FLGC groups (default: 2,4,8; --quick: 4)")
     parser.add_argument("--configs", nargs="*", default=[], help="exported configs (results/STUDY/pareto/*.json)")
@@ -276,7 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     args.groups = ints(args.groups, (4,) if args.quick else (2, 4, 8))
     args.model_names = [] if args.models == "none" else [m.strip() for m in args.models.split(",") if m.strip()]
     for name in args.model_names:
-        get_model_family(name)  # unknown model: a clear error
+        try:
+            get_model_family(name)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
     setup_threads(args.threads)
     formats = parse_formats(args.formats)
     env = environment()
@@ -286,20 +301,29 @@ def main(argv: list[str] | None = None) -> int:
     if warning:
         print(warning, file=sys.stderr, flush=True)
 
-    entries = builtin_entries(args)
-    extra, references = config_entries(args.configs, args.seed)
-    have = {(e.shape) for e in entries if e.kind == "dense"}
-    for model, width, classes in sorted(references):
-        if f"{model}@{width:g}" not in have:
-            entries += forms_of(Architecture(model, width, classes, (LayerSpec.dense(),) * len(get_model_family(model).slots(width))),
-                                model, "dense", "", args.seed)  # fmt: skip
-            have.add(f"{model}@{width:g}")
-    entries += extra
-    if not entries:
-        raise SystemExit("error: nothing to measure (no models and no configs)")
-    dense_mflops = {e.shape: e.mflops for e in entries if e.kind == "dense"}
+    # One model family and width at a time: its dense reference, uniform models and the
+    # configs of the same shape are measured round-robin, then freed.
+    configs = read_configs(args.configs)
+    shapes: dict[tuple[str, float, int], list] = {(m, args.width, 10): [] for m in args.model_names}
+    for path, arch in configs:
+        shapes.setdefault((arch.model, arch.width, arch.num_classes), []).append((path, arch))
+    if not shapes:
+        raise SystemExit("error: nothing to measure (no models and no loadable configs)")
+    rows: list[dict] = []
+    dense_mflops: dict[str, float] = {}
+    for (model, width, classes), members in shapes.items():
+        if model in args.model_names and width == args.width and classes == 10:
+            entries = builtin_entries(model, args)
+        else:
+            dense = (LayerSpec.dense(),) * len(get_model_family(model).slots(width))
+            entries = forms_of(Architecture(model, width, classes, dense), model, "dense", "", args.seed)
+        for path, arch in members:
+            entries += config_entries(path, arch, args.seed)
+        dense_mflops.update({e.shape: e.mflops for e in entries if e.kind == "dense"})
+        rows += measure(entries, args, formats)
+        del entries
 
-    rows = add_best_rows(measure(entries, args, formats))
+    rows = add_best_rows(rows)
     for r in rows:
         r["flops_ratio"] = r["mflops"] / dense_mflops[r["shape"]]
         r.update(threads=env["threads"], torch=env["torch"], load_start=env["load_start"])
@@ -307,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:  # the derived best row is its own form, in its winner's format
         if r["form"] == "deployed_best":
             r["fastest_format"] = True
-    table = summary_rows([r for r in rows if r["form"] != "deployed_best"], ("model", "kind", "param", "form", "batch", "mode"))
+    measured = [r for r in rows if r["form"] != "deployed_best"]
+    table = summary_rows(measured, ("shape", "model", "kind", "param", "form", "batch", "mode"))
     table += [r for r in rows if r["form"] == "deployed_best"]
     order = {e: i for i, e in enumerate(dict.fromkeys((r["shape"], r["model"], r["param"]) for r in rows))}
     table.sort(key=lambda r: (r["mode"], r["batch"], order[r["shape"], r["model"], r["param"]]))

@@ -25,6 +25,10 @@ class ChannelGather(nn.Module):
         self.register_buffer("index", index.to(torch.long).clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            # Gather along the innermost (channel) axis of the NHWC layout: contiguous reads,
+            # and the result stays channels_last for the convolution that follows.
+            return x.permute(0, 2, 3, 1).index_select(3, self.index).permute(0, 3, 1, 2)
         return x.index_select(1, self.index)
 
     def extra_repr(self) -> str:
@@ -44,24 +48,17 @@ class ConvSum(nn.Module):
 
 
 class GroupSplitConv(nn.Module):
-    """Per-group convolutions for unbalanced groups: group g reads ``in_indices[g]`` and
-    writes output channels ``out_indices[g]``."""
+    """Per-group convolutions for unbalanced groups: branch g gathers its input channels and
+    convolves them; the concatenated outputs are put back in filter order."""
 
     def __init__(
         self, convs: list[nn.Conv2d], in_indices: list[torch.Tensor], out_indices: list[torch.Tensor], out_channels: int
     ) -> None:
         super().__init__()
-        self.convs = nn.ModuleList(convs)
         self.out_channels = out_channels
-        for g, (i, o) in enumerate(zip(in_indices, out_indices)):
-            self.register_buffer(f"in_index_{g}", i.to(torch.long).clone())
-            self.register_buffer(f"out_index_{g}", o.to(torch.long).clone())
-        # The concatenated outputs are in group order; this restores filter order.
+        self.branches = nn.ModuleList(nn.Sequential(ChannelGather(i), conv) for i, conv in zip(in_indices, convs))
         order = torch.cat([o.to(torch.long) for o in out_indices]) if out_indices else torch.zeros(0, dtype=torch.long)
         self.register_buffer("restore", torch.argsort(order))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outputs = []
-        for g, conv in enumerate(self.convs):
-            outputs.append(conv(x.index_select(1, getattr(self, f"in_index_{g}"))))
-        return torch.cat(outputs, dim=1).index_select(1, self.restore)
+        return torch.cat([branch(x) for branch in self.branches], dim=1).index_select(1, self.restore)

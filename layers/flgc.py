@@ -19,8 +19,6 @@ as an option and is counted by its true connections.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -231,26 +229,20 @@ class FLGConv2d(nn.Module):
 
 
 def param_groups_without_logit_decay(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Optimizer parameter groups: FLGC assignment logits (and biases/BatchNorm, which by
-    convention take no decay either) in a group with ``weight_decay=0``; the rest decayed.
+    """Optimizer parameter groups: FLGC assignment logits (any parameter whose name says
+    ``logits``, so weight-sharing variants are covered too), biases and BatchNorm in a group
+    with ``weight_decay=0``; the rest decayed.
 
     Decaying the logits would pull every assignment towards a tie and make them flip at
     random, which is why the FLGC paper keeps them out of weight decay.
     """
-    no_decay_ids = {id(p) for p in _flgc_logits(model.modules())}
     decay, no_decay = [], []
-    for param in model.parameters():
+    for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if id(param) in no_decay_ids or param.ndim <= 1 else decay).append(param)
+        is_logit = any(part.endswith("logits") for part in name.split("."))
+        (no_decay if is_logit or param.ndim <= 1 else decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-
-
-def _flgc_logits(modules: Iterable[nn.Module]) -> Iterable[nn.Parameter]:
-    for module in modules:
-        if isinstance(module, FLGConv2d):
-            yield module.in_logits
-            yield module.out_logits

@@ -26,7 +26,7 @@ import copy
 import torch
 from torch import nn
 
-from layers import ChannelGather, FLGConv2d, HetConv2d
+from layers import ChannelGather, FLGConv2d, GroupSplitConv, HetConv2d
 
 __all__ = ["count_gathers", "deploy"]
 
@@ -78,6 +78,8 @@ def _fold_one(layers: list[nn.Module], i: int) -> bool:
     if torch.equal(index, torch.arange(index.numel(), device=index.device)):
         del layers[i]
         return True
+    if not torch.equal(torch.sort(index).values, torch.arange(index.numel(), device=index.device)):
+        return False  # a subset of the channels (free FLGC branch), not a reordering
     j = i - 1
     while j >= 0 and _per_channel(layers[j]):
         j -= 1
@@ -147,10 +149,25 @@ def _convert(module: nn.Module, hetconv_form: str) -> None:
 
 
 def _fold(module: nn.Module) -> None:
+    if isinstance(module, GroupSplitConv):  # its branches read channel subsets: nothing to fold
+        return
     for name, child in module.named_children():
         _fold(child)
         if isinstance(child, nn.Sequential):
             setattr(module, name, _fold_sequential(child))
+
+
+@torch.no_grad()
+def _fold_into_head(module: nn.Module) -> None:
+    """A gather left at the end of ``features`` folds into the classifier's first Linear when
+    the feature map is 1x1 there (VGG on CIFAR): flattening keeps the channel order."""
+    features, classifier = getattr(module, "features", None), getattr(module, "classifier", None)
+    if not (isinstance(features, nn.Sequential) and len(features) and isinstance(features[-1], ChannelGather)):
+        return
+    linear = classifier[0] if isinstance(classifier, nn.Sequential) and len(classifier) else classifier
+    if isinstance(linear, nn.Linear) and linear.in_features == features[-1].index.numel():
+        linear.weight.copy_(linear.weight[:, torch.argsort(features[-1].index)])
+        module.features = nn.Sequential(*list(features)[:-1])
 
 
 def deploy(model: nn.Module, hetconv_form: str = "split", fold: bool = True) -> nn.Module:
@@ -165,11 +182,13 @@ def deploy(model: nn.Module, hetconv_form: str = "split", fold: bool = True) -> 
         >>> bool(torch.allclose(net(x), deploy(net)(x), atol=1e-4))
         True
     """
-    deployed = copy.deepcopy(model).eval()
+    deployed = copy.deepcopy(model)
     _convert(deployed, hetconv_form)
     if fold:
         _fold(deployed)
-    return deployed
+        for module in deployed.modules():
+            _fold_into_head(module)
+    return deployed.eval()  # after conversion: the new modules are in eval mode too
 
 
 def count_gathers(model: nn.Module) -> int:

@@ -59,7 +59,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     if not enabled or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -107,7 +107,7 @@ def train_model(
     same as an uninterrupted run. The file is removed when training ends.
     """
     torch.manual_seed(seed)
-    amp_dtype = _amp_dtype(device, training.amp)
+    amp_dtype = amp_dtype(device, training.amp)
     channels_last = training.channels_last and device.type == "cuda"
     model.to(device)
     if channels_last:

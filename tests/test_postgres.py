@@ -1,0 +1,204 @@
+"""Several machines on one PostgreSQL study: a real server (tests/pg_server.py), the real CLI
+in subprocesses, real (tiny) training on the offline digits data.
+
+Each "machine" is a separate ``run_search.py`` process with its own results folder; they
+share nothing but the storage URL. The budget must come out exact (slots are taken under a
+PostgreSQL advisory lock, search/budget.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import optuna
+import pytest
+
+from search.storage import StorageError, open_storage
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pg_server import create_database, postgres_url  # noqa: E402,F401  (the session fixture)
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = ["--preset", "quick", "--epochs", "1", "--threads", "1", "--no-report"]
+TIMEOUT = 420  # seconds per CLI run (2 shared cores: three processes start and train together)
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "run_search.py"), *map(str, args)], cwd=cwd, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def _finish(procs: list[subprocess.Popen], timeout: float = TIMEOUT) -> list[subprocess.CompletedProcess]:
+    """Wait for every process; on a timeout end all of them (their own process groups)."""
+    results = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=timeout)
+            results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    except subprocess.TimeoutExpired:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        details = "\n".join(f"{' '.join(map(str, p.args[2:]))}: {p.communicate()[1][-2000:]}" for p in procs)
+        raise AssertionError(f"not finished in {timeout}s:\n{details}") from None
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    return results
+
+
+def describe(proc: subprocess.CompletedProcess) -> str:
+    return f"command: {' '.join(map(str, proc.args[2:]))}\nexit code {proc.returncode}\nstderr:\n{proc.stderr[-4000:]}"
+
+
+def psycopg2_url(url: str) -> str:
+    """The same URL with the driver named. SQLAlchemy 2.1 (pinned in constraints.txt) maps a
+    bare ``postgresql://`` to psycopg 3, which the project does not install (it installs
+    psycopg2-binary); see test_documented_url_form_works."""
+    return url.replace("postgresql://", "postgresql+psycopg2://", 1)
+
+
+OVERSHOOT_BUG = (
+    "BUG: run_optuna_search counts finished trials outside the budget lock and take_slot adds only "
+    "the trials running inside it, so a trial finished elsewhere in between is not counted and one "
+    "trial more than the budget is asked (see test_reliability.py::test_a_trial_finished_by_another_worker_is_counted)"
+)
+
+
+def _check_exact_budget(url: str, study_name: str, budget: int, workers: int = 1) -> list[optuna.trial.FrozenTrial]:
+    trials = optuna.load_study(study_name=study_name, storage=url).get_trials()
+    states = [t.state.name for t in trials]
+    extra = states.count("COMPLETE") - budget
+    if 0 < extra < workers and len(states) == states.count("COMPLETE"):
+        pytest.xfail(f"{OVERSHOOT_BUG} (this run: {budget + extra} COMPLETE trials for --budget {budget})")
+    assert states.count("COMPLETE") == budget, states
+    assert len(trials) == budget, f"expected exactly {budget} trials, no FAIL/RUNNING/WAITING: {states}"
+    assert len({t.number for t in trials}) == budget
+    for t in trials:
+        assert t.user_attrs["status"] == "ok", t.user_attrs
+        assert len(t.values) == 2
+    keys = [(json.dumps(t.user_attrs["architecture"], sort_keys=True), t.user_attrs["seed"]) for t in trials]
+    assert len(set(keys)) == budget, "two trials trained the same architecture with the same seed"
+    assert sorted(t.user_attrs["seed"] for t in trials) == sorted(t.number for t in trials)  # --seed 0
+    return trials
+
+
+def test_three_machines_share_one_budget(postgres_url: str, tmp_path: Path) -> None:
+    """The database already has Optuna's tables (as after any earlier run): three machines
+    that start the same command at once on a *fresh* database race to create them, see
+    test_three_machines_open_a_fresh_database_at_once."""
+    budget = 6
+    url = psycopg2_url(postgres_url)
+    open_storage(url)  # creates the schema
+    procs = [
+        _start([*QUICK, "--storage", url, "--budget", budget, "--study-name", "pg",
+                "--results-dir", tmp_path / f"machine{i}"], tmp_path)  # fmt: skip
+        for i in range(3)
+    ]
+    results = _finish(procs)
+    for proc in results:
+        assert proc.returncode == 0, describe(proc)
+        assert "Traceback" not in proc.stderr, describe(proc)
+    trials = _check_exact_budget(url, "pg", budget, workers=3)
+    # Every machine found the same study; the trials are spread over them (not asserted: a
+    # slow machine may get none) but each run reports the study.
+    for proc in results:
+        assert f"study 'pg' in {url}" in proc.stderr, describe(proc)
+    finished_lines = sum(proc.stderr.count(f"/{budget} |") for proc in results)
+    assert finished_lines == budget, [proc.stderr for proc in results]
+    architectures = [json.dumps(t.user_attrs["architecture"], sort_keys=True) for t in trials]
+    if len(set(architectures)) < budget:  # same command on 3 machines: same sampler seed
+        print(f"note: {budget - len(set(architectures))} duplicate architecture(s) among {budget} trials")
+
+
+def test_workers_on_postgres_keep_the_budget(postgres_url: str, tmp_path: Path) -> None:
+    budget = 4
+    url = psycopg2_url(postgres_url)
+    (proc,) = _finish([_start([*QUICK, "--workers", 2, "--storage", url, "--budget", budget,
+                               "--study-name", "pg-workers", "--results-dir", tmp_path], tmp_path)])  # fmt: skip
+    assert proc.returncode == 0, describe(proc)
+    assert "Traceback" not in proc.stderr, describe(proc)
+    _check_exact_budget(url, "pg-workers", budget, workers=2)
+    assert "[worker 0]" in proc.stderr and "[worker 1]" in proc.stderr, describe(proc)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: open_storage() on an empty PostgreSQL database from several machines at once: "
+    "Optuna's RDBStorage creates its tables concurrently and all but one fail with "
+    "'(psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint "
+    "\"pg_type_typname_nsp_index\"'; the CLI exits 2 with 'cannot open storage ...' (no retry)",
+)
+def test_three_machines_open_a_fresh_database_at_once(postgres_url: str) -> None:
+    """What three ``run_search.py --storage URL`` started together on a new database do first
+    (open_search -> open_storage(url, heartbeat=True)), at the same moment: the CLI version
+    of this race failed one of three machines in about half of the runs here."""
+    url = psycopg2_url(create_database(postgres_url, "fresh"))
+    barrier = threading.Barrier(3)
+    errors: list[str] = []
+
+    def machine() -> None:
+        barrier.wait()
+        try:
+            open_storage(url, heartbeat=True)
+        except StorageError as err:
+            errors.append(str(err))
+
+    threads = [threading.Thread(target=machine) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == [], errors
+
+
+BARE_URL_BUG = (
+    "BUG: SQLAlchemy 2.1 (constraints.txt pins 2.1.9) maps postgresql:// to the psycopg (3) driver, "
+    "which is not installed (the project installs psycopg2-binary): every documented postgresql:// URL "
+    "fails with 'a database driver is missing ... install it, e.g. psycopg2-binary'"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=BARE_URL_BUG)
+def test_documented_url_form_works(postgres_url: str, tmp_path: Path) -> None:
+    """README: ``--storage postgresql://user:password@host/dbname``."""
+    assert postgres_url.startswith("postgresql://")
+    (proc,) = _finish([_start([*QUICK, "--storage", postgres_url, "--budget", 1, "--study-name", "pg-bare",
+                               "--results-dir", tmp_path], tmp_path)])  # fmt: skip
+    assert proc.returncode == 0, describe(proc)
+    _check_exact_budget(postgres_url, "pg-bare", 1)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg2://postgres@127.0.0.1:1/nas",
+        pytest.param("postgresql://postgres@127.0.0.1:1/nas", marks=pytest.mark.xfail(strict=True, reason=BARE_URL_BUG)),
+    ],
+    ids=["psycopg2", "bare"],
+)
+def test_unreachable_server_is_one_error_line(url: str, tmp_path: Path) -> None:
+    (proc,) = _finish([_start([*QUICK, "--storage", url, "--budget", 1, "--results-dir", tmp_path], tmp_path)], timeout=180)
+    assert proc.returncode == 2, describe(proc)
+    assert "Traceback" not in proc.stderr, describe(proc)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), describe(proc)
+    assert "127.0.0.1:1" in lines[0], lines[0]
+    assert not list(tmp_path.glob("**/*.db")), "an sqlite storage was created instead"
+    # The reason is the connection, not a missing driver (psycopg2-binary is installed).
+    assert "cannot open storage" in lines[0] and "driver is missing" not in lines[0], lines[0]
