@@ -295,7 +295,7 @@ def train_supernet(
         raise ValueError(f"data set has {data.num_classes} classes, the supernet {supernet.space.num_classes}")
     device = torch.device(device)
     torch.manual_seed(seed)
-    amp_dtype = amp_dtype(device, training.amp)
+    autocast_dtype = amp_dtype(device, training.amp)
     channels_last = training.channels_last and device.type == "cuda"
     supernet.to(device)
     if channels_last:
@@ -308,7 +308,7 @@ def train_supernet(
         param_groups_without_logit_decay(supernet, training.weight_decay),
         lr=training.lr, momentum=training.momentum, nesterov=training.momentum > 0,
     )  # fmt: skip
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
     sampler = torch.Generator().manual_seed(seed)
     largest, smallest = supernet.largest(), supernet.smallest()
     total_steps = len(loader) * training.epochs
@@ -329,7 +329,7 @@ def train_supernet(
             candidates = [largest, smallest] + [supernet.sample(sampler) for _ in range(num_random)]
             for i, arch in enumerate(candidates):
                 supernet.activate(arch)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                     logits = supernet(images).float()
                 if i == 0:
                     loss = F.cross_entropy(logits, labels, label_smoothing=training.label_smoothing)

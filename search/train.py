@@ -74,12 +74,12 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> flo
 
 
 @torch.no_grad()
-def evaluate_loader(model: nn.Module, loader: BatchLoader, amp_dtype: torch.dtype | None = None) -> tuple[float, float]:
+def evaluate_loader(model: nn.Module, loader: BatchLoader, autocast_dtype: torch.dtype | None = None) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` over ``loader`` (eval mode)."""
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
     for images, labels in loader:
-        with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with torch.autocast(images.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = model(images)
         total_loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
         correct += (logits.argmax(dim=1) == labels).sum().item()
@@ -107,7 +107,7 @@ def train_model(
     same as an uninterrupted run. The file is removed when training ends.
     """
     torch.manual_seed(seed)
-    amp_dtype = amp_dtype(device, training.amp)
+    autocast_dtype = amp_dtype(device, training.amp)
     channels_last = training.channels_last and device.type == "cuda"
     model.to(device)
     if channels_last:
@@ -128,7 +128,7 @@ def train_model(
         param_groups_without_logit_decay(model, training.weight_decay),
         lr=training.lr, momentum=training.momentum, nesterov=training.momentum > 0,
     )  # fmt: skip
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
     steps_per_epoch = len(train_loader)
     total_steps = steps_per_epoch * training.epochs
     warmup_steps = int(round(training.warmup_epochs * steps_per_epoch))
@@ -153,7 +153,7 @@ def train_model(
             lr = lr_at(step, total_steps, warmup_steps, training.lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 loss = F.cross_entropy(model(images).float(), labels, label_smoothing=training.label_smoothing)
             # Checking needs a device sync: every step on CPU (free), every few on CUDA.
             if step % check_every == 0 and not torch.isfinite(loss):
@@ -167,7 +167,7 @@ def train_model(
         train_loss = loss_sum.item() / max(steps_per_epoch, 1)
         if not math.isfinite(train_loss):
             raise TrialFailed(f"loss became {train_loss} in epoch {epoch}")
-        val_loss, val_accuracy = evaluate_loader(model, eval_loader, amp_dtype) if eval_loader else (None, None)
+        val_loss, val_accuracy = evaluate_loader(model, eval_loader, autocast_dtype) if eval_loader else (None, None)
         record = EpochRecord(epoch, train_loss, val_loss, val_accuracy, lr, time.perf_counter() - started)
         history.append(record)
         if checkpoint is not None and checkpoint_every > 0 and epoch % checkpoint_every == 0 and epoch < training.epochs:
