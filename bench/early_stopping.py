@@ -34,7 +34,7 @@ median over several seeds.
 
     python bench/early_stopping.py --out results/bench/early_stopping.csv --seeds 3 --budget 20 \\
         --epochs 9 --eta 3 --min-epochs 1 --width 0.25 --space vgg_hetconv
-    python bench/early_stopping.py --seeds 1 --budget 4 --epochs 3   # smoke test (~1 minute)
+    python bench/early_stopping.py --seeds 1 --budget 4 --epochs 3   # smoke test (1-2 minutes)
 """
 
 from __future__ import annotations

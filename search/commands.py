@@ -104,9 +104,14 @@ def search(settings, write_report: bool = True) -> None:
     except (ValueError, RuntimeError) as err:
         raise UserError(str(err)) from None
     if settings.strategy == "one-shot":
-        from .one_shot import run_one_shot_search
+        from .one_shot import one_shot_study_name, run_one_shot_search
 
         study = run_one_shot_search(settings)
+        if write_report:  # the one-shot study (both fronts), then the retrained trials' own study
+            write_outputs(study, Path(settings.results_dir) / one_shot_study_name(settings))
+            retrained = _open_existing_study(settings.study, settings.storage, settings.results_dir)
+            write_outputs(retrained, settings.study_dir)
+        return
     elif settings.backend == "ray":
         from .ray_driver import run_ray_search
 

@@ -38,6 +38,7 @@ def config_of(study: optuna.Study, record: TrialRecord) -> dict[str, Any]:
             "mflops_all_ops": record.mflops_all_ops,
             "params": record.params,
             "val_accuracy": record.accuracy,
+            "fidelity": record.user_attrs.get("fidelity", "full"),
             "epochs_run": record.epochs_run,
             "train_seconds": record.train_seconds,
         },

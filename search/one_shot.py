@@ -104,8 +104,8 @@ def run_one_shot_search(settings: Settings) -> optuna.Study:
     from .evaluate import get_dataset
 
     data = get_dataset(settings.training)
-    progress = Progress(settings.budget, count_finished(study), quiet=settings.quiet)
-    supernet, path = _trained_supernet(settings, context.space, data, progress)
+    supernet, path = _trained_supernet(settings, context.space, data, Progress(settings.budget, 0, quiet=settings.quiet))
+    progress = Progress(settings.budget, count_finished(study), quiet=settings.quiet)  # times scoring only
     write_run_json(context, {"strategy": "one-shot", "supernet": str(path)})
     device = resolve_device(settings.training.device)
     supernet.to(device)

@@ -98,11 +98,14 @@ CASES = [
          files={"layer.yaml": 'model: vgg16\nchoices: [dense, "hetconv:2"]\nlayers:\n  conv99: [dense]\n'}),
     # -- storage
     Case("storage-not-a-url", ("--storage", "notaurl"), "notaurl", absent=("notaurl",)),
-    Case("storage-unreachable", ("--storage", "postgresql://u@127.0.0.1:1/db"), "127.0.0.1"),
+    # Nothing listens on port 1: the line must say the storage cannot be opened (not blame a driver).
+    Case("storage-unreachable", ("--storage", "postgresql://u@127.0.0.1:1/db"), "cannot open storage"),
+    Case("storage-unreachable-psycopg2", ("--storage", "postgresql+psycopg2://u@127.0.0.1:1/db"), "cannot open storage"),
     Case("storage-folder-under-a-file", ("--storage", "sqlite:///{dir}/afile/sub/studies.db"), "cannot create",
          files={"afile": "a regular file\n"}),
     # -- the existing study: options that would change what it searches
-    Case("study-other-width", ("--width", "0.5"), "space"),
+    # The line must name what differs (the width), not only the per-layer choices it implies.
+    Case("study-other-width", ("--width", "0.5"), "width"),
     Case("study-other-objectives", ("--objectives", "accuracy,params"), "objectives"),
     Case("study-other-epochs", ("--epochs", "2"), "protocol"),
     # The dataset is part of the default study name, so only --study-name can point a CIFAR
