@@ -111,7 +111,8 @@ def evaluate_candidate(
     attrs.update(result_attributes(result))
     state = "early_stopped" if result.stopped_early else "complete"
     latency_text = f", {costs['latency_ms']:.2f} ms" if "latency_ms" in costs else ""
-    line = f"trial {number}: acc {result.accuracy:.4f} @ {result.cost.mflops:.2f} MFLOPs{latency_text} in {result.train_seconds:.1f}s"
+    what = f"stopped at epoch {result.epochs_run}, acc" if result.stopped_early else "acc"
+    line = f"trial {number}: {what} {result.accuracy:.4f} @ {result.cost.mflops:.2f} MFLOPs{latency_text} in {result.train_seconds:.1f}s"
     return Outcome(state, {**result.metrics(), **costs}, attrs, constraint, line)
 
 

@@ -69,7 +69,12 @@ def _rung_callback(context: SearchContext, trial: optuna.Trial, arch: Architectu
             return False
         values = [record.val_accuracy if o == "accuracy" else fixed[o] for o in context.settings.objectives]
         trial.set_user_attr(rung_attr(record.epoch), values)
-        others = [(t.number, t.user_attrs) for t in context.study.get_trials(deepcopy=False) if t.number != trial.number]
+        # Failed trials are no peers: a retry must not compete with its own failed original.
+        others = [
+            (t.number, t.user_attrs)
+            for t in context.study.get_trials(deepcopy=False)
+            if t.number != trial.number and t.state != TrialState.FAIL
+        ]
         keep = rule.decide(record.epoch, trial.number, values, peers_from_attrs(others, record.epoch))
         if not keep:
             trial.set_user_attr("stopped_at_rung", record.epoch)

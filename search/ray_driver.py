@@ -117,10 +117,10 @@ def _make_scheduler(context: SearchContext):
     settings = context.settings
     rule = settings.stopping_rule()
     # Trials of earlier runs of this study count as peers at their rungs too.
-    recorded: dict[int, list[RungResult]] = {
-        epoch: peers_from_attrs([(f"optuna-{t.number}", t.user_attrs) for t in context.study.get_trials(deepcopy=False)], epoch)
-        for epoch in rule.rungs
-    }
+    # Keys are Optuna trial numbers, as in the Optuna backend, so ties break the same way;
+    # failed trials are no peers (a retry must not compete with its own failed original).
+    previous = [(t.number, t.user_attrs) for t in context.study.get_trials(deepcopy=False) if t.state != TrialState.FAIL]
+    recorded: dict[int, list[RungResult]] = {epoch: peers_from_attrs(previous, epoch) for epoch in rule.rungs}
 
     class MultiObjectiveASHAScheduler(FIFOScheduler):
         def __init__(self) -> None:
@@ -132,9 +132,10 @@ def _make_scheduler(context: SearchContext):
             if not rule.is_rung(epoch):
                 return TrialScheduler.CONTINUE
             values = tuple(float(result[o]) for o in settings.objectives)
+            number = int(trial.config["trial_number"])
             peers = recorded.setdefault(epoch, [])
-            keep = rule.decide(epoch, trial.trial_id, values, peers)
-            peers.append(RungResult(trial.trial_id, values))
+            keep = rule.decide(epoch, number, values, peers)
+            peers.append(RungResult(number, values))
             if keep:
                 return TrialScheduler.CONTINUE
             self.stopped[trial.trial_id] = epoch
@@ -176,7 +177,11 @@ def _make_searcher(context: SearchContext, progress: Progress, done: list[int], 
                 "mflops": last["mflops"], "mflops_all_ops": last["mflops_all_ops"], "params": int(last["params"]),
                 "curve": [{k: r[k] for k in EPOCH_KEYS} for r in curve], "epochs_run": len(curve),
                 "seed": trial_seed(settings, retry_origin(self._ot_study, trial.number)), "fidelity": "full",
+                "train_seconds": round(sum(float(r["seconds"]) for r in curve), 3),
             }  # fmt: skip
+            hyperparameters = {k[3:]: v for k, v in trial.params.items() if k.startswith("hp_")}
+            if hyperparameters:
+                attrs["hyperparameters"] = hyperparameters
             line = f"trial {trial.number}: stopped at rung {rung} (acc {last['accuracy']:.4f} @ {last['mflops']:.2f} MFLOPs)"
             return Outcome("early_stopped", None, attrs, None, line)
 

@@ -11,9 +11,6 @@
    and never reach pareto.csv nor the exported configs.  Both searches start in the
    background when the module starts, so they overlap with the fast tests.
 
-Two ``xfail(strict=True)`` tests pin known bugs (see their docstrings); they fail loudly
-(XPASS) once the bug is fixed, so the marker can go.
-
 About 2 minutes on 2 idle CPU cores (the two end-to-end searches dominate; 3-4 minutes when
 other jobs load the machine).
 """
@@ -184,10 +181,11 @@ def test_optuna_rung_callback_decisions(constructed):
 
 
 class FakeTrial:
-    """What the scheduler reads of a Ray trial."""
+    """What the scheduler reads of a Ray trial: its id and the Optuna trial number in its config."""
 
-    def __init__(self, trial_id: str) -> None:
+    def __init__(self, trial_id: str, number: int) -> None:
         self.trial_id = trial_id
+        self.config = {"trial_number": number}
 
 
 def test_ray_scheduler_matches_the_optuna_decisions(constructed):
@@ -198,10 +196,10 @@ def test_ray_scheduler_matches_the_optuna_decisions(constructed):
     _, context, mflops = constructed
     scheduler = _make_scheduler(context)  # the 8 peers come from the storage
     expected_stopped = {}
-    for name, _, steps in CANDIDATES:
-        # Ray trial ids sort after "optuna-<n>", as Optuna's trial numbers 8, 9, 10 sort after
-        # the peers' 0..7: same tie-break order as in the Optuna test.
-        trial = FakeTrial(trial_id=f"x-{name}")
+    for number, (name, _, steps) in enumerate(CANDIDATES, start=8):
+        # The scheduler ranks by Optuna trial number, like the Optuna backend: the candidates
+        # are trials 8, 9, 10 after the peers' 0..7, the same tie-break order as there.
+        trial = FakeTrial(trial_id=f"x-{name}", number=number)
         for epoch, accuracy, stop in steps:
             result = {"epoch": epoch, "accuracy": accuracy, "mflops": mflops[name], "val_accuracy": accuracy}
             decision = scheduler.on_trial_result(None, trial, result)
@@ -216,14 +214,10 @@ def test_ray_scheduler_matches_the_optuna_decisions(constructed):
 # ----------------------------------------------------------------------------- known bugs
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Ray trial ids (random 8-hex uuids) sort before 'optuna-<n>', "
-                   "so ties are broken the other way round than in the Optuna backend")
 def test_tie_break_is_the_same_in_both_backends(tmp_path):
     """One peer (trial 0) and a new trial at rung 1, both on the front (n = 2, quota 1, both
-    extremes with infinite crowding): the key decides. The Optuna backend keeps the earlier
-    trial and stops the new one; the Ray scheduler, whose live keys are Ray trial ids
-    (``Trial.generate_id()``: 8 random hex characters, all sorting before ``optuna-0``), keeps
-    the new one. Within one Ray round the order among live trials is random too."""
+    extremes with infinite crowding): the key decides. Both backends key results by Optuna
+    trial number, so both keep the earlier trial and stop the new one."""
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
 
@@ -238,19 +232,16 @@ def test_tie_break_is_the_same_in_both_backends(tmp_path):
     optuna_stops = _rung_callback(context, trial, arch)(_epoch(1, values[0]))
     assert optuna_stops is True  # rank: 0 before 1 (key order)
     ray_decision = _make_scheduler(context).on_trial_result(
-        None, FakeTrial(Trial.generate_id()), {"epoch": 1, "accuracy": values[0], "mflops": values[1]}
+        None, FakeTrial(Trial.generate_id(), trial.number), {"epoch": 1, "accuracy": values[0], "mflops": values[1]}
     )
     assert (ray_decision == TrialScheduler.STOP) == optuna_stops
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a retried trial competes at its rungs with its own failed original")
 def test_retry_is_not_stopped_by_its_own_failed_original(tmp_path):
     """An interrupted trial is failed and queued once more (``fail_and_requeue``, also the
     heartbeat retry); the retry trains the same candidate with the same seed, so it reaches
-    rung 1 with exactly the values its failed original recorded there. ``_rung_callback``
-    takes the original's ``rung_1`` as a peer: with nobody else, n = 2, quota 1, identical
-    points tie and the original (lower number) wins, so the retry is stopped by its own
-    ghost. (With more peers the ghost still takes one of the quota's places.)"""
+    rung 1 with exactly the values its failed original recorded there. Failed trials are no
+    peers, so the retry is not stopped by its own ghost."""
     from search.study import fail_and_requeue
 
     context = open_search(_settings(tmp_path))
