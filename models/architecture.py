@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,18 +81,15 @@ class LayerSpec:
 
     @classmethod
     def from_label(cls, label: str) -> LayerSpec:
-        parts = str(label).strip().split(":")
-        try:
-            if parts == ["dense"]:
+        match = _LABEL.fullmatch(str(label).strip())
+        if match:
+            kind, number, mode = match.groups()
+            if kind == "dense" and number is None:
                 return cls.dense()
-            if parts[0] == "hetconv" and len(parts) == 2:
-                return cls.hetconv(int(parts[1]))
-            if parts[0] == "flgc" and len(parts) == 2:
-                return cls.flgc(int(parts[1]))
-            if parts[0] == "flgc" and len(parts) == 3 and parts[2] in ("free", "balanced"):
-                return cls.flgc(int(parts[1]), balanced=parts[2] == "balanced")
-        except ValueError:
-            pass
+            if kind == "hetconv" and number is not None and mode is None:
+                return cls.hetconv(int(number))
+            if kind == "flgc" and number is not None:
+                return cls.flgc(int(number), balanced=mode != "free")
         raise ArchitectureError(
             f"cannot read layer choice {label!r}: use 'dense', 'hetconv:P', 'flgc:G' or 'flgc:G:free'"
         )
@@ -115,9 +113,9 @@ class LayerSpec:
             raise ArchitectureError(f"unknown key(s) {sorted(extra)} in layer spec {data!r}")
         if kind == "dense":
             return cls.dense()
-        if kind == "hetconv" and isinstance(data.get("part"), int):
+        if kind == "hetconv" and _is_int(data.get("part")):
             return cls.hetconv(data["part"])
-        if kind == "flgc" and isinstance(data.get("groups"), int):
+        if kind == "flgc" and _is_int(data.get("groups")) and isinstance(data.get("balanced", True), bool):
             return cls.flgc(data["groups"], data.get("balanced", True))
         raise ArchitectureError(
             f"bad layer spec {data!r}: use {{'type': 'dense'}}, {{'type': 'hetconv', 'part': P}} "
@@ -149,6 +147,14 @@ class LayerSpec:
                 raise ArchitectureError(f"{where}: free FLGC groups {self.groups} must be in 1..{limit}")
         else:
             raise ArchitectureError(f"{where}: unknown layer type {self.type!r}; use dense, hetconv or flgc")
+
+
+_LABEL = re.compile(r"(dense|hetconv|flgc)(?::([0-9]+))?(?::(free|balanced))?", re.ASCII)
+
+
+def _is_int(value: Any) -> bool:
+    """A JSON integer (``True`` is an int to Python, not to a config)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _common_divisors(a: int, b: int) -> list[int]:
@@ -195,10 +201,9 @@ class Architecture:
             raise ArchitectureError(f"architecture is missing {sorted(missing)}")
         if not isinstance(data["layers"], list):
             raise ArchitectureError("architecture 'layers' must be a list of layer specs")
-        try:
-            width, num_classes = float(data["width"]), int(data["num_classes"])
-        except (TypeError, ValueError) as err:
-            raise ArchitectureError(f"architecture width/num_classes are not numbers: {err}") from None
+        if not _is_int(data["num_classes"]) or isinstance(data["width"], bool) or not isinstance(data["width"], (int, float)):
+            raise ArchitectureError("architecture width must be a number and num_classes an integer")
+        width, num_classes = float(data["width"]), int(data["num_classes"])
         return cls(str(data["model"]), width, num_classes, tuple(LayerSpec.from_json(s) for s in data["layers"]))
 
     @classmethod

@@ -75,17 +75,24 @@ def running_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
-def take_slot(study: optuna.Study, storage_url: str, finished: int, budget: int) -> optuna.Trial | None:
+def take_slot(study: optuna.Study, storage_url: str, budget: int, count_finished) -> optuna.Trial | None:
     """Ask for a trial if finished + running trials leave room in the budget, else None.
 
-    Stale trials (their worker died) are failed first, which also queues their retry."""
+    Everything is counted under the lock (a trial another worker finishes meanwhile is then
+    seen either as running or as finished, never as neither). Stale trials (their worker
+    died) are failed first, which also queues their retry. The new trial's first heartbeat
+    is recorded at once, so that even a worker killed a moment later leaves a trial the
+    next one can find stale."""
     with budget_lock(storage_url, study.study_name):
         optuna.storages.fail_stale_trials(study)
-        if finished + running_count(study) >= budget:
+        if count_finished(study) + running_count(study) >= budget:
             return None
         with warnings.catch_warnings():  # we run the heartbeat ourselves (class Heartbeat)
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-            return study.ask()
+            trial = study.ask()
+        if getattr(study._storage, "get_heartbeat_interval", lambda: None)():
+            study._storage.record_heartbeat(trial._trial_id)
+        return trial
 
 
 class Heartbeat:

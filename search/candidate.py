@@ -77,6 +77,7 @@ def evaluate_candidate(
     attrs: dict[str, Any] = {"architecture": arch.to_json(), "seed": seed}
     if hyperparameters:
         attrs["hyperparameters"] = hyperparameters
+    failure: tuple[str, dict[str, Any]] | None = None
     try:
         cost = architecture_cost(arch)
         costs = {"mflops": cost.mflops, "params": float(cost.params)}
@@ -95,17 +96,18 @@ def evaluate_candidate(
             checkpoint=checkpoint, checkpoint_every=settings.checkpoint_every,
         )  # fmt: skip
     except TrialFailed as err:
-        attrs.update(status="failed", fail_reason=str(err))
-        release_memory()
-        return Outcome("failed", None, attrs, None, f"trial {number}: failed ({err})")
+        failure = (str(err), {})
     except torch.OutOfMemoryError as err:
         reason = "out of device memory (use a smaller --batch-size, or give each trial more GPU: --gpus-per-trial 1)"
-        attrs.update(status="failed", fail_reason=reason, traceback=str(err).splitlines()[0][:500] if str(err) else "")
-        release_memory()  # the cache of the failed trial must not starve the next one
-        return Outcome("failed", None, attrs, None, f"trial {number}: failed ({reason})")
+        failure = (reason, {"traceback": str(err).splitlines()[0][:500] if str(err) else ""})
     except Exception as err:  # noqa: BLE001  (one broken trial must not end or corrupt the study)
         reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
-        attrs.update(status="failed", fail_reason=reason, traceback=traceback.format_exc(limit=8)[-4000:])
+        failure = (reason, {"traceback": traceback.format_exc(limit=8)[-4000:]})
+    if failure is not None:
+        # Here, after the except block, the exception and the frames it held (the model, its
+        # activations) are gone, so freeing memory can really give it back.
+        reason, extra = failure
+        attrs.update(status="failed", fail_reason=reason, **extra)
         release_memory()
         return Outcome("failed", None, attrs, None, f"trial {number}: failed ({reason})")
     attrs.update(result_attributes(result))

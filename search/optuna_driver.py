@@ -8,7 +8,10 @@ spending budget.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
+import zlib
 
 import optuna
 from optuna.trial import TrialState
@@ -54,6 +57,17 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ValueError(f"unknown sampler {name!r}")
+
+
+def _sampler_seed(settings: Settings, study: optuna.Study) -> int:
+    """The sampler's seed: offset by the trials already there (a continued study must not
+    replay the first run's random start-up candidates) and by the worker. On a shared
+    server storage (several machines start the same command at once) the host and process
+    are mixed in too, or every machine would propose the same candidates."""
+    seed = settings.seed + len(study.get_trials(deepcopy=False)) + 1000 * (settings.worker_index or 0)
+    if not settings.storage_url.startswith("sqlite"):
+        seed += zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 1_000_000
+    return seed
 
 
 def _rung_callback(context: SearchContext, trial: optuna.Trial, arch: Architecture) -> EpochCallback:
@@ -118,8 +132,7 @@ def run_optuna_search(settings: Settings) -> optuna.Study:
     done = count_finished(study)
     # Offset the sampler's seed by the trials already there, so a continued study does not
     # replay the random start-up candidates of the first run.
-    worker = settings.worker_index or 0
-    sampler = make_sampler(settings.sampler, settings.seed + len(study.get_trials(deepcopy=False)) + worker)
+    sampler = make_sampler(settings.sampler, _sampler_seed(settings, study))
     study = optuna.load_study(study_name=study.study_name, storage=context.storage, sampler=sampler)
     context.study = study
     if settings.worker_index is None:  # --workers: the parent wrote it
@@ -137,7 +150,7 @@ def run_optuna_search(settings: Settings) -> optuna.Study:
     )
     infeasible_in_a_row = failures_in_a_row = 0
     while (done := count_finished(study)) < settings.budget:
-        trial = take_slot(study, settings.storage_url, done, settings.budget)
+        trial = take_slot(study, settings.storage_url, settings.budget, count_finished)
         if trial is None:  # the rest of the budget is running in other workers
             time.sleep(WAIT_FOR_OTHERS_SECONDS)
             continue

@@ -154,10 +154,10 @@ class Settings:
             raise SettingsError(f"--max-concurrent must be at least 1, got {self.max_concurrent}")
         if self.early_stop not in (None, "none", "mo-asha"):
             raise SettingsError(f"unknown --early-stop {self.early_stop!r}; use mo-asha or none")
-        if self.early_stop == "mo-asha" and (self.min_epochs < 1 or self.eta < 2 or self.min_epochs >= t.epochs):
-            raise SettingsError(
-                f"--early-stop needs --min-epochs >= 1 and below --epochs ({t.epochs}), and --eta >= 2"
-            )
+        if self.min_epochs < 1 or self.eta < 2:
+            raise SettingsError(f"--min-epochs must be >= 1 and --eta >= 2, got {self.min_epochs} and {self.eta}")
+        if self.early_stop == "mo-asha" and self.min_epochs >= t.epochs:
+            raise SettingsError(f"--early-stop needs --min-epochs ({self.min_epochs}) below --epochs ({t.epochs})")
         if self.strategy not in STRATEGIES:
             raise SettingsError(f"unknown --strategy {self.strategy!r}; use {' or '.join(STRATEGIES)}")
         if self.retrain_top < 0 or (self.supernet_epochs is not None and self.supernet_epochs < 1):

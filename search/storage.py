@@ -10,6 +10,8 @@ is still running.
 
 from __future__ import annotations
 
+import random
+import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -78,14 +80,29 @@ def open_storage(url: str, heartbeat: bool = False) -> optuna.storages.BaseStora
             "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1),
         }
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **extra)
+        return _rdb_storage(url, engine_kwargs, extra)
     except ImportError as err:
         raise StorageError(f"storage {url}: a database driver is missing ({err}); install it, e.g. psycopg2-binary") from None
     except Exception as err:  # noqa: BLE001  (SQLAlchemy raises many kinds; all mean "cannot use it")
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise StorageError(f"cannot open storage {url}: {reason[:300]}") from None
+
+
+def _rdb_storage(url: str, engine_kwargs: dict[str, Any], extra: dict[str, Any], attempts: int = 6) -> RDBStorage:
+    """RDBStorage, retried when workers that start together race to create the tables of an
+    empty database (all but one fail with a duplicate-key error)."""
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, engine_kwargs=engine_kwargs, **extra)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + random.random() * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def find_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study | None:
@@ -159,7 +176,8 @@ def to_record(trial: FrozenTrial, objectives: list[str]) -> TrialRecord:
         seed=attrs.get("seed"),
         baseline=attrs.get("baseline"),
         hyperparameters=dict(attrs.get("hyperparameters", {})),
-        fail_reason=attrs.get("fail_reason"),
+        fail_reason=attrs.get("fail_reason")
+        or ("stopped without a result (its process was killed or lost)" if trial.state == TrialState.FAIL else None),
         datetime_start=trial.datetime_start,
         datetime_complete=trial.datetime_complete,
         epochs_run=attrs.get("epochs_run"),

@@ -100,6 +100,11 @@ def _check_compatible(study: optuna.Study, expected: dict[str, Any]) -> None:
     differing = [key for key, value in expected.items() if attrs.get(key) != value]
     if differing:
         found = [d for key in differing for d in _differences(key, attrs.get(key, "(none)"), expected[key])]
+        # Per-layer choice lists follow from model and width: name them last and as one item.
+        choices = [d for d in found if d.startswith("space.choices.")]
+        found = [d for d in found if not d.startswith("space.choices.")]
+        if choices:
+            found.append(f"space.choices: the choices of {len(choices)} layers")
         details = "; ".join(found[:4]) + (f"; and {len(found) - 4} more" if len(found) > 4 else "")
         raise StudyMismatch(
             f"study '{study.study_name}' exists with a different {', '.join(differing)} ({details}); "

@@ -67,26 +67,9 @@ def describe(proc: subprocess.CompletedProcess) -> str:
     return f"command: {' '.join(map(str, proc.args[2:]))}\nexit code {proc.returncode}\nstderr:\n{proc.stderr[-4000:]}"
 
 
-def psycopg2_url(url: str) -> str:
-    """The same URL with the driver named. SQLAlchemy 2.1 (pinned in constraints.txt) maps a
-    bare ``postgresql://`` to psycopg 3, which the project does not install (it installs
-    psycopg2-binary); see test_documented_url_form_works."""
-    return url.replace("postgresql://", "postgresql+psycopg2://", 1)
-
-
-OVERSHOOT_BUG = (
-    "BUG: run_optuna_search counts finished trials outside the budget lock and take_slot adds only "
-    "the trials running inside it, so a trial finished elsewhere in between is not counted and one "
-    "trial more than the budget is asked (see test_reliability.py::test_a_trial_finished_by_another_worker_is_counted)"
-)
-
-
 def _check_exact_budget(url: str, study_name: str, budget: int, workers: int = 1) -> list[optuna.trial.FrozenTrial]:
     trials = optuna.load_study(study_name=study_name, storage=url).get_trials()
     states = [t.state.name for t in trials]
-    extra = states.count("COMPLETE") - budget
-    if 0 < extra < workers and len(states) == states.count("COMPLETE"):
-        pytest.xfail(f"{OVERSHOOT_BUG} (this run: {budget + extra} COMPLETE trials for --budget {budget})")
     assert states.count("COMPLETE") == budget, states
     assert len(trials) == budget, f"expected exactly {budget} trials, no FAIL/RUNNING/WAITING: {states}"
     assert len({t.number for t in trials}) == budget
@@ -104,7 +87,7 @@ def test_three_machines_share_one_budget(postgres_url: str, tmp_path: Path) -> N
     that start the same command at once on a *fresh* database race to create them, see
     test_three_machines_open_a_fresh_database_at_once."""
     budget = 6
-    url = psycopg2_url(postgres_url)
+    url = (postgres_url)
     open_storage(url)  # creates the schema
     procs = [
         _start([*QUICK, "--storage", url, "--budget", budget, "--study-name", "pg",
@@ -132,7 +115,7 @@ def test_three_machines_share_one_budget(postgres_url: str, tmp_path: Path) -> N
 
 def test_workers_on_postgres_keep_the_budget(postgres_url: str, tmp_path: Path) -> None:
     budget = 4
-    url = psycopg2_url(postgres_url)
+    url = (postgres_url)
     (proc,) = _finish([_start([*QUICK, "--workers", 2, "--storage", url, "--budget", budget,
                                "--study-name", "pg-workers", "--results-dir", tmp_path], tmp_path)])  # fmt: skip
     assert proc.returncode == 0, describe(proc)
@@ -141,19 +124,12 @@ def test_workers_on_postgres_keep_the_budget(postgres_url: str, tmp_path: Path) 
     assert "[worker 0]" in proc.stderr and "[worker 1]" in proc.stderr, describe(proc)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: open_storage() on an empty PostgreSQL database from several machines at once: "
-    "Optuna's RDBStorage creates its tables concurrently and all but one fail with "
-    "'(psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint "
-    "\"pg_type_typname_nsp_index\"'; the CLI exits 2 with 'cannot open storage ...' (no retry)",
-)
 def test_three_machines_open_a_fresh_database_at_once(postgres_url: str) -> None:
     """What three ``run_search.py --storage URL`` started together on a new database do first
     (open_search -> open_storage(url, heartbeat=True)), at the same moment: the CLI version
     of this race failed one of three machines in about half of the runs here."""
     for attempt in range(3):  # a race: try a few fresh databases
-        url = psycopg2_url(create_database(postgres_url, f"fresh{attempt}"))
+        url = (create_database(postgres_url, f"fresh{attempt}"))
         barrier = threading.Barrier(3)
         errors: list[str] = []
 
@@ -172,14 +148,6 @@ def test_three_machines_open_a_fresh_database_at_once(postgres_url: str) -> None
         assert errors == [], errors
 
 
-BARE_URL_BUG = (
-    "BUG: SQLAlchemy 2.1 (constraints.txt pins 2.1.9) maps postgresql:// to the psycopg (3) driver, "
-    "which is not installed (the project installs psycopg2-binary): every documented postgresql:// URL "
-    "fails with 'a database driver is missing ... install it, e.g. psycopg2-binary'"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=BARE_URL_BUG)
 def test_documented_url_form_works(postgres_url: str, tmp_path: Path) -> None:
     """README: ``--storage postgresql://user:password@host/dbname``."""
     assert postgres_url.startswith("postgresql://")
@@ -193,7 +161,7 @@ def test_documented_url_form_works(postgres_url: str, tmp_path: Path) -> None:
     "url",
     [
         "postgresql+psycopg2://postgres@127.0.0.1:1/nas",
-        pytest.param("postgresql://postgres@127.0.0.1:1/nas", marks=pytest.mark.xfail(strict=True, reason=BARE_URL_BUG)),
+        "postgresql://postgres@127.0.0.1:1/nas",
     ],
     ids=["psycopg2", "bare"],
 )

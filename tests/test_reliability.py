@@ -119,21 +119,6 @@ class Runner:
             self.kill(proc)
 
 
-OVERSHOOT_BUG = (
-    "BUG: run_optuna_search counts finished trials (count_finished) outside the budget lock and "
-    "take_slot adds only the trials running inside it: a trial another worker finishes in between "
-    "is counted neither as finished nor as running, so one trial more than the budget is asked"
-)
-
-
-def xfail_if_budget_overshoot(states: list[str], budget: int, workers: int) -> None:
-    """The known overshoot (see test_a_trial_finished_by_another_worker_is_counted): more
-    COMPLETE trials than the budget, by fewer than the number of workers, nothing else wrong."""
-    extra = states.count("COMPLETE") - budget
-    if 0 < extra < workers and len(states) == states.count("COMPLETE"):
-        pytest.xfail(f"{OVERSHOOT_BUG} (this run: {budget + extra} COMPLETE trials for --budget {budget})")
-
-
 def describe(proc: subprocess.CompletedProcess) -> str:
     return f"command: {' '.join(map(str, proc.args[2:]))}\nexit code {proc.returncode}\nstderr:\n{proc.stderr[-4000:]}"
 
@@ -437,13 +422,6 @@ def test_cuda_out_of_memory_is_a_failed_outcome_and_frees_the_model(space, tmp_p
     assert models[0]() is None, "the failed trial's model is still alive after the call"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: evaluate_candidate calls release_memory() inside its except block, while the "
-    "exception's traceback still references evaluate()'s frame and with it the model (and, in a "
-    "real OOM, train_model's activations): gc.collect() cannot free them and "
-    "torch.cuda.empty_cache() cannot return their memory; they are freed only after the return",
-)
 def test_cuda_out_of_memory_frees_the_model_before_releasing_memory(space, tmp_path, monkeypatch, release_spy):
     _, models, dead_at_release = _oom_run(space, tmp_path, monkeypatch, release_spy)
     assert len(models) == 1
@@ -499,23 +477,16 @@ def test_max_failures_aborts_and_keeps_the_study(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------- heartbeat gap (in process)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: take_slot() asks for the trial (RUNNING) but its heartbeat starts only later in "
-    "_run_trial (after retry_origin, space.sample, sample_hyperparameters); Optuna never finds a "
-    "RUNNING trial without any heartbeat row stale, so a process killed in that gap leaves a "
-    "RUNNING trial forever, which take_slot counts against the budget: every later run waits forever",
-)
 def test_trial_killed_before_its_first_heartbeat_is_failed_eventually(tmp_path, monkeypatch):
     monkeypatch.setattr(search.storage, "HEARTBEAT_SECONDS", 1)  # grace 3 s
     url = storage_url(tmp_path)
     study = optuna.create_study(storage=open_storage(url, heartbeat=True), study_name="gap")
-    orphan = take_slot(study, url, finished=0, budget=1)
+    orphan = take_slot(study, url, 1, count_finished)
     assert orphan is not None
     orphan.suggest_categorical("x", ["a", "b"])
     # ... the process is killed here, before `with Heartbeat(study, trial)`.
     time.sleep(3 * 1 + 2.5)
-    slot = take_slot(study, url, finished=0, budget=1)
+    slot = take_slot(study, url, 1, count_finished)
     states = {t.number: t.state.name for t in study.get_trials()}
     assert states[orphan.number] == "FAIL", f"the orphaned trial is never failed: {states}"
     assert slot is not None, "a resumed run with budget 1 gets no slot, forever"
@@ -524,7 +495,6 @@ def test_trial_killed_before_its_first_heartbeat_is_failed_eventually(tmp_path, 
 # ------------------------------------------------------------------------------- budget race (in process)
 
 
-@pytest.mark.xfail(strict=True, reason=OVERSHOOT_BUG + " (seen: '--workers 2 --budget 5' ended with 6 COMPLETE trials, worker 0 printed '6/5')")
 def test_a_trial_finished_by_another_worker_is_counted(tmp_path, monkeypatch, one_thread):
     """Worker 1's trial is running when worker 0 counts the finished trials (0 of budget 1);
     worker 1 finishes it before worker 0 holds the budget lock. Worker 0 must then find the
@@ -535,11 +505,11 @@ def test_a_trial_finished_by_another_worker_is_counted(tmp_path, monkeypatch, on
     running = other.ask()  # worker 1's trial
     real = search.optuna_driver.take_slot
 
-    def worker_1_finishes_first(study, url, finished, budget):
+    def worker_1_finishes_first(study, url, budget, count):
         monkeypatch.setattr(search.optuna_driver, "take_slot", real)
         running.set_user_attr("status", "ok")
         other.tell(running, [0.5, 5.0])
-        return real(study, url, finished, budget)
+        return real(study, url, budget, count)
 
     monkeypatch.setattr(search.optuna_driver, "take_slot", worker_1_finishes_first)
     study = run_optuna_search(settings)
@@ -646,7 +616,6 @@ def test_two_workers_on_sqlite(background):
     assert "Traceback" not in proc.stderr, describe(proc)
     trials = load(job["dir"]).get_trials()
     states = [t.state.name for t in trials]
-    xfail_if_budget_overshoot(states, budget=5, workers=2)
     assert states == ["COMPLETE"] * 5, states
     assert len({t.number for t in trials}) == 5
     assert sorted(t.user_attrs["seed"] for t in trials) == [0, 1, 2, 3, 4]
