@@ -84,7 +84,9 @@ def take_slot(study: optuna.Study, storage_url: str, budget: int, count_finished
     is recorded at once, so that even a worker killed a moment later leaves a trial the
     next one can find stale."""
     with budget_lock(storage_url, study.study_name):
-        optuna.storages.fail_stale_trials(study)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
         if count_finished(study) + running_count(study) >= budget:
             return None
         with warnings.catch_warnings():  # we run the heartbeat ourselves (class Heartbeat)

@@ -40,7 +40,7 @@ __all__ = [
 
 HEARTBEAT_SECONDS = 10
 # Trial statuses (user attribute "status"); only "ok" trials can be on the Pareto front.
-STATUSES = ("ok", "infeasible", "failed", "early_stopped", "running")
+STATUSES = ("ok", "infeasible", "failed", "early_stopped", "running", "queued")
 
 
 class StorageError(ValueError):
@@ -119,7 +119,7 @@ class TrialRecord:
 
     number: int
     state: str  # optuna state name
-    status: str  # ok, infeasible, failed, early_stopped, running
+    status: str  # ok, infeasible, failed, early_stopped, running, queued
     values: dict[str, float]  # objective name -> value (empty unless complete)
     architecture: Architecture | None
     mflops: float | None
@@ -148,8 +148,10 @@ class TrialRecord:
 
 
 def _status(trial: FrozenTrial) -> str:
-    if trial.state == TrialState.RUNNING or trial.state == TrialState.WAITING:
+    if trial.state == TrialState.RUNNING:
         return "running"
+    if trial.state == TrialState.WAITING:  # enqueued (a baseline, a retry), not started yet
+        return "queued"
     if trial.state == TrialState.FAIL:
         return "failed"
     if trial.state == TrialState.PRUNED:

@@ -1,0 +1,88 @@
+"""report.html of a real quick search, rendered in headless Chromium: no JavaScript error,
+every figure drawn, and a screenshot kept in tests/artifacts/report.png to look at.
+
+Needs Debian's ``chromium`` (CI installs it). Without it the test is skipped locally and
+fails under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from search.optuna_driver import run_optuna_search
+from search.report import write_report
+from search.settings import Settings, TrainingSettings
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--enable-logging=stderr", "--v=0", "--virtual-time-budget=20000",
+]  # fmt: skip
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if path is None:
+        message = "no Chromium installed (apt-get install chromium)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="module")
+def report_html(tmp_path_factory) -> Path:
+    results = tmp_path_factory.mktemp("results")
+    threads = torch.get_num_threads()
+    settings = Settings(
+        space="vgg_hetconv", budget=4, width=0.25, baselines=True, quiet=True, results_dir=str(results),
+        training=TrainingSettings(dataset="digits", epochs=1, batch_size=64, lr=0.1, warmup_epochs=0.5, threads=1),
+    )  # fmt: skip
+    try:
+        study = run_optuna_search(settings)
+    finally:
+        torch.set_num_threads(threads)
+    return write_report(study, settings.study_dir, png=False).html
+
+
+def _run_chromium(html: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *extra, html.as_uri()],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+
+
+def test_report_renders_without_javascript_errors(report_html: Path, tmp_path: Path) -> None:
+    page = report_html.read_text()
+    figures = re.findall(r'<div id="(fig-[^"]+)"', page)
+    assert len(figures) >= 4, figures  # accuracy vs MFLOPs, hypervolume, layers, curves
+    proc = _run_chromium(report_html, tmp_path, "--dump-dom")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+    errors = [line for line in console if "Uncaught" in line or "Error" in line]
+    assert not errors, "\n".join(errors)
+    dom = proc.stdout
+    # Plotly marks each div it has drawn with the class js-plotly-plot and adds an SVG.
+    for figure in figures:
+        match = re.search(rf'<div id="{figure}"[^>]*class="[^"]*js-plotly-plot', dom)
+        assert match, f"figure {figure} was not rendered"
+    assert dom.count('class="main-svg"') >= len(figures)
+    assert "Pareto front" in dom and "uniform baselines" in dom
+
+
+def test_report_screenshot(report_html: Path, tmp_path: Path) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report.png"
+    shot.unlink(missing_ok=True)
+    proc = _run_chromium(report_html, tmp_path, f"--screenshot={shot}", "--window-size=1300,2400")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert shot.exists() and shot.stat().st_size > 50_000  # a blank page is a few kB
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
