@@ -142,8 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("config", help="an exported JSON config")
     deploy.add_argument("--weights", default=None, help="state dict to load (default: the .pt 'retrain' saved beside the config)")
     deploy.add_argument("--onnx", action="store_true", help="also export ONNX (needs the onnx and onnxscript packages)")
-    deploy.add_argument("--hetconv-form", default="split", choices=("split", "dense"),
-                        help="HetConv as grouped KxK + 1x1 (split) or one KxK conv (dense) (default: split)")
+    deploy.add_argument("--hetconv-form", default="auto", choices=("auto", "split", "dense"),
+                        help="HetConv as grouped KxK + 1x1 (split), one KxK conv (dense), or per layer the faster "
+                             "of the two on this machine (auto) (default: auto)")
     return parser
 
 

@@ -22,6 +22,8 @@ tolerance) and exports to TorchScript.
 from __future__ import annotations
 
 import copy
+import statistics
+import time
 
 import torch
 from torch import nn
@@ -138,14 +140,52 @@ def _fold_sequential(seq: nn.Sequential) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _convert(module: nn.Module, hetconv_form: str) -> None:
+def _median_ms(layer: nn.Module, x: torch.Tensor, repeats: int = 7) -> float:
+    with torch.inference_mode():
+        for _ in range(2):
+            layer(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            layer(x)
+            if x.is_cuda:
+                torch.cuda.synchronize(x.device)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def _fastest_hetconv_forms(model: nn.Module, example: torch.Tensor) -> dict[HetConv2d, str]:
+    """Time both exact forms of every HetConv at the input shape it sees and keep the faster:
+    the split form saves FLOPs, but on some devices a grouped convolution at a large feature
+    map runs slower than the dense one it replaces."""
+    shapes: dict[HetConv2d, torch.Size] = {}
+
+    def record(module: nn.Module, args: tuple) -> None:  # returns None: the input is unchanged
+        shapes.setdefault(module, args[0].shape)
+
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, HetConv2d)]
+    try:
+        with torch.inference_mode():
+            model.eval()(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    forms = {}
+    for layer, shape in shapes.items():
+        x = torch.randn(shape, device=example.device).contiguous(memory_format=torch.channels_last)
+        timed = {form: _median_ms(layer.deploy(form).to(memory_format=torch.channels_last), x) for form in ("split", "dense")}
+        forms[layer] = min(timed, key=timed.get)
+    return forms
+
+
+def _convert(module: nn.Module, hetconv_form: str, forms: dict | None = None) -> None:
     for name, child in module.named_children():
         if isinstance(child, HetConv2d):
-            setattr(module, name, child.deploy(hetconv_form))
+            setattr(module, name, child.deploy((forms or {}).get(child, "split") if hetconv_form == "auto" else hetconv_form))
         elif isinstance(child, FLGConv2d):
             setattr(module, name, child.deploy())
         else:
-            _convert(child, hetconv_form)
+            _convert(child, hetconv_form, forms)
 
 
 def _fold(module: nn.Module) -> None:
@@ -170,10 +210,13 @@ def _fold_into_head(module: nn.Module) -> None:
         module.features = nn.Sequential(*list(features)[:-1])
 
 
-def deploy(model: nn.Module, hetconv_form: str = "split", fold: bool = True) -> nn.Module:
+def deploy(
+    model: nn.Module, hetconv_form: str = "split", fold: bool = True, example_input: torch.Tensor | None = None
+) -> nn.Module:
     """The inference form of ``model`` (a copy, in eval mode). ``hetconv_form`` is ``split``
-    (grouped KxK + 1x1) or ``dense`` (one KxK conv); ``fold=False`` keeps every gather (for
-    measuring what folding saves).
+    (grouped KxK + 1x1), ``dense`` (one KxK conv) or ``auto`` (per layer the faster of the
+    two, timed on ``example_input``'s device at the shape the layer sees); ``fold=False``
+    keeps every gather (for measuring what folding saves).
 
     Example:
         >>> from models import Architecture, LayerSpec, build_model
@@ -183,7 +226,12 @@ def deploy(model: nn.Module, hetconv_form: str = "split", fold: bool = True) -> 
         True
     """
     deployed = copy.deepcopy(model)
-    _convert(deployed, hetconv_form)
+    forms = None
+    if hetconv_form == "auto":
+        if example_input is None:
+            raise ValueError("hetconv_form='auto' needs an example_input to time the forms on")
+        forms = _fastest_hetconv_forms(deployed, example_input)
+    _convert(deployed, hetconv_form, forms)
     if fold:
         _fold(deployed)
         for module in deployed.modules():

@@ -19,7 +19,7 @@ __all__ = ["export_deployed"]
 
 
 def export_deployed(
-    config_path: str | Path, weights: str | Path | None = None, onnx: bool = False, hetconv_form: str = "split"
+    config_path: str | Path, weights: str | Path | None = None, onnx: bool = False, hetconv_form: str = "auto"
 ) -> dict[str, Any]:
     """Deploy the model of an exported config (with ``weights``, by default the ``.pt`` that
     ``retrain`` saved beside it) and write ``<name>.torchscript.pt`` (and ``<name>.onnx``)."""
@@ -37,8 +37,8 @@ def export_deployed(
     else:
         trained = False
     model.eval()
-    deployed = deploy(model, hetconv_form=hetconv_form)
     example = torch.randn(2, 3, 32, 32)
+    deployed = deploy(model, hetconv_form=hetconv_form, example_input=example)
     with torch.no_grad():
         max_difference = (model(example) - deployed(example)).abs().max().item()
     stem = config_path.with_suffix("")

@@ -65,11 +65,12 @@ def model_latency_ms(
     arch: Architecture, device: torch.device, batch: int = 1, warmup: int = 5, repeats: int = 20
 ) -> float:
     """Measured latency of ``arch``'s deployed model for one batch of 32x32 images."""
+    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = deploy(build_model(arch))
+        model = build_model(arch).to(device)
+        model = deploy(model, hetconv_form="auto", example_input=x)  # the fastest exact form here
     model, fmt = _prepare(model, device)
-    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
     return measure_latency(lambda: model(x), device, warmup, repeats)
 
 
@@ -77,9 +78,10 @@ def _layer_latency_ms(slot: LayerSlot, spec: LayerSpec, device: torch.device, ba
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         layer = create_conv2d(slot.in_channels, slot.out_channels, slot.kernel_size, slot.stride, **spec.conv_kwargs())
-    wrapped = deploy(nn.Sequential(layer))
+    x = torch.randn(batch, slot.in_channels, slot.input_size, slot.input_size, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    wrapped = deploy(nn.Sequential(layer).to(device), hetconv_form="auto", example_input=x)
     wrapped, fmt = _prepare(wrapped, device)
-    x = torch.randn(batch, slot.in_channels, slot.input_size, slot.input_size, device=device).contiguous(memory_format=fmt)
     return measure_latency(lambda: wrapped(x), device, warmup=3, repeats=repeats)
 
 
@@ -109,7 +111,7 @@ class LatencyTable:
 
     @staticmethod
     def table_key(space: SearchSpace, device: torch.device, batch: int) -> dict[str, Any]:
-        return {"format": 2, "device": device_key(device), "model": space.model, "width": space.width,
+        return {"format": 3, "device": device_key(device), "model": space.model, "width": space.width,
                 "num_classes": space.num_classes, "batch": batch, "torch": torch.__version__}  # fmt: skip
 
     @classmethod
