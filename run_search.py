@@ -195,24 +195,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quiet_libraries() -> None:
-    """The tool prints its own progress; Optuna's per-trial log lines and experimental-API
-    warnings would only repeat it."""
-    import warnings
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         argv = ["search", *argv]
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
     from search.errors import USER_ERRORS, SearchAborted
+    from search.quiet import quiet_libraries
+
+    quiet_libraries()
 
     try:
         return run(args)

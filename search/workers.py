@@ -22,11 +22,10 @@ __all__ = ["run_workers"]
 def _worker(settings: Settings, gpu: int | None) -> None:
     if gpu is not None:  # before anything touches CUDA in this process
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    import warnings
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     from .optuna_driver import run_optuna_search
+    from .quiet import quiet_libraries
+
+    quiet_libraries()
 
     try:
         run_optuna_search(settings)
