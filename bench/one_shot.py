@@ -42,16 +42,20 @@ scatter of one-shot score against stand-alone accuracy. Medians over seeds are p
     python bench/one_shot.py --out results/bench/one_shot.csv --seeds 3 --candidates 20 --epochs 5 \\
         --supernet-epochs 20 --width 0.25 --space vgg_hetconv --threads 2
     python bench/one_shot.py --seeds 1 --candidates 4 --epochs 1 --supernet-epochs 1 \\
-        --search-candidates 20     # smoke test (about 1 minute)
+        --search-candidates 20 --threads 1    # smoke test (1-2 minutes)
 
-Expected runtime of the full command above on this machine (2 shared cores, no GPU), from
-the stage timings of smoke runs: per seed about 2.5 min of supernet training (20 epochs at
-~6-8 s), 2.5 min for the 20 stand-alone candidates (5 epochs, ~1.5 s per epoch), 3-4 min
-for 300 scored candidates (~0.4 s of scoring plus ~0.3 s of sampler and storage per
-candidate) and the 4 retrains, and 2.5-3 min for the train-each search (100 epochs: 20
-trials of 5 epochs): **about 11-13 min per seed, 35-40 min for 3 seeds on idle cores**.
-Two OpenMP threads on cores shared with other jobs can make this 2-4 times slower (use
-``--threads 1`` on a busy machine).
+Expected runtime of the full command above on this machine (2 shared cores, no GPU),
+extrapolated from the stage timings of smoke runs at ``--threads 1``: per seed about 2 min
+of supernet training (20 epochs at ~6 s), 2.5-3 min for the 20 stand-alone candidates (5
+epochs at ~1.5 s, plus evaluation), 4 min for the one-shot search (300 candidates at ~0.5 s
+of scoring plus ~0.3 s of sampler and storage each, and 4 retrains of 5 epochs) and 3 min
+for the train-each search (100 epochs: 20 trials of 5 epochs): **about 12 min per seed,
+35-40 min for 3 seeds** with a core to spare per thread. With ``--threads 2`` on cores that
+other jobs share, OpenMP contention made every stage 3-10 times slower in the smoke runs (a
+supernet epoch 28-67 s instead of 6 s, a score 2.9 s instead of 0.5 s; the tiny
+``--seeds 1 --candidates 4 --epochs 1 --supernet-epochs 1`` config with its 300 scored
+candidates took 24 min instead of ~3): expect **2-4 hours** for the full command at
+``--threads 2`` on a busy machine, so use ``--threads 1`` there.
 """
 
 from __future__ import annotations

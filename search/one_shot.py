@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from .candidate import CONSTRAINT_KEY
@@ -28,7 +29,7 @@ from .errors import SearchAborted
 from .front import front_summary, pareto_records
 from .progress import Progress
 from .settings import Settings
-from .storage import load_records, study_objectives
+from .storage import StudyMismatch, load_records, study_objectives
 from .study import count_finished, open_search, write_run_json
 from .train import TrialFailed, resolve_device
 
@@ -40,10 +41,11 @@ def one_shot_study_name(settings: Settings) -> str:
 
 
 def _supernet_path(settings: Settings, fingerprint: dict) -> Path:
-    key = json.dumps({"space": fingerprint, "training": settings.training.to_json(), "seed": settings.seed,
-                      "epochs": settings.supernet_epochs_or_default()}, sort_keys=True, default=str)  # fmt: skip
-    key = json.loads(key)
-    for volatile in ("device", "threads", "amp", "data_dir"):  # do not change what is learned
+    key = json.loads(json.dumps({"space": fingerprint, "training": settings.training.to_json(), "seed": settings.seed,
+                                 "epochs": settings.supernet_epochs_or_default()}, sort_keys=True, default=str))  # fmt: skip
+    # Neither where nor how fast it runs changes what is learned; --epochs is replaced by
+    # the supernet's own epochs.
+    for volatile in ("device", "threads", "amp", "data_dir", "epochs"):
         key["training"].pop(volatile, None)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return settings.study_dir / "supernet" / f"supernet-{digest}.pt"
@@ -60,6 +62,7 @@ def _trained_supernet(settings: Settings, space, data, progress: Progress):
     device = resolve_device(settings.training.device)
     epochs = settings.supernet_epochs_or_default()
     progress.message(f"training the supernet of {space.name} for {epochs} epochs (sandwich rule, in-place distillation)")
+    torch.manual_seed(settings.seed)  # the initial weights belong to the cache key's seed
     supernet = Supernet(space)
     started = time.perf_counter()
 
@@ -95,10 +98,21 @@ def run_one_shot_search(settings: Settings) -> optuna.Study:
 
     if "latency_ms" in settings.objectives:
         raise SearchAborted("--strategy one-shot supports the accuracy, mflops and params objectives")
+    if settings.training.threads:
+        torch.set_num_threads(settings.training.threads)
     standalone = open_search(settings)  # the ordinary study: checks and creates it
     one_shot_settings = settings.replace(study_name=one_shot_study_name(settings))
     context = open_search(one_shot_settings, heartbeat=False)
     study = context.study
+    # Scores of two different supernets must not share a front.
+    supernet_name = _supernet_path(settings, context.space.fingerprint()).name
+    if study.user_attrs.get("supernet", supernet_name) != supernet_name:
+        raise StudyMismatch(
+            f"study '{study.study_name}' holds scores of supernet {study.user_attrs['supernet']}, and this run's "
+            f"supernet settings (--supernet-epochs, --seed, training) give {supernet_name}; "
+            "use the same options, or --study-name NEW"
+        )
+    study.set_user_attr("supernet", supernet_name)
     study.set_user_attr("fidelity", "one-shot")
     study.set_user_attr("retrained_study", standalone.study.study_name)
     from .evaluate import get_dataset
@@ -152,15 +166,25 @@ def _retrain_top(settings: Settings, study: optuna.Study, standalone, progress: 
     front = pareto_records(load_records(study), study_objectives(study))
     chosen = _spread(front, settings.retrain_top)
     target = standalone.study
-    already = {t.user_attrs.get("from_one_shot") for t in target.get_trials(deepcopy=False)}
+    # Configurations already retrained (or queued) are not trained again, however often the
+    # one-shot sampler proposes them.
+    already = {
+        json.dumps(t.user_attrs.get("architecture") or standalone.space.from_params(t.params).to_json(), sort_keys=True)
+        for t in target.get_trials(deepcopy=False)
+        if t.user_attrs.get("from_one_shot") is not None
+    }
     queued = 0
     for record in chosen:
-        if record.number in already:
+        if json.dumps(record.architecture.to_json(), sort_keys=True) in already:
             continue
         params = standalone.space.to_params(record.architecture)
         target.enqueue_trial(params, user_attrs={"from_one_shot": record.number, "one_shot_score": record.accuracy})
         queued += 1
-    progress.message(f"retraining {len(chosen)} configurations of the one-shot front from scratch in study '{target.study_name}'")
+    progress.message(
+        f"retraining {queued} configuration(s) of the one-shot front from scratch in study '{target.study_name}'"
+        + (f" ({len(chosen) - queued} already retrained)" if queued < len(chosen) else "")
+        + (f"; the front has only {len(front)}" if len(front) < settings.retrain_top else "")
+    )
     waiting = len(target.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     budget = count_finished(target) + waiting
     if budget > count_finished(target):

@@ -10,12 +10,12 @@ retraining on the offline ``digits`` data set, width 0.25, one epoch, ``--thread
 3. ``score()`` is deterministic and, thanks to BatchNorm recalibration, independent of the
    candidate scored before it (on the supernet trained in 1).
 
-Two more tests document known bugs (``xfail(strict=True)``: they start failing, i.e. XPASS,
-once the bug is fixed), with cheap stand-ins for supernet training and scoring.
+Two more tests, with cheap stand-ins for supernet training and scoring, check that
+``--threads`` reaches supernet training and scoring, and that one one-shot study never
+holds the scores of two different supernets.
 
-Subprocesses run with ``OMP_NUM_THREADS=1``: ``--threads`` is not applied to supernet
-training and scoring (see ``test_threads_option_applies_to_supernet_training_and_scoring``),
-and two OpenMP threads on two shared cores make them several times slower.
+Subprocesses run with ``OMP_NUM_THREADS=1`` as well as ``--threads 1``: two OpenMP threads on
+two shared cores make supernet training and scoring several times slower.
 Runtime: about 45 s on an idle 2-core machine.
 """
 
@@ -273,8 +273,6 @@ def _settings(tmp_path: Path, **changes):
                     retrain_top=0, supernet_epochs=1, results_dir=str(tmp_path / "D"), quiet=True).replace(**changes)  # fmt: skip
 
 
-@pytest.mark.xfail(strict=True, reason="bug: run_one_shot_search never applies --threads (TrainingSettings.threads); "
-                   "only evaluate() calls torch.set_num_threads, so supernet training and scoring use torch's default")  # fmt: skip
 def test_threads_option_applies_to_supernet_training_and_scoring(tmp_path, fake_training):
     from search.one_shot import run_one_shot_search
 
@@ -283,16 +281,10 @@ def test_threads_option_applies_to_supernet_training_and_scoring(tmp_path, fake_
     assert fake_training["train"] == [1] and fake_training["score"] == [1, 1], fake_training
 
 
-@pytest.mark.xfail(strict=True, reason="bug: --supernet-epochs (and --seed) select another supernet file but are not "
-                   "part of the one-shot study's compatibility check, so scores of two supernets share one front")  # fmt: skip
 def test_one_shot_study_does_not_mix_scores_of_two_supernets(tmp_path, fake_training):
     from search.one_shot import run_one_shot_search
     from search.storage import StudyMismatch
 
     run_one_shot_search(_settings(tmp_path, budget=2, supernet_epochs=1))
-    try:
-        study = run_one_shot_search(_settings(tmp_path, budget=4, supernet_epochs=2))
-    except StudyMismatch:
-        return  # refusing is a fix too
-    supernets = {t.user_attrs["supernet"] for t in complete(study)}
-    assert len(supernets) == 1, f"one one-shot study scored with {len(supernets)} supernets: {sorted(supernets)}"
+    with pytest.raises(StudyMismatch, match="supernet"):
+        run_one_shot_search(_settings(tmp_path, budget=4, supernet_epochs=2))
