@@ -32,6 +32,16 @@ class Progress:
         self.out = out or sys.stderr
         self.quiet = quiet
 
+    def __getstate__(self) -> dict:
+        # Ray pickles the searcher that holds this; an open stream does not pickle.
+        state = dict(self.__dict__)
+        state["out"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.out = self.out or sys.stderr
+
     def _bar(self, done: int, width: int = 20) -> str:
         filled = min(width, int(width * done / max(self.budget, 1)))
         return "[" + "#" * filled + "-" * (width - filled) + "]"

@@ -190,7 +190,8 @@ def _check_ray_trial(trial: FrozenTrial, epochs: int) -> None:
     attrs = trial.user_attrs
     assert SHARED_TRIAL_ATTRS | RAY_TRIAL_ATTRS <= set(attrs), trial.number
     assert attrs["status"] == "ok"
-    assert attrs["seed"] == trial.number  # seed 0: trial_seed = number
+    # seed 0: trial_seed = number; a retry keeps its original's seed
+    assert attrs["seed"] == attrs.get("retry_of", trial.number)
     assert attrs["device"] == "cpu"  # torch sees no CUDA on this machine
     assert attrs["epochs_run"] == epochs and len(attrs["curve"]) == epochs
     arch = attrs["architecture"]
