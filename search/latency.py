@@ -9,7 +9,8 @@ ceiling or the sampler can use it at once.
 - ``table``: a per-device lookup table of every searchable layer's deployed latency for
   every choice of the space, built once and cached in the results folder; a candidate's
   latency is the fixed part of the model plus the sum of its layers. Deterministic and
-  instant; ``bench/latency_table.py`` reports its error against measured latency.
+  instant, but blind to the gathers between consecutive FLGC layers; its prediction error
+  against measured latency has no benchmark yet.
 """
 
 from __future__ import annotations
