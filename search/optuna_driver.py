@@ -157,7 +157,8 @@ def run_optuna_search(settings: Settings) -> optuna.Study:
         try:
             outcome = _run_trial(context, trial)
         except BaseException:  # interrupted (Ctrl-C, SIGTERM): fail it now and queue it again once
-            fail_and_requeue(study, study.get_trials(deepcopy=False)[trial.number], "interrupted")
+            layers = {slot.name for slot in context.space.slots}
+            fail_and_requeue(study, study.get_trials(deepcopy=False)[trial.number], "interrupted", layers)
             raise
         if outcome.state == "failed":
             failures_in_a_row += 1

@@ -228,12 +228,13 @@ def _sampler(settings: Settings, study: optuna.Study) -> optuna.samplers.BaseSam
     return make_sampler(settings.sampler, settings.seed + len(study.get_trials(deepcopy=False)))
 
 
-def recover_orphaned_trials(study: optuna.Study) -> int:
-    """Fail the trials a killed driver left RUNNING and queue each configuration once more.
-    Assumes one Ray driver per study (the README says so)."""
+def recover_orphaned_trials(study: optuna.Study, space: SearchSpace) -> int:
+    """Fail the trials a killed driver left RUNNING and queue each whole configuration once
+    more. Assumes one Ray driver per study (the README says so)."""
     orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    layers = {slot.name for slot in space.slots}
     for trial in orphans:
-        fail_and_requeue(study, trial, "the driver stopped before the trial finished")
+        fail_and_requeue(study, trial, "the driver stopped before the trial finished", layers)
     return len(orphans)
 
 
@@ -267,7 +268,7 @@ def run_ray_search(settings: Settings) -> optuna.Study:
     )
     context = open_search(settings, heartbeat=False)
     study = context.study
-    recovered = recover_orphaned_trials(study)
+    recovered = recover_orphaned_trials(study, context.space)
     done = [count_finished(study)]
     write_run_json(context, {"backend": "ray"})
     progress = Progress(settings.budget, done[0], quiet=settings.quiet)

@@ -250,13 +250,18 @@ def retry_origin(study: optuna.Study, number: int) -> int:
     return number
 
 
-def fail_and_requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> None:
+def fail_and_requeue(
+    study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str, parameters: set[str] | None = None
+) -> None:
     """Fail a trial that cannot finish (its process is stopping, or its driver died) and
-    queue its configuration once more (a retry is not retried again this way)."""
+    queue its configuration once more (a retry is not retried again this way). With
+    ``parameters`` (the names a candidate has), a trial stopped while its candidate was still
+    being sampled is only failed: it never had a whole configuration to repeat."""
     storage = study._storage  # Optuna has no public API to fail a trial of another process
     storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
     storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     already_retried = any(t.user_attrs.get("retry_of") == trial.number for t in study.get_trials(deepcopy=False))
-    if trial.params and not already_retried and "retry_of" not in trial.user_attrs:
+    whole = bool(trial.params) and (parameters is None or parameters <= set(trial.params))
+    if whole and not already_retried and "retry_of" not in trial.user_attrs:
         extra = {"baseline": trial.user_attrs["baseline"]} if "baseline" in trial.user_attrs else {}
         study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number, **extra})
