@@ -18,7 +18,6 @@ import contextlib
 import fcntl
 import hashlib
 import threading
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,8 +125,3 @@ class Heartbeat:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-
-
-def wait_for_running(study: optuna.Study, seconds: float) -> None:
-    """Pause a worker that has no slot while others' trials are running."""
-    time.sleep(seconds)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from layers import create_conv2d, hetconv_block_mask, param_groups_without_logit_decay
+from layers import create_conv2d, hetconv_block_mask
 from layers.flgc import _straight_through_one_hot, balanced_assignment
 from models import Architecture, LayerSlot, LayerSpec, build_model, mark_searchable, searchable_layers
 from spaces import SearchSpace, SpaceError
@@ -43,7 +43,7 @@ from spaces import SearchSpace, SpaceError
 from .cost import slot_macs
 from .data import BatchLoader, Dataset
 from .settings import TrainingSettings
-from .train import TrialFailed, amp_dtype, evaluate_loader, lr_at
+from .train import TrialFailed, evaluate_loader, lr_at, prepare_training
 
 __all__ = [
     "SuperConv2d",
@@ -294,21 +294,8 @@ def train_supernet(
     if data.num_classes != supernet.space.num_classes:
         raise ValueError(f"data set has {data.num_classes} classes, the supernet {supernet.space.num_classes}")
     device = torch.device(device)
-    torch.manual_seed(seed)
-    autocast_dtype = amp_dtype(device, training.amp)
-    channels_last = training.channels_last and device.type == "cuda"
-    supernet.to(device)
-    if channels_last:
-        supernet.to(memory_format=torch.channels_last)
-    loader = BatchLoader(
-        data.train_images, data.train_labels, batch_size=training.batch_size, device=device, train=True,
-        mean=data.mean, std=data.std, hflip=data.hflip, seed=seed, channels_last=channels_last,
-    )  # fmt: skip
-    optimizer = torch.optim.SGD(
-        param_groups_without_logit_decay(supernet, training.weight_decay),
-        lr=training.lr, momentum=training.momentum, nesterov=training.momentum > 0,
-    )  # fmt: skip
-    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
+    setup = prepare_training(supernet, data, training, seed, device)
+    autocast_dtype, loader, optimizer, scaler = setup.autocast_dtype, setup.loader, setup.optimizer, setup.scaler
     sampler = torch.Generator().manual_seed(seed)
     largest, smallest = supernet.largest(), supernet.smallest()
     total_steps = len(loader) * training.epochs

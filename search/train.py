@@ -25,7 +25,7 @@ from layers import param_groups_without_logit_decay
 from .data import BatchLoader, Dataset
 from .settings import TrainingSettings
 
-__all__ = ["EpochRecord", "TrialFailed", "evaluate_loader", "resolve_device", "train_model"]
+__all__ = ["EpochRecord", "TrainingSetup", "prepare_training", "TrialFailed", "evaluate_loader", "resolve_device", "train_model"]
 
 
 class TrialFailed(RuntimeError):
@@ -87,6 +87,42 @@ def evaluate_loader(model: nn.Module, loader: BatchLoader, autocast_dtype: torch
     return total_loss / max(count, 1), correct / max(count, 1)
 
 
+@dataclass
+class TrainingSetup:
+    """What one training run needs, the same for a stand-alone model and the supernet."""
+
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+    loader: BatchLoader
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+
+
+def prepare_training(
+    model: nn.Module, data: Dataset, training: TrainingSettings, seed: int, device: torch.device
+) -> TrainingSetup:
+    """Seed, move ``model`` to ``device`` (channels_last on CUDA), and build the augmenting
+    training loader, the SGD optimizer (no decay on FLGC logits, biases, BatchNorm) and the
+    mixed-precision scaler of the recipe."""
+    torch.manual_seed(seed)
+    autocast_dtype = amp_dtype(device, training.amp)
+    channels_last = training.channels_last and device.type == "cuda"
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    loader = BatchLoader(
+        data.train_images, data.train_labels, batch_size=training.batch_size, device=device, train=True,
+        mean=data.mean, std=data.std, hflip=data.hflip, seed=seed, channels_last=channels_last,
+        pin_memory=device.type == "cuda",
+    )  # fmt: skip
+    optimizer = torch.optim.SGD(
+        param_groups_without_logit_decay(model, training.weight_decay),
+        lr=training.lr, momentum=training.momentum, nesterov=training.momentum > 0,
+    )  # fmt: skip
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
+    return TrainingSetup(autocast_dtype, channels_last, loader, optimizer, scaler)
+
+
 def train_model(
     model: nn.Module,
     data: Dataset,
@@ -106,17 +142,9 @@ def train_model(
     run that finds the file resumes after its last saved epoch: on a CPU the result is the
     same as an uninterrupted run. The file is removed when training ends.
     """
-    torch.manual_seed(seed)
-    autocast_dtype = amp_dtype(device, training.amp)
-    channels_last = training.channels_last and device.type == "cuda"
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    train_loader = BatchLoader(
-        data.train_images, data.train_labels, batch_size=training.batch_size, device=device, train=True,
-        mean=data.mean, std=data.std, hflip=data.hflip, seed=seed, channels_last=channels_last,
-        pin_memory=device.type == "cuda",
-    )  # fmt: skip
+    setup = prepare_training(model, data, training, seed, device)
+    autocast_dtype, channels_last, train_loader = setup.autocast_dtype, setup.channels_last, setup.loader
+    optimizer, scaler = setup.optimizer, setup.scaler
     eval_images, eval_labels = (data.val_images, data.val_labels) if evaluate_on == "val" else (data.test_images, data.test_labels)
     eval_loader = None
     if eval_labels.numel():
@@ -124,11 +152,6 @@ def train_model(
             eval_images, eval_labels, batch_size=max(256, training.batch_size), device=device, train=False,
             mean=data.mean, std=data.std, channels_last=channels_last,
         )  # fmt: skip
-    optimizer = torch.optim.SGD(
-        param_groups_without_logit_decay(model, training.weight_decay),
-        lr=training.lr, momentum=training.momentum, nesterov=training.momentum > 0,
-    )  # fmt: skip
-    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
     steps_per_epoch = len(train_loader)
     total_steps = steps_per_epoch * training.epochs
     warmup_steps = int(round(training.warmup_epochs * steps_per_epoch))
