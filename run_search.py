@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--hetconv-form", default="auto", choices=("auto", "split", "dense"),
                         help="HetConv as grouped KxK + 1x1 (split), one KxK conv (dense), or per layer the faster "
                              "of the two on this machine (auto) (default: auto)")
+    deploy.add_argument("--flgc-form", default="auto", choices=("auto", "grouped", "dense"),
+                        help="FLGC as a grouped conv with its permutations folded (grouped), one conv with zeros "
+                             "outside the groups (dense), or per layer whichever makes the model faster on this "
+                             "machine once unfoldable channel gathers are counted (auto) (default: auto)")
+    deploy.add_argument("--batch", type=int, default=1,
+                        help="batch size the auto forms are timed at: the batch you will serve (default: 1)")
     return parser
 
 
@@ -191,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "retrain":
         commands.retrain(args.config, epochs=args.epochs, device=args.device, data_dir=args.data_dir)
     elif args.command == "deploy":
-        commands.deploy_config(args.config, args.weights, args.onnx, args.hetconv_form)
+        commands.deploy_config(args.config, args.weights, args.onnx, args.hetconv_form, args.flgc_form, args.batch)
     return 0
 
 

@@ -8,8 +8,8 @@ Models (width 1.0 unless ``--width``):
   ``deployed_dense`` and ``deployed_best`` (the faster of the two, per model: derived, not
   measured again); uniform FLGC G in 2, 4, 8: ``training_form``, ``deployed_folded``
   (``deploy(model)``), ``deployed_unfolded`` (``fold=False``: every gather explicit; not with
-  ``--quick``) and
-  ``standard_group_conv`` (the deployed model with every ``ChannelGather`` removed: exactly a
+  ``--quick``), ``deployed_auto`` (``flgc_form="auto"``: per layer the grouped or the dense
+  form, whichever makes the whole model faster at batch 64) and ``standard_group_conv`` (the deployed model with every ``ChannelGather`` removed: exactly a
   model of standard grouped convs of the same shapes, what FLGC's deployment should match);
 - MobileNetV2: ``dense`` and the same FLGC forms;
 - ``--configs results/STUDY/pareto/*.json``: ``training_form``, ``deployed_split``
@@ -152,6 +152,10 @@ def forms_of(
             unfolded = deploy(model, fold=False)
             entries.append(Entry(form="deployed_unfolded", module=unfolded, trains=False,
                                  executed=executed_mflops(unfolded), **common))  # fmt: skip
+        # Per layer grouped or dense, whichever makes the whole model faster (chosen at batch 64).
+        example = torch.randn(64, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+        auto = deploy(model, hetconv_form="auto", flgc_form="auto", example_input=example)
+        entries.append(Entry(form="deployed_auto", module=auto, trains=False, executed=executed_mflops(auto), **common))
         standard = strip_gathers(split)
         entries.append(Entry(form="standard_group_conv", module=standard, trains=True,
                              executed=executed_mflops(standard), **common))  # fmt: skip

@@ -76,13 +76,17 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CSV_COLUMNS = ("seed", "candidate", "arch", "mflops", "one_shot_score", "standalone_accuracy", "score_seconds", "train_seconds")
+CSV_COLUMNS = (
+    "seed", "candidate", "arch", "mflops", "one_shot_score", "standalone_accuracy", "standalone_retest",
+    "score_seconds", "train_seconds",
+)  # fmt: skip
 # The random candidates must not be the sub-networks the supernet trained on first (its
 # sandwich sampler uses torch.Generator().manual_seed(seed)): another stream.
 CANDIDATE_SEED_OFFSET = 1_000_003
+RETEST_SEED_OFFSET = 7_919  # another training seed for the retest of the same candidate
 MEDIAN_KEYS = (
-    "kendall_tau", "spearman", "hv_one_shot_retrained", "hv_train_each", "hv_one_shot_scores",
-    "epochs_one_shot", "epochs_train_each", "seconds_one_shot", "seconds_train_each",
+    "kendall_tau", "spearman", "kendall_retest", "kendall_tau_mean", "standalone_range",
+    "hv_one_shot_retrained", "hv_train_each", "hv_one_shot_scores", "epochs_one_shot", "epochs_train_each", "seconds_one_shot", "seconds_train_each",
 )  # fmt: skip
 
 
@@ -179,24 +183,44 @@ def rank_candidates(args: argparse.Namespace, supernet, data, training, seed: in
         rows.append({"seed": seed, "candidate": i, "arch": arch.summary(), "mflops": architecture_cost(arch).mflops,
                      "one_shot_score": one_shot, "score_seconds": time.perf_counter() - started, "_arch": arch})  # fmt: skip
     for row in rows:
-        result = evaluate(row.pop("_arch"), training, seed=seed * 100_003 + row["candidate"])
+        arch = row.pop("_arch")
+        result = evaluate(arch, training, seed=seed * 100_003 + row["candidate"])
         row.update(standalone_accuracy=result.accuracy, train_seconds=result.train_seconds)
+        retest = ""
+        if args.retest:  # the same candidate trained again from another seed: the noise ceiling
+            again = evaluate(arch, training, seed=seed * 100_003 + row["candidate"] + RETEST_SEED_OFFSET)
+            row["standalone_retest"] = again.accuracy
+            retest = f" (again: {again.accuracy:.4f})"
         print(f"  candidate {row['candidate']}: score {row['one_shot_score']:.4f}, stand-alone "
-              f"{result.accuracy:.4f} @ {row['mflops']:.2f} MFLOPs ({result.train_seconds:.1f}s)", flush=True)  # fmt: skip
+              f"{result.accuracy:.4f}{retest} @ {row['mflops']:.2f} MFLOPs ({result.train_seconds:.1f}s)", flush=True)  # fmt: skip
     return rows
 
 
-def correlations(rows: list[dict[str, Any]]) -> dict[str, float]:
+def _rank_correlation(x: list[float], y: list[float]) -> tuple[float, float, float, float]:
+    """Kendall tau, its p-value, Spearman rho, its p-value (NaN for constant input)."""
     from scipy import stats
 
-    x = [r["one_shot_score"] for r in rows]
-    y = [r["standalone_accuracy"] for r in rows]
-    if len(rows) < 2 or len(set(x)) < 2 or len(set(y)) < 2:  # undefined for constant input
-        return {"kendall_tau": math.nan, "kendall_p": math.nan, "spearman": math.nan, "spearman_p": math.nan}
-    tau = stats.kendalltau(x, y)
-    rho = stats.spearmanr(x, y)
-    return {"kendall_tau": float(tau.statistic), "kendall_p": float(tau.pvalue),
-            "spearman": float(rho.statistic), "spearman_p": float(rho.pvalue)}  # fmt: skip
+    if len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2:
+        return math.nan, math.nan, math.nan, math.nan
+    tau, rho = stats.kendalltau(x, y), stats.spearmanr(x, y)
+    return float(tau.statistic), float(tau.pvalue), float(rho.statistic), float(rho.pvalue)
+
+
+def correlations(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """One-shot score against stand-alone accuracy; with a retest, also stand-alone against
+    itself (how well training ranks candidates at all: the ceiling of any proxy) and the
+    one-shot score against the mean of both stand-alone runs (less training noise)."""
+    scores = [r["one_shot_score"] for r in rows]
+    first = [r["standalone_accuracy"] for r in rows]
+    tau, tau_p, rho, rho_p = _rank_correlation(scores, first)
+    out = {"kendall_tau": tau, "kendall_p": tau_p, "spearman": rho, "spearman_p": rho_p,
+           "standalone_range": max(first) - min(first) if first else math.nan}  # fmt: skip
+    if rows and all("standalone_retest" in r for r in rows):
+        again = [r["standalone_retest"] for r in rows]
+        out["kendall_retest"], _, out["spearman_retest"], _ = _rank_correlation(first, again)
+        mean = [(a + b) / 2 for a, b in zip(first, again)]
+        out["kendall_tau_mean"], _, out["spearman_mean"], _ = _rank_correlation(scores, mean)
+    return out
 
 
 def _hypervolume(study) -> tuple[float, dict[str, float]]:
@@ -274,8 +298,10 @@ def run_seed(args: argparse.Namespace, seed: int, work_dir: Path) -> tuple[list[
     ranking_seconds = time.perf_counter() - started
     del supernet
     summary = {"seed": seed, **correlations(rows), "candidates": len(rows), "seconds_ranking": ranking_seconds, **info}
+    retest = (f"; stand-alone vs its retest {summary['kendall_retest']:.3f}, one-shot vs the mean of both "
+              f"{summary['kendall_tau_mean']:.3f}" if "kendall_retest" in summary else "")  # fmt: skip
     print(f"seed {seed}: Kendall tau {summary['kendall_tau']:.3f}, Spearman {summary['spearman']:.3f} "
-          f"over {len(rows)} candidates ({ranking_seconds:.0f}s)", flush=True)  # fmt: skip
+          f"over {len(rows)} candidates{retest} ({ranking_seconds:.0f}s)", flush=True)  # fmt: skip
     summary.update(compare_budgets(args, seed, settings, info, work_dir))
     summary["seconds_seed"] = time.perf_counter() - began
     print(
@@ -307,6 +333,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         for row in rows:
             writer.writerow({**row, "mflops": f"{row['mflops']:.6g}", "one_shot_score": f"{row['one_shot_score']:.6g}",
                              "standalone_accuracy": f"{row['standalone_accuracy']:.6g}",
+                             "standalone_retest": f"{row['standalone_retest']:.6g}" if "standalone_retest" in row else "",
                              "score_seconds": f"{row['score_seconds']:.3f}", "train_seconds": f"{row['train_seconds']:.3f}"})  # fmt: skip
 
 
@@ -359,7 +386,9 @@ def print_summary(summaries: list[dict[str, Any]]) -> None:
         return
     med = medians(summaries)
     print(
-        f"\nmedian over {len(summaries)} seed(s): Kendall tau {med['kendall_tau']:.3f}, Spearman {med['spearman']:.3f} | "
+        f"\nmedian over {len(summaries)} seed(s): Kendall tau {med['kendall_tau']:.3f}, Spearman {med['spearman']:.3f} "
+        f"(stand-alone vs its retest {med['kendall_retest']:.3f}, one-shot vs the mean of both "
+        f"{med['kendall_tau_mean']:.3f}; stand-alone accuracies span {med['standalone_range']:.4f}) | "
         f"HV one-shot retrained {med['hv_one_shot_retrained']:.4g} vs train-each {med['hv_train_each']:.4g} "
         f"(one-shot scores, another fidelity: {med['hv_one_shot_scores']:.4g}) | epochs one-shot "
         f"{med['epochs_one_shot']:g}, train-each {med['epochs_train_each']:g} | seconds one-shot "
@@ -375,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/bench/one_shot.csv", help="CSV (the JSON summary and HTML plot go beside it)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default: 3)")
     p.add_argument("--candidates", type=int, default=20, help="random candidates scored and trained per seed (default: 20)")
+    p.add_argument("--retest", action=argparse.BooleanOptionalAction, default=True,
+                   help="train every ranked candidate a second time from another seed, to measure how far "
+                        "stand-alone training agrees with itself (default: on)")  # fmt: skip
     p.add_argument("--epochs", type=int, default=5, help="stand-alone training epochs (default: 5)")
     p.add_argument("--supernet-epochs", type=int, default=20, help="supernet training epochs (default: 20)")
     p.add_argument("--search-candidates", type=int, default=300, help="candidates the one-shot search scores (default: 300)")

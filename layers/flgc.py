@@ -175,18 +175,30 @@ class FLGConv2d(nn.Module):
         return F.conv2d(x, weight, self.bias, self.stride, self.padding)
 
     @torch.no_grad()
-    def deploy(self) -> nn.Module:
+    def deploy(self, form: str = "grouped") -> nn.Module:
         """The inference form with the learned assignment frozen.
 
-        Balanced groups: ``Sequential(ChannelGather(channels in group order),
-        Conv2d(groups=G), ChannelGather(back to filter order))``, a standard grouped
+        ``grouped``: with balanced groups, ``Sequential(ChannelGather(channels in group
+        order), Conv2d(groups=G), ChannelGather(back to filter order))``, a standard grouped
         convolution whose two gathers :func:`models.deploy` folds into neighbouring layers
-        where that is exact. Free (unbalanced) groups: :class:`GroupSplitConv`.
+        where that is exact; with free (unbalanced) groups, :class:`GroupSplitConv`.
+        ``dense``: one standard convolution with the connections outside the groups zeroed,
+        in the original channel order: no gather at all, and the neighbours' gathers fold
+        into it, but dense FLOPs. Where gathers cannot be folded away, it can be the faster.
         """
         from .deployed import ChannelGather, GroupSplitConv
 
         in_groups, out_groups = self.input_groups(), self.output_groups()
         k, device, dtype = self.kernel_size, self.weight.device, self.weight.dtype
+        if form == "dense":
+            conv = nn.Conv2d(self.in_channels, self.out_channels, k, self.stride, self.padding, bias=self.bias is not None)
+            conv = conv.to(device, dtype)
+            conv.weight.copy_(self.weight * self.connection_mask()[:, :, None, None].to(dtype))
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+            return conv
+        if form != "grouped":
+            raise ValueError(f"unknown FLGC deploy form {form!r}; use grouped or dense")
         if self.balanced:
             in_order = torch.argsort(in_groups, stable=True)  # channels of group 0, then group 1 ...
             out_order = torch.argsort(out_groups, stable=True)

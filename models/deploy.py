@@ -154,38 +154,120 @@ def _median_ms(layer: nn.Module, x: torch.Tensor, repeats: int = 7) -> float:
     return statistics.median(times) * 1000
 
 
-def _fastest_hetconv_forms(model: nn.Module, example: torch.Tensor) -> dict[HetConv2d, str]:
-    """Time both exact forms of every HetConv at the input shape it sees and keep the faster:
-    the split form saves FLOPs, but on some devices a grouped convolution at a large feature
-    map runs slower than the dense one it replaces."""
-    shapes: dict[HetConv2d, torch.Size] = {}
-
-    def record(module: nn.Module, args: tuple) -> None:  # returns None: the input is unchanged
-        shapes.setdefault(module, args[0].shape)
-
-    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, HetConv2d)]
+def _input_shapes(model: nn.Module, example: torch.Tensor, kind: type) -> dict[str, torch.Size]:
+    """Input shape of every ``kind`` layer (by qualified name) when ``model`` runs ``example``."""
+    shapes: dict[str, torch.Size] = {}
+    hooks = [
+        m.register_forward_pre_hook(lambda _m, args, name=name: shapes.setdefault(name, args[0].shape) and None)
+        for name, m in model.named_modules() if isinstance(m, kind)
+    ]  # fmt: skip
     try:
         with torch.inference_mode():
             model.eval()(example)
     finally:
         for hook in hooks:
             hook.remove()
+    return shapes
+
+
+def _timing_input(shape: torch.Size, device: torch.device) -> torch.Tensor:
+    return torch.randn(shape, device=device).contiguous(memory_format=torch.channels_last)
+
+
+def _fastest_hetconv_forms(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
+    """Time both exact forms of every HetConv at the input shape it sees and keep the faster:
+    the split form saves FLOPs, but on some devices a grouped convolution at a large feature
+    map runs slower than the dense one it replaces."""
+    layers = dict(model.named_modules())
     forms = {}
-    for layer, shape in shapes.items():
-        x = torch.randn(shape, device=example.device).contiguous(memory_format=torch.channels_last)
-        timed = {form: _median_ms(layer.deploy(form).to(memory_format=torch.channels_last), x) for form in ("split", "dense")}
-        forms[layer] = min(timed, key=timed.get)
+    for name, shape in _input_shapes(model, example, HetConv2d).items():
+        x = _timing_input(shape, example.device)
+        timed = {form: _median_ms(layers[name].deploy(form).to(memory_format=torch.channels_last), x)
+                 for form in ("split", "dense")}  # fmt: skip
+        forms[name] = min(timed, key=timed.get)
     return forms
 
 
-def _convert(module: nn.Module, hetconv_form: str, forms: dict | None = None) -> None:
+def _bare_conv(layer: FLGConv2d, form: str) -> nn.Module:
+    """What an FLGC form runs besides gathers that folding may remove (those are costed where
+    they remain): the grouped convolution alone, the per-group split, or the dense conv."""
+    deployed = layer.deploy(form)
+    return deployed[1] if isinstance(deployed, nn.Sequential) else deployed
+
+
+def _fastest_flgc_forms(model: nn.Module, example: torch.Tensor, hetconv_forms: dict[str, str] | str) -> dict[str, str]:
+    """Per FLGC layer, ``grouped`` or ``dense``: whichever makes the folded model faster.
+
+    A grouped FLGC layer saves FLOPs but may leave channel gathers that cannot be folded
+    (consecutive layers with different learned groupings, residual sums); a dense-form layer
+    runs dense FLOPs but needs no gather and absorbs its neighbours'. The deployed model's
+    time is modelled as the sum of its FLGC layers' times (each form timed at its input shape)
+    plus the time of every gather left after folding (timed at its tensor's shape); layers are
+    switched to dense one at a time, in order, where that lowers the modelled time, then each
+    switched layer is tried grouped again (a local search, not an exhaustive one).
+    """
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, FLGConv2d)}
+    if not layers:
+        return {}
+    device, batch = example.device, example.shape[0]
+    own = {}
+    for name, shape in _input_shapes(model, example, FLGConv2d).items():
+        x = _timing_input(shape, device)
+        own[name] = {form: _median_ms(_bare_conv(layers[name], form).to(memory_format=torch.channels_last), x)
+                     for form in ("grouped", "dense")}  # fmt: skip
+    gather_ms: dict[torch.Size, float] = {}
+
+    def modelled_ms(forms: dict[str, str]) -> tuple[float, float]:
+        trial = copy.deepcopy(model)
+        _convert(trial, hetconv_forms, forms)
+        _fold_model(trial)
+        inside_split = {id(m) for split in trial.modules() if isinstance(split, GroupSplitConv) for m in split.modules()}
+        shapes: list[torch.Size] = []
+        hooks = [m.register_forward_pre_hook(lambda _m, args: shapes.append(args[0].shape[1:]) and None)
+                 for m in trial.modules() if isinstance(m, ChannelGather) and id(m) not in inside_split]  # fmt: skip
+        with torch.inference_mode():
+            trial.eval()(example[:1])
+        for hook in hooks:
+            hook.remove()
+        for shape in shapes:
+            if shape not in gather_ms:
+                gather_ms[shape] = _median_ms(ChannelGather(torch.randperm(shape[0], device=device)),
+                                              _timing_input((batch, *shape), device))  # fmt: skip
+        gathers = sum(gather_ms[shape] for shape in shapes)
+        return sum(own[name][form] for name, form in forms.items()) + gathers, gathers
+
+    forms = {name: "grouped" for name in own}
+    best, gathers = modelled_ms(forms)
+    for name in own:
+        if own[name]["dense"] - own[name]["grouped"] >= gathers:
+            continue  # more than every remaining gather could save
+        candidate = {**forms, name: "dense"}
+        total, candidate_gathers = modelled_ms(candidate)
+        if total < best:
+            forms, best, gathers = candidate, total, candidate_gathers
+    # A later switch can make an earlier one unnecessary (a gather between two layers goes
+    # once either is dense): try each dense layer grouped again.
+    for name in [name for name, form in forms.items() if form == "dense"]:
+        candidate = {**forms, name: "grouped"}
+        total, _ = modelled_ms(candidate)
+        if total < best:
+            forms, best = candidate, total
+    return forms
+
+
+def _form(forms: dict[str, str] | str, name: str, default: str) -> str:
+    return forms if isinstance(forms, str) else forms.get(name, default)
+
+
+def _convert(module: nn.Module, hetconv_forms: dict[str, str] | str, flgc_forms: dict[str, str] | str, prefix: str = "") -> None:
     for name, child in module.named_children():
+        path = f"{prefix}{name}"
         if isinstance(child, HetConv2d):
-            setattr(module, name, child.deploy((forms or {}).get(child, "split") if hetconv_form == "auto" else hetconv_form))
+            setattr(module, name, child.deploy(_form(hetconv_forms, path, "split")))
         elif isinstance(child, FLGConv2d):
-            setattr(module, name, child.deploy())
+            setattr(module, name, child.deploy(_form(flgc_forms, path, "grouped")))
         else:
-            _convert(child, hetconv_form, forms)
+            _convert(child, hetconv_forms, flgc_forms, f"{path}.")
 
 
 def _fold(module: nn.Module) -> None:
@@ -195,6 +277,12 @@ def _fold(module: nn.Module) -> None:
         _fold(child)
         if isinstance(child, nn.Sequential):
             setattr(module, name, _fold_sequential(child))
+
+
+def _fold_model(model: nn.Module) -> None:
+    _fold(model)
+    for module in model.modules():
+        _fold_into_head(module)
 
 
 @torch.no_grad()
@@ -211,12 +299,21 @@ def _fold_into_head(module: nn.Module) -> None:
 
 
 def deploy(
-    model: nn.Module, hetconv_form: str = "split", fold: bool = True, example_input: torch.Tensor | None = None
+    model: nn.Module,
+    hetconv_form: str = "split",
+    fold: bool = True,
+    example_input: torch.Tensor | None = None,
+    flgc_form: str = "grouped",
 ) -> nn.Module:
-    """The inference form of ``model`` (a copy, in eval mode). ``hetconv_form`` is ``split``
-    (grouped KxK + 1x1), ``dense`` (one KxK conv) or ``auto`` (per layer the faster of the
-    two, timed on ``example_input``'s device at the shape the layer sees); ``fold=False``
-    keeps every gather (for measuring what folding saves).
+    """The inference form of ``model`` (a copy, in eval mode).
+
+    ``hetconv_form`` is ``split`` (grouped KxK + 1x1), ``dense`` (one KxK conv) or ``auto``
+    (per layer the faster of the two, timed at the shape the layer sees); ``flgc_form`` is
+    ``grouped`` (a grouped conv, its permutations folded where exact), ``dense`` (one conv
+    with zeros outside the groups, no gathers) or ``auto`` (per layer, whichever makes the
+    whole model faster once the gathers that folding cannot remove are counted). ``auto``
+    times on ``example_input``'s device and shape. ``fold=False`` keeps every gather (for
+    measuring what folding saves). Every form is exact.
 
     Example:
         >>> from models import Architecture, LayerSpec, build_model
@@ -225,17 +322,21 @@ def deploy(
         >>> bool(torch.allclose(net(x), deploy(net)(x), atol=1e-4))
         True
     """
-    deployed = copy.deepcopy(model)
-    forms = None
-    if hetconv_form == "auto":
-        if example_input is None:
-            raise ValueError("hetconv_form='auto' needs an example_input to time the forms on")
-        forms = _fastest_hetconv_forms(deployed, example_input)
-    _convert(deployed, hetconv_form, forms)
+    for what, form, legal in (("hetconv_form", hetconv_form, ("split", "dense", "auto")),
+                              ("flgc_form", flgc_form, ("grouped", "dense", "auto"))):  # fmt: skip
+        if form not in legal:
+            raise ValueError(f"unknown {what} {form!r}; use {', '.join(legal)}")
+        if form == "auto" and example_input is None:
+            raise ValueError(f"{what}='auto' needs an example_input to time the forms on")
+    deployed = copy.deepcopy(model).eval()
+    hetconv_forms = _fastest_hetconv_forms(deployed, example_input) if hetconv_form == "auto" else hetconv_form
+    if flgc_form == "auto" and fold:
+        flgc_forms = _fastest_flgc_forms(deployed, example_input, hetconv_forms)
+    else:  # without folding every gather stays, and auto would only ever measure that
+        flgc_forms = "grouped" if flgc_form == "auto" else flgc_form
+    _convert(deployed, hetconv_forms, flgc_forms)
     if fold:
-        _fold(deployed)
-        for module in deployed.modules():
-            _fold_into_head(module)
+        _fold_model(deployed)
     return deployed.eval()  # after conversion: the new modules are in eval mode too
 
 

@@ -158,10 +158,13 @@ def retrain(config: str, epochs: int | None, device: str | None, data_dir: str |
     )
 
 
-def deploy_config(config: str, weights: str | None, onnx: bool, hetconv_form: str) -> None:
+def deploy_config(config: str, weights: str | None, onnx: bool, hetconv_form: str, flgc_form: str, batch: int) -> None:
     from .deployment import export_deployed
+    from .errors import UserError
 
-    summary = export_deployed(config, weights=weights, onnx=onnx, hetconv_form=hetconv_form)
+    if batch < 1:
+        raise UserError(f"--batch must be at least 1, got {batch}")
+    summary = export_deployed(config, weights=weights, onnx=onnx, hetconv_form=hetconv_form, flgc_form=flgc_form, batch=batch)
     state = "trained weights " + summary["weights"] if summary["weights"] else "untrained weights (run 'retrain' first)"
     print(f"deployed with {state}: {summary['torchscript']}")
     print(f"max |trained - deployed| on a random batch: {summary['max_abs_difference']:.2e}; "

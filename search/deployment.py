@@ -19,10 +19,16 @@ __all__ = ["export_deployed"]
 
 
 def export_deployed(
-    config_path: str | Path, weights: str | Path | None = None, onnx: bool = False, hetconv_form: str = "auto"
+    config_path: str | Path,
+    weights: str | Path | None = None,
+    onnx: bool = False,
+    hetconv_form: str = "auto",
+    flgc_form: str = "auto",
+    batch: int = 1,
 ) -> dict[str, Any]:
     """Deploy the model of an exported config (with ``weights``, by default the ``.pt`` that
-    ``retrain`` saved beside it) and write ``<name>.torchscript.pt`` (and ``<name>.onnx``)."""
+    ``retrain`` saved beside it) and write ``<name>.torchscript.pt`` (and ``<name>.onnx``).
+    ``auto`` forms are chosen by timing on this machine's CPU at ``batch``."""
     config_path = Path(config_path)
     config = load_config(config_path)
     arch = Architecture.from_json(config["architecture"])
@@ -37,8 +43,8 @@ def export_deployed(
     else:
         trained = False
     model.eval()
-    example = torch.randn(2, 3, 32, 32)
-    deployed = deploy(model, hetconv_form=hetconv_form, example_input=example)
+    example = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    deployed = deploy(model, hetconv_form=hetconv_form, flgc_form=flgc_form, example_input=example)
     with torch.no_grad():
         max_difference = (model(example) - deployed(example)).abs().max().item()
     stem = config_path.with_suffix("")

@@ -70,7 +70,7 @@ def model_latency_ms(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = build_model(arch).to(device)
-        model = deploy(model, hetconv_form="auto", example_input=x)  # the fastest exact form here
+        model = deploy(model, hetconv_form="auto", flgc_form="auto", example_input=x)  # the fastest exact forms here
     model, fmt = _prepare(model, device)
     return measure_latency(lambda: model(x), device, warmup, repeats)
 
@@ -81,7 +81,7 @@ def _layer_latency_ms(slot: LayerSlot, spec: LayerSpec, device: torch.device, ba
         layer = create_conv2d(slot.in_channels, slot.out_channels, slot.kernel_size, slot.stride, **spec.conv_kwargs())
     x = torch.randn(batch, slot.in_channels, slot.input_size, slot.input_size, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
-    wrapped = deploy(nn.Sequential(layer).to(device), hetconv_form="auto", example_input=x)
+    wrapped = deploy(nn.Sequential(layer).to(device), hetconv_form="auto", flgc_form="auto", example_input=x)
     wrapped, fmt = _prepare(wrapped, device)
     return measure_latency(lambda: wrapped(x), device, warmup=3, repeats=repeats)
 

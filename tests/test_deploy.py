@@ -10,6 +10,7 @@ modules, scripts with TorchScript, and keeps no FLGC logits. Also: where gathers
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import os
@@ -223,10 +224,98 @@ def test_every_deployed_submodule_is_in_eval_mode(case):
     assert not [name for name, m in deployed.named_modules() if m.training]
 
 
-def test_unknown_hetconv_form_is_rejected():
-    model = trained_like(get_space("vgg_hetconv", WIDTH).uniform(4))
-    with pytest.raises(ValueError, match="split or dense"):
+def test_unknown_forms_are_rejected():
+    model = trained_like(get_space("vgg_mixed", WIDTH).uniform("flgc:4"))
+    with pytest.raises(ValueError, match="hetconv_form 'sparse'; use split, dense, auto"):
         deploy(model, hetconv_form="sparse")
+    with pytest.raises(ValueError, match="flgc_form 'sparse'; use grouped, dense, auto"):
+        deploy(model, flgc_form="sparse")
+    with pytest.raises(ValueError, match="needs an example_input"):
+        deploy(model, flgc_form="auto")
+
+
+# ---------------------------------------------------------------------------
+# FLGC forms: grouped (gathers folded where exact), dense (no gathers), auto
+# ---------------------------------------------------------------------------
+
+FLGC_CASES = ["vgg_flgc/random/0", "mbv2_flgc/uniform/4", "mbv2_flgc/random/1", "vgg_mixed/random/2"]
+
+
+def grouped_convs(model: nn.Module) -> int:
+    """Grouped convolutions that are not depthwise (what a grouped FLGC layer deploys to)."""
+    return sum(isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels for m in model.modules())
+
+
+@pytest.mark.parametrize("case", FLGC_CASES, ids=lambda c: c.replace("/", "-"))
+def test_flgc_dense_form_is_exact_and_needs_no_gather(case):
+    model = trained_like(architecture_of(case), seed=5)
+    x = batch()
+    deployed = deploy(model, hetconv_form="dense", flgc_form="dense")  # HetConv dense too: no grouped conv left
+    assert_standard_modules(deployed)
+    assert count_gathers(deployed) == 0
+    assert grouped_convs(deployed) == 0 and not any(isinstance(m, GroupSplitConv) for m in deployed.modules())
+    with torch.no_grad():
+        assert_close(deployed(x), model(x), what=f"{case} flgc dense")
+        assert_close(script(deployed)(x), model(x), what=f"{case} flgc dense scripted")
+    model64 = trained_like(architecture_of(case), seed=5, dtype=torch.float64)
+    with torch.no_grad():
+        x64 = batch(torch.float64)
+        assert_close(deploy(model64, flgc_form="dense")(x64), model64(x64), rtol=RTOL_FLOAT64, what=f"{case} float64")
+
+
+@pytest.mark.parametrize("case", FLGC_CASES, ids=lambda c: c.replace("/", "-"))
+def test_flgc_auto_form_is_exact_and_between_the_two(case):
+    model = trained_like(architecture_of(case), seed=6)
+    x = batch().contiguous(memory_format=torch.channels_last)
+    grouped = deploy(model, flgc_form="grouped")
+    auto = deploy(model, hetconv_form="auto", flgc_form="auto", example_input=x)
+    assert_standard_modules(auto)
+    with torch.no_grad():
+        assert_close(auto(x), model(x), what=f"{case} flgc auto")
+    # Every FLGC layer became one of its two forms: some grouped convs may have become dense,
+    # none was added, and switching layers to dense only ever removes gathers.
+    assert grouped_convs(auto) <= grouped_convs(grouped)
+    assert count_gathers(auto) <= count_gathers(grouped)
+
+
+def _fake_clock(gather_ms: float):
+    """A deterministic stand-in for timing a module: 1 ms per MFLOP of a convolution, and
+    ``gather_ms`` per channel gather, so that the choice of ``auto`` is known in advance."""
+
+    def median_ms(layer: nn.Module, x: torch.Tensor, repeats: int = 7) -> float:
+        if isinstance(layer, ChannelGather):
+            return gather_ms
+        macs = 0.0
+        for m in layer.modules():
+            if isinstance(m, nn.Conv2d):
+                out = x.shape[-1] // m.stride[0]
+                macs += m.weight.numel() * out * out * x.shape[0]
+        return macs / 1e6
+
+    return median_ms
+
+
+@pytest.mark.parametrize("case", ["mbv2_flgc/uniform/4", "vgg_flgc/random/0"], ids=lambda c: c.replace("/", "-"))
+def test_flgc_auto_keeps_grouped_when_gathers_are_free_and_removes_them_when_they_are_not(case, monkeypatch):
+    deploy_module = importlib.import_module("models.deploy")  # "models.deploy" the attribute is the function
+
+    model = trained_like(architecture_of(case), seed=7)
+    x = batch()
+    grouped = deploy(model, flgc_form="grouped")
+    assert count_gathers(grouped) > 0  # the case needs gathers that folding cannot remove
+
+    monkeypatch.setattr(deploy_module, "_median_ms", _fake_clock(gather_ms=0.0))
+    free = deploy(model, flgc_form="auto", example_input=x)
+    assert grouped_convs(free) == grouped_convs(grouped) and count_gathers(free) == count_gathers(grouped)
+
+    monkeypatch.setattr(deploy_module, "_median_ms", _fake_clock(gather_ms=1e6))
+    costly = deploy(model, flgc_form="auto", example_input=x)
+    assert count_gathers(costly) == 0  # any gather costs more than the densest model
+    if case.startswith("vgg"):  # in VGG most gathers fold: those layers must stay grouped
+        assert grouped_convs(costly) > 0, "layers whose gathers fold away anyway should stay grouped"
+    # (In MobileNetV2 every grouped pointwise conv alone leaves one gather at a residual sum.)
+    with torch.no_grad():
+        assert_close(costly(x), model(x), what=f"{case} auto with costly gathers")
 
 
 # ---------------------------------------------------------------------------
