@@ -39,13 +39,6 @@ RTOL_FLOAT64 = 1e-10
 ALLOWED_OWN = (ChannelGather, ConvSum, GroupSplitConv)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # Tiny tensors gain nothing from intra-op threads, and the 2 cores are shared.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(autouse=True)

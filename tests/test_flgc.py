@@ -12,14 +12,6 @@ from layers import FLGConv2d, balanced_assignment, create_conv2d, param_groups_w
 DTYPE = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # Tiny tensors gain nothing from intra-op threads, and OpenMP reductions get very slow
-    # when the (2) cores are shared with other processes.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 # ---------------------------------------------------------------------------

@@ -19,14 +19,6 @@ from layers import HetConv2d, create_conv2d, hetconv_block_mask
 DTYPE = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # Tiny tensors gain nothing from intra-op threads, and OpenMP reductions get very slow
-    # when the (2) cores are shared with other processes.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 # ---------------------------------------------------------------------------

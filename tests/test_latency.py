@@ -21,6 +21,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from _studies import load
 from search.latency import LatencyTable, device_key, measure_latency, model_latency_ms
 from spaces import get_space
 
@@ -38,7 +39,7 @@ def space():
 
 @pytest.fixture(scope="module")
 def table(space) -> LatencyTable:
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # as the tests that use it run (module fixtures precede conftest's)
     return LatencyTable.build(space, CPU, batch=1, repeats=2)
 
 
@@ -113,8 +114,7 @@ def test_table_is_cached_per_space_device_and_batch(space, tmp_path, monkeypatch
 
 
 def _complete(results: Path, study: str) -> list[optuna.trial.FrozenTrial]:
-    loaded = optuna.load_study(study_name=study, storage=f"sqlite:///{results / 'studies.db'}")
-    return [t for t in loaded.trials if t.state == TrialState.COMPLETE]
+    return [t for t in load(results, study).trials if t.state == TrialState.COMPLETE]
 
 
 @pytest.mark.slow

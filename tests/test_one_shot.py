@@ -34,6 +34,7 @@ import torch
 from optuna.trial import TrialState
 
 from models import Architecture
+from _studies import load
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = "vgg_hetconv-digits"
@@ -57,10 +58,6 @@ def describe(proc: subprocess.CompletedProcess) -> str:
     return f"exit {proc.returncode}\nstdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-4000:]}"
 
 
-def load(results: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{results / 'studies.db'}")
-
-
 def complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
@@ -76,12 +73,6 @@ def supernet_files(results: Path) -> list[Path]:
     return sorted(results.rglob("supernet-*.pt"))
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

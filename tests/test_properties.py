@@ -24,8 +24,6 @@ from models import Architecture, ArchitectureError, LayerSpec, build_model, vali
 from search.cost import count_cost, slot_macs
 from spaces import get_space, space_names
 
-torch.set_num_threads(1)
-
 SPACES = ("vgg_hetconv", "vgg_flgc", "mbv2_flgc", "vgg_mixed")
 WIDTHS = (0.25, 0.5)  # every property
 COUNT_WIDTHS = (0.25, 0.5, 1.0)  # FLOPs counting (no explicit forward pass at 1.0)

@@ -47,6 +47,7 @@ from search.settings import Settings, TrainingSettings
 from search.storage import open_storage
 from search.study import count_finished, open_search, trial_seed
 from spaces import get_space
+from _studies import load, storage_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 
@@ -121,14 +122,6 @@ class Runner:
 
 def describe(proc: subprocess.CompletedProcess) -> str:
     return f"command: {' '.join(map(str, proc.args[2:]))}\nexit code {proc.returncode}\nstderr:\n{proc.stderr[-4000:]}"
-
-
-def storage_url(results_dir: Path) -> str:
-    return f"sqlite:///{results_dir / 'studies.db'}"
-
-
-def load(results_dir: Path, name: str = STUDY) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=storage_url(results_dir))
 
 
 def _db_rows(db: Path) -> list[tuple[int, str, str | None, str | None]]:
@@ -262,15 +255,6 @@ def space():
     return get_space("vgg_hetconv", width=0.25)
 
 
-@pytest.fixture
-def one_thread():
-    """Deterministic CPU training: one torch thread (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def quick_settings(tmp_path: Path, **changes: Any) -> Settings:
     training = TrainingSettings(dataset="digits", epochs=1, batch_size=64, lr=0.1, warmup_epochs=0.5, threads=1)
     return Settings(space="vgg_hetconv", width=0.25, training=training, results_dir=str(tmp_path), quiet=True, **changes)
@@ -283,7 +267,7 @@ class Interrupted(Exception):
     """Stands for a kill in the middle of training."""
 
 
-def test_checkpoint_resume_gives_the_same_result(space, tmp_path, one_thread):
+def test_checkpoint_resume_gives_the_same_result(space, tmp_path):
     training = TrainingSettings(dataset="digits", epochs=4, batch_size=64, lr=0.1, warmup_epochs=0.5, threads=1)
     arch = space.uniform("2")  # HetConv layers
     weights: dict[str, dict[str, torch.Tensor]] = {}
@@ -444,7 +428,7 @@ def _flaky_training(monkeypatch, fail_calls: Callable[[int], bool]) -> list[int]
     return calls
 
 
-def test_a_failing_trial_does_not_end_the_search(tmp_path, monkeypatch, one_thread):
+def test_a_failing_trial_does_not_end_the_search(tmp_path, monkeypatch):
     calls = _flaky_training(monkeypatch, lambda i: i == 0)
     study = run_optuna_search(quick_settings(tmp_path, budget=3))
     trials = study.get_trials()
@@ -495,7 +479,7 @@ def test_trial_killed_before_its_first_heartbeat_is_failed_eventually(tmp_path, 
 # ------------------------------------------------------------------------------- budget race (in process)
 
 
-def test_a_trial_finished_by_another_worker_is_counted(tmp_path, monkeypatch, one_thread):
+def test_a_trial_finished_by_another_worker_is_counted(tmp_path, monkeypatch):
     """Worker 1's trial is running when worker 0 counts the finished trials (0 of budget 1);
     worker 1 finishes it before worker 0 holds the budget lock. Worker 0 must then find the
     budget spent, not ask for a second trial."""

@@ -36,6 +36,7 @@ from search.settings import TUNABLE, Settings, TrainingSettings
 from search.study import baseline_architectures
 from search.train import TrialFailed
 from spaces import get_space
+from _studies import load, storage_url
 
 pytestmark = pytest.mark.slow
 
@@ -91,14 +92,6 @@ class Runner:
 
 def describe(proc: subprocess.CompletedProcess) -> str:
     return f"command: {' '.join(proc.args[1:])}\nexit code {proc.returncode}\nstderr:\n{proc.stderr[-4000:]}"
-
-
-def storage_url(results_dir: Path) -> str:
-    return f"sqlite:///{results_dir / 'studies.db'}"
-
-
-def load(results_dir: Path, name: str = STUDY) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=storage_url(results_dir))
 
 
 def study_names(results_dir: Path) -> list[str]:

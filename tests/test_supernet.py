@@ -32,14 +32,6 @@ from spaces import SpaceError, get_space
 SPACES = ["vgg_hetconv", "vgg_flgc", "mbv2_flgc", "vgg_mixed"]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # Small tensors gain nothing from intra-op threads, and OpenMP gets very slow when the
-    # (2) cores are shared with other processes.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
