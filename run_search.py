@@ -62,7 +62,9 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
                         "in seconds; then --retrain-top trains the best from scratch) (default: train-each)")
     g.add_argument("--retrain-top", type=int, default=3, help="one-shot: configurations of the front retrained from scratch (default: 3)")
     g.add_argument("--supernet-epochs", type=int, default=None, help="one-shot: supernet training epochs (default: 4 x --epochs)")
-    g.add_argument("--early-stop", default=None, help="mo-asha: stop trials that cannot reach the front, at rungs (default: off)")
+    g.add_argument("--early-stop", default="auto",
+                   help="mo-asha: stop trials that cannot reach the front, at rungs; none: train every trial to the "
+                        "end; auto: mo-asha when --epochs is above --min-epochs (default: auto)")
     g.add_argument("--min-epochs", type=int, default=1, help="first rung of --early-stop (default: 1)")
     g.add_argument("--eta", type=int, default=3, help="--early-stop keeps the best 1/eta at each rung (default: 3)")
 

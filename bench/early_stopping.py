@@ -103,7 +103,7 @@ def settings_for(args: argparse.Namespace, seed: int, mode: str, results_dir: Pa
     )  # fmt: skip
     return Settings(
         space=args.space, budget=args.budget, width=args.width, training=training, sampler=args.sampler, seed=seed,
-        results_dir=str(results_dir), early_stop="mo-asha" if mode == "mo-asha" else None,
+        results_dir=str(results_dir), early_stop=mode,
         min_epochs=args.min_epochs, eta=args.eta, quiet=True,
     )  # fmt: skip
 

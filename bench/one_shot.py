@@ -120,6 +120,7 @@ def train_each_settings(args: argparse.Namespace, seed: int, budget: int, result
     return Settings(
         space=args.space, budget=budget, width=args.width, training=training_for(args), sampler=args.sampler,
         seed=seed, results_dir=str(results_dir), quiet=True,
+        early_stop="none",  # budget = epochs // --epochs trials holds only if every trial trains to the end
     )  # fmt: skip
 
 

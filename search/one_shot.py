@@ -188,4 +188,5 @@ def _retrain_top(settings: Settings, study: optuna.Study, standalone, progress: 
     waiting = len(target.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     budget = count_finished(target) + waiting
     if budget > count_finished(target):
-        run_optuna_search(settings.replace(budget=budget, baselines=False))
+        # Retrained to the end: these were chosen already, a rung among a handful says nothing.
+        run_optuna_search(settings.replace(budget=budget, baselines=False, early_stop="none"))

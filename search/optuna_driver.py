@@ -105,7 +105,7 @@ def _run_trial(context: SearchContext, trial: optuna.Trial) -> Outcome:
     hyperparameters = sample_hyperparameters(trial, settings)
     # A retry keeps its original's seed and checkpoint, so it resumes the same training.
     checkpoint = settings.study_dir / "checkpoints" / f"trial_{origin}.pt" if settings.checkpoint_every else None
-    on_epoch = _rung_callback(context, trial, arch) if settings.early_stop == "mo-asha" else None
+    on_epoch = _rung_callback(context, trial, arch) if settings.stops_early else None
     with Heartbeat(study, trial):
         outcome = evaluate_candidate(
             arch, hyperparameters, settings, trial_seed(settings, origin), trial.number,
@@ -146,7 +146,8 @@ def run_optuna_search(settings: Settings) -> optuna.Study:
             progress.message(f"queued {queued} uniform baselines of {context.space.name}")
     progress.message(
         f"study '{study.study_name}' in {settings.storage_url}: {done}/{settings.budget} finished trials; "
-        f"space {context.space.name} ({len(context.space.slots)} layers, {context.space.size:.3g} candidates)"
+        f"space {context.space.name} ({len(context.space.slots)} layers, {context.space.size:.3g} candidates); "
+        f"{settings.early_stop_line()}"
     )
     infeasible_in_a_row = failures_in_a_row = 0
     while (done := count_finished(study)) < settings.budget:

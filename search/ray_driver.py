@@ -282,7 +282,7 @@ def run_ray_search(settings: Settings) -> optuna.Study:
         Path(storage_path).mkdir(parents=True, exist_ok=True)
     progress.message(
         f"study '{study.study_name}' in {settings.storage_url}: {done[0]}/{settings.budget} finished trials; "
-        f"Ray results in {storage_path}"
+        f"Ray results in {storage_path}; {settings.early_stop_line()}"
     )
     gpus = settings.gpus_per_trial
     if gpus is None:  # default: one GPU per trial where the cluster has GPUs
@@ -295,7 +295,7 @@ def run_ray_search(settings: Settings) -> optuna.Study:
         rounds_without_progress = 0
         while done[0] < settings.budget:
             before = done[0]
-            scheduler = _make_scheduler(context) if settings.early_stop == "mo-asha" else None
+            scheduler = _make_scheduler(context) if settings.stops_early else None
             searcher = _make_searcher(context, progress, done, scheduler)
             tuner = tune.Tuner(
                 trainable,

@@ -30,6 +30,7 @@ OBJECTIVE_ALIASES = {"latency": "latency_ms", "flops": "mflops"}
 LATENCY_MODES = ("measured", "table")
 STRATEGIES = ("train-each", "one-shot")
 # Direction of every objective the tool knows.
+EARLY_STOP_MODES = ("auto", "mo-asha", "none")
 OBJECTIVE_SENSES = {"accuracy": "max", "mflops": "min", "params": "min", "latency_ms": "min"}
 # Training hyperparameters that --tune can add to a space, with their search ranges.
 TUNABLE: dict[str, tuple[str, Any]] = {
@@ -107,7 +108,7 @@ class Settings:
     strategy: str = "train-each"  # or "one-shot": a weight-sharing supernet scores candidates
     retrain_top: int = 3  # one-shot: configurations of its front retrained from scratch
     supernet_epochs: int | None = None  # one-shot: supernet training epochs (default 4 x --epochs)
-    early_stop: str | None = None  # "mo-asha": multi-objective successive halving
+    early_stop: str | None = "auto"  # "mo-asha" (multi-objective successive halving), "none", or "auto"
     min_epochs: int = 1  # first rung
     eta: int = 3  # a trial continues past a rung if among the best 1/eta there
     workers: int = 1  # worker processes on this machine
@@ -152,8 +153,8 @@ class Settings:
             raise SettingsError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise SettingsError(f"--max-concurrent must be at least 1, got {self.max_concurrent}")
-        if self.early_stop not in (None, "none", "mo-asha"):
-            raise SettingsError(f"unknown --early-stop {self.early_stop!r}; use mo-asha or none")
+        if self.early_stop not in (None, *EARLY_STOP_MODES):
+            raise SettingsError(f"unknown --early-stop {self.early_stop!r}; use {', '.join(EARLY_STOP_MODES)}")
         if self.min_epochs < 1 or self.eta < 2:
             raise SettingsError(f"--min-epochs must be >= 1 and --eta >= 2, got {self.min_epochs} and {self.eta}")
         if self.early_stop == "mo-asha" and self.min_epochs >= t.epochs:
@@ -174,9 +175,27 @@ class Settings:
     def supernet_epochs_or_default(self) -> int:
         return self.supernet_epochs or 4 * self.training.epochs
 
+    @property
+    def stops_early(self) -> bool:
+        """Whether trials of this run are early-stopped. ``auto`` (the default) stops early
+        whenever ``--epochs`` leaves a rung below it: bench/early_stopping.py measured the same
+        front quality for under half the training epochs (README, Early stopping)."""
+        if self.early_stop == "auto":
+            return self.min_epochs < self.training.epochs
+        return self.early_stop == "mo-asha"
+
+    def early_stop_line(self) -> str:
+        """What the start of a search says about early stopping (it is on by default)."""
+        rule = self.stopping_rule()
+        if rule is None:
+            return "early stopping off"
+        rungs = ", ".join(map(str, rule.rungs))
+        return (f"early stopping mo-asha at epochs {rungs} of {self.training.epochs}, the best 1/{self.eta} go on "
+                "(--early-stop none: train every trial to the end)")  # fmt: skip
+
     def stopping_rule(self):
         """The early-stopping rule of this run, or None."""
-        if self.early_stop in (None, "none"):
+        if not self.stops_early:
             return None
         from .early_stopping import MultiObjectiveASHA
 

@@ -405,3 +405,26 @@ def test_doctests():
     result = doctest.testmod(es, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+@pytest.mark.parametrize(
+    ("mode", "epochs", "min_epochs", "stops"),
+    [
+        ("auto", 5, 1, True),  # the default: on when a rung lies below the last epoch
+        ("auto", 1, 1, False),  # nothing to stop at
+        ("auto", 3, 3, False),
+        ("mo-asha", 5, 1, True),
+        ("none", 5, 1, False),
+        (None, 5, 1, False),  # None: off, as before "auto" existed
+    ],
+)
+def test_early_stopping_default_is_on_when_there_is_a_rung(mode, epochs, min_epochs, stops):
+    from search.settings import Settings, TrainingSettings
+
+    settings = Settings(training=TrainingSettings(dataset="digits", epochs=epochs), early_stop=mode, min_epochs=min_epochs)
+    assert Settings().early_stop == "auto"
+    assert settings.stops_early is stops
+    rule = settings.stopping_rule()
+    assert (rule is not None) is stops
+    if stops:
+        assert list(rule.rungs) == [r for r in (1, 3, 9) if min_epochs <= r < epochs]

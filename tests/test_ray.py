@@ -343,7 +343,8 @@ def test_fractional_logical_gpus_pack_two_trials_per_gpu(tmp_path: Path, ray_wit
 
     from search.ray_driver import run_ray_search
 
-    settings = _quick_settings(tmp_path, epochs=2, budget=4, max_concurrent=4, gpus_per_trial=0.5, cpus_per_trial=0.5)
+    settings = _quick_settings(tmp_path, epochs=2, budget=4, max_concurrent=4, gpus_per_trial=0.5, cpus_per_trial=0.5,
+                               early_stop="none")  # every trial trains to the end: 4 complete  # fmt: skip
     started = time.perf_counter()
     study = run_ray_search(settings)
     wall = time.perf_counter() - started
@@ -376,7 +377,7 @@ def test_fractional_logical_gpus_pack_two_trials_per_gpu(tmp_path: Path, ray_wit
 
 def test_killed_driver_is_resumed_by_the_same_command(tmp_path: Path, ray_tmpdir: str) -> None:
     results = tmp_path / "res"
-    args = ["--preset", "quick", "--epochs", "2", "--no-report", "--budget", "4", "--backend", "ray",
+    args = ["--preset", "quick", "--epochs", "2", "--early-stop", "none", "--no-report", "--budget", "4", "--backend", "ray",
             "--max-concurrent", "1", "--results-dir", str(results)]  # fmt: skip
     log_path = tmp_path / "first_run.log"
     with open(log_path, "w") as log:
