@@ -4,13 +4,14 @@
 For each space, on this device, at ``--batch``:
 
 1. the per-layer table is built (``search.latency.LatencyTable.build``: every searchable
-   layer in every choice, deployed, plus the fixed rest of the dense model), timed;
+   layer in every choice, deployed alone, then calibrated on the whole dense and uniform
+   models), timed;
 2. ``--candidates`` random candidates of the space (seeded) and its uniform configurations
    are each predicted from the table and **measured twice** as whole deployed models
    (``search.latency.model_latency_ms``, what ``--latency measured`` does), the two
    measurements at different times so that their disagreement shows the noise floor.
 
-Reported per space:
+Reported per space, over the random candidates only (the uniform ones calibrated the table):
 
 - ``median_abs_error_pct`` / ``p90_abs_error_pct``: |predicted - measured| / measured, with
   measured = the mean of the two measurements; ``bias_pct``: the median signed error
@@ -23,8 +24,9 @@ Reported per space:
 - seconds to build the table against seconds per measured candidate.
 
 Why the table can miss: it sums layers measured alone, so it cannot see the channel gathers
-that deploying inserts between consecutive FLGC layers of different groupings, nor cache
-effects between layers; per-call overhead of the fixed part is folded into ``fixed_ms``.
+that deploying leaves between consecutive FLGC layers of different groupings, nor cache
+effects between layers; the calibration (``fixed_ms + scale * sum``) removes what is common
+to all candidates, not what differs between them.
 
     python bench/latency_table.py --out results/bench/latency_table.csv --candidates 30 --threads 1
     python bench/latency_table.py --quick   # smoke run (about a minute)
@@ -56,7 +58,7 @@ from spaces import SearchSpace, get_space
 CSV_COLUMNS = ("space", "candidate", "arch", "mflops", "predicted_ms", "measured_ms", "error_pct", "m1_ms", "m2_ms")
 SUMMARY_COLUMNS = (
     "space", "batch", "candidates", "median_abs_error_pct", "p90_abs_error_pct", "bias_pct", "noise_pct",
-    "kendall_table", "spearman_table", "kendall_mflops", "build_s", "measure_s",
+    "kendall_table", "spearman_table", "kendall_mflops", "scale", "build_s", "measure_s",
 )  # fmt: skip
 
 
@@ -112,14 +114,17 @@ def bench_space(space: SearchSpace, args: argparse.Namespace, device: torch.devi
             "error_pct": 100 * (predicted - measured) / measured, "noise_pct": 100 * abs(m1 - m2) / measured,
         })  # fmt: skip
         print(f"  {space.name} {name:>11}: predicted {predicted:8.3f} ms, measured {m1:8.3f} / {m2:8.3f} ms", flush=True)
-    errors = [r["error_pct"] for r in rows]
-    predicted, measured, mflops = ([r[k] for r in rows] for k in ("predicted_ms", "measured_ms", "mflops"))
+    # The uniform configurations calibrate the table: judge it on the random ones only.
+    judged = [r for r in rows if r["candidate"].startswith("random")]
+    errors = [r["error_pct"] for r in judged]
+    predicted, measured, mflops = ([r[k] for r in judged] for k in ("predicted_ms", "measured_ms", "mflops"))
     summary = {
-        "space": space.name, "batch": args.batch, "candidates": len(rows),
+        "space": space.name, "batch": args.batch, "candidates": len(judged),
+        "fixed_ms": table.fixed_ms, "scale": table.scale,
         "median_abs_error_pct": statistics.median(abs(e) for e in errors),
         "p90_abs_error_pct": _percentile([abs(e) for e in errors], 0.9),
         "bias_pct": statistics.median(errors),
-        "noise_pct": statistics.median(r["noise_pct"] for r in rows),
+        "noise_pct": statistics.median(r["noise_pct"] for r in judged),
         "kendall_table": stats.kendalltau(predicted, measured).statistic,
         "spearman_table": stats.spearmanr(predicted, measured).statistic,
         "kendall_mflops": stats.kendalltau(mflops, measured).statistic,

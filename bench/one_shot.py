@@ -99,8 +99,8 @@ def training_for(args: argparse.Namespace):
 
     quick = PRESETS["quick"]
     return TrainingSettings(
-        dataset="digits", epochs=args.epochs, batch_size=quick["batch_size"], lr=quick["lr"],
-        warmup_epochs=quick["warmup_epochs"], threads=args.threads, device="cpu",
+        dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, batch_size=quick["batch_size"], lr=quick["lr"],
+        warmup_epochs=quick["warmup_epochs"], threads=args.threads, device=args.device,
     )  # fmt: skip
 
 
@@ -139,12 +139,13 @@ def train_and_save_supernet(args: argparse.Namespace, settings, space, data, see
 
     from search.one_shot import _supernet_path
     from search.supernet import Supernet, save_supernet, train_supernet
+    from search.train import resolve_device
 
     torch.manual_seed(seed)  # the initial weights too (Supernet() draws from the global RNG)
     supernet = Supernet(space)
     training = settings.training.replace(epochs=args.supernet_epochs)
     started = time.perf_counter()
-    history = train_supernet(supernet, data, training, seed, "cpu")
+    history = train_supernet(supernet, data, training, seed, resolve_device(args.device))
     seconds = time.perf_counter() - started
     supernet.to("cpu")
     path = _supernet_path(settings, space.fingerprint())
@@ -175,12 +176,13 @@ def rank_candidates(args: argparse.Namespace, supernet, data, training, seed: in
     from search.cost import architecture_cost
     from search.evaluate import evaluate
     from search.supernet import score
+    from search.train import resolve_device
 
     rows = []
     candidates = random_candidates(supernet, args.candidates, seed)
     for i, arch in enumerate(candidates):
         started = time.perf_counter()
-        one_shot = score(supernet, arch, data, device="cpu", seed=seed)
+        one_shot = score(supernet, arch, data, device=resolve_device(args.device), seed=seed)
         rows.append({"seed": seed, "candidate": i, "arch": arch.summary(), "mflops": architecture_cost(arch).mflops,
                      "one_shot_score": one_shot, "score_seconds": time.perf_counter() - started, "_arch": arch})  # fmt: skip
     for row in rows:
@@ -416,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=0.25, help="width multiplier (default: 0.25)")
     p.add_argument("--space", default="vgg_hetconv", help="search space (default: vgg_hetconv)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    p.add_argument("--dataset", default="digits", help="digits, cifar10 or cifar100 (default: digits)")
+    p.add_argument("--data-dir", default="data", help="where CIFAR is (default: data)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default: cpu)")
     p.add_argument("--work-dir", default=None, help="keep the studies here (default: a temporary folder, removed)")
     return p
 

@@ -188,6 +188,42 @@ def _fastest_hetconv_forms(model: nn.Module, example: torch.Tensor) -> dict[str,
     return forms
 
 
+def _remaining_gathers(model: nn.Module, example: torch.Tensor) -> list[tuple[ChannelGather, torch.Size]]:
+    """The gathers folding left (not those inside a per-group split) with their input shape
+    (without the batch dimension), found by running one sample."""
+    inside_split = {id(m) for split in model.modules() if isinstance(split, GroupSplitConv) for m in split.modules()}
+    found: list[tuple[ChannelGather, torch.Size]] = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: found.append((m, args[0].shape[1:])) and None)
+             for m in model.modules() if isinstance(m, ChannelGather) and id(m) not in inside_split]  # fmt: skip
+    try:
+        with torch.inference_mode():
+            model.eval()(example[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return found
+
+
+class _GatherTimer:
+    """Median time of the faster form of a channel gather (index copy or 1x1 selection conv)
+    per input shape, measured once per shape at the example's batch, device and layout."""
+
+    def __init__(self, example: torch.Tensor) -> None:
+        self.example = example
+        self.timed: dict[torch.Size, tuple[float, bool]] = {}
+
+    def __call__(self, shape: torch.Size) -> tuple[float, bool]:
+        """(milliseconds, whether the conv form is the faster) for inputs of ``shape``."""
+        if shape not in self.timed:
+            x = _timing_input((self.example.shape[0], *shape), self.example.device).to(self.example.dtype)
+            gather = ChannelGather(torch.randperm(shape[0], device=x.device))
+            index_ms = _median_ms(gather, x)
+            gather.run_as_conv(True, shape[0], x.dtype)
+            conv_ms = _median_ms(gather, x)
+            self.timed[shape] = (min(index_ms, conv_ms), conv_ms < index_ms)
+        return self.timed[shape]
+
+
 def _bare_conv(layer: FLGConv2d, form: str) -> nn.Module:
     """What an FLGC form runs besides gathers that folding may remove (those are costed where
     they remain): the grouped convolution alone, the per-group split, or the dense conv."""
@@ -202,38 +238,27 @@ def _fastest_flgc_forms(model: nn.Module, example: torch.Tensor, hetconv_forms: 
     (consecutive layers with different learned groupings, residual sums); a dense-form layer
     runs dense FLOPs but needs no gather and absorbs its neighbours'. The deployed model's
     time is modelled as the sum of its FLGC layers' times (each form timed at its input shape)
-    plus the time of every gather left after folding (timed at its tensor's shape); layers are
+    plus the time of every gather left after folding (timed at its tensor's shape, in the
+    faster of its two forms, which the deployed gather then uses); layers are
     switched to dense one at a time, in order, where that lowers the modelled time, then each
     switched layer is tried grouped again (a local search, not an exhaustive one).
     """
     layers = {name: m for name, m in model.named_modules() if isinstance(m, FLGConv2d)}
     if not layers:
         return {}
-    device, batch = example.device, example.shape[0]
+    device = example.device
     own = {}
     for name, shape in _input_shapes(model, example, FLGConv2d).items():
         x = _timing_input(shape, device)
         own[name] = {form: _median_ms(_bare_conv(layers[name], form).to(memory_format=torch.channels_last), x)
                      for form in ("grouped", "dense")}  # fmt: skip
-    gather_ms: dict[torch.Size, float] = {}
+    gather_timer = _GatherTimer(example)
 
     def modelled_ms(forms: dict[str, str]) -> tuple[float, float]:
         trial = copy.deepcopy(model)
         _convert(trial, hetconv_forms, forms)
         _fold_model(trial)
-        inside_split = {id(m) for split in trial.modules() if isinstance(split, GroupSplitConv) for m in split.modules()}
-        shapes: list[torch.Size] = []
-        hooks = [m.register_forward_pre_hook(lambda _m, args: shapes.append(args[0].shape[1:]) and None)
-                 for m in trial.modules() if isinstance(m, ChannelGather) and id(m) not in inside_split]  # fmt: skip
-        with torch.inference_mode():
-            trial.eval()(example[:1])
-        for hook in hooks:
-            hook.remove()
-        for shape in shapes:
-            if shape not in gather_ms:
-                gather_ms[shape] = _median_ms(ChannelGather(torch.randperm(shape[0], device=device)),
-                                              _timing_input((batch, *shape), device))  # fmt: skip
-        gathers = sum(gather_ms[shape] for shape in shapes)
+        gathers = sum(gather_timer(shape)[0] for _, shape in _remaining_gathers(trial, example))
         return sum(own[name][form] for name, form in forms.items()) + gathers, gathers
 
     forms = {name: "grouped" for name in own}
@@ -337,6 +362,10 @@ def deploy(
     _convert(deployed, hetconv_forms, flgc_forms)
     if fold:
         _fold_model(deployed)
+    if flgc_form == "auto":  # the gathers that remain run in their faster form
+        gather_timer = _GatherTimer(example_input)
+        for gather, shape in _remaining_gathers(deployed, example_input):
+            gather.run_as_conv(gather_timer(shape)[1], shape[0], example_input.dtype)
     return deployed.eval()  # after conversion: the new modules are in eval mode too
 
 

@@ -88,6 +88,18 @@ def _layer_latency_ms(slot: LayerSlot, spec: LayerSpec, device: torch.device, ba
     return measure_latency(lambda: wrapped(x), device, warmup=3, repeats=repeats)
 
 
+def _fit_line(x: list[float], y: list[float]) -> tuple[float, float]:
+    """Least-squares ``y = a + b x`` with ``b > 0``; else ``b = 1`` through the first point."""
+    n = len(x)
+    mean_x, mean_y = sum(x) / n, sum(y) / n
+    var = sum((v - mean_x) ** 2 for v in x)
+    if n >= 2 and var > 0:
+        b = sum((u - mean_x) * (v - mean_y) for u, v in zip(x, y)) / var
+        if b > 0:
+            return mean_y - b * mean_x, b
+    return y[0] - x[0], 1.0
+
+
 def device_key(device: torch.device) -> str:
     """Names the hardware a table was measured on (tables do not transfer between devices)."""
     if device.type == "cuda":
@@ -98,23 +110,32 @@ def device_key(device: torch.device) -> str:
 
 
 class LatencyTable:
-    """Per-layer latencies of a space on one device; predicts a candidate as fixed + sum.
+    """Per-layer latencies of a space on one device; predicts a candidate as
+    ``fixed_ms + scale * (sum of its layers)``.
+
+    Layers timed alone do not add up to the model (per-call overheads, caches, the gathers
+    that fold away between neighbours), so the table is calibrated on whole models measured
+    when it is built: the dense model and every uniform configuration of the space, fitted by
+    least squares (``scale`` > 0; without two distinct points, ``scale`` = 1 and ``fixed_ms``
+    is the dense model minus its layers). The calibration moves every prediction alike: the
+    order of candidates, which is all a sampler uses, comes from the layers.
 
     Example:
         >>> from spaces import get_space
         >>> space = get_space("vgg_hetconv", width=0.25)
         >>> table = LatencyTable.build(space, torch.device("cpu"), repeats=3)  # doctest: +SKIP
-        >>> table.predict(space.uniform("4"))  # doctest: +SKIP
+        >>> table.predict(space.uniform("4"), space.slots)  # doctest: +SKIP
     """
 
-    def __init__(self, key: dict[str, Any], fixed_ms: float, layers: dict[str, dict[str, float]]) -> None:
+    def __init__(self, key: dict[str, Any], fixed_ms: float, layers: dict[str, dict[str, float]], scale: float = 1.0) -> None:
         self.key = key
         self.fixed_ms = fixed_ms
+        self.scale = scale
         self.layers = layers  # slot name -> choice label -> ms
 
     @staticmethod
     def table_key(space: SearchSpace, device: torch.device, batch: int) -> dict[str, Any]:
-        return {"format": 3, "device": device_key(device), "model": space.model, "width": space.width,
+        return {"format": 4, "device": device_key(device), "model": space.model, "width": space.width,
                 "num_classes": space.num_classes, "batch": batch, "torch": torch.__version__}  # fmt: skip
 
     @classmethod
@@ -124,17 +145,21 @@ class LatencyTable:
             slot.name: {spec.label: _layer_latency_ms(slot, spec, device, batch, repeats) for spec in dict.fromkeys((dense, *options))}
             for slot, options in zip(space.slots, space.choices)
         }
-        dense_total = model_latency_ms(space.dense(), device, batch, repeats=repeats)
-        dense_layers = sum(layers[slot.name]["dense"] for slot in space.slots)
-        # What the searchable layers do not cover (stem, pools, head, other convs).
-        fixed = max(dense_total - dense_layers, 0.0)
-        return cls(cls.table_key(space, device, batch), fixed, layers)
+        table = cls(cls.table_key(space, device, batch), 0.0, layers)
+        calibration = dict.fromkeys([space.dense(), *(space.uniform(v) for v in space.uniform_values())])
+        sums = [table.layer_sum(arch, space.slots) for arch in calibration]
+        measured = [model_latency_ms(arch, device, batch, repeats=repeats) for arch in calibration]
+        table.fixed_ms, table.scale = _fit_line(sums, measured)
+        return table
+
+    def layer_sum(self, arch: Architecture, slots: list[LayerSlot] | tuple[LayerSlot, ...]) -> float:
+        return sum(self.layers[slot.name][spec.label] for slot, spec in zip(slots, arch.layers))
 
     def predict(self, arch: Architecture, slots: list[LayerSlot] | tuple[LayerSlot, ...]) -> float:
-        return self.fixed_ms + sum(self.layers[slot.name][spec.label] for slot, spec in zip(slots, arch.layers))
+        return self.fixed_ms + self.scale * self.layer_sum(arch, slots)
 
     def to_json(self) -> dict[str, Any]:
-        return {"key": self.key, "fixed_ms": self.fixed_ms, "layers": self.layers}
+        return {"key": self.key, "fixed_ms": self.fixed_ms, "scale": self.scale, "layers": self.layers}
 
     @classmethod
     def cached(cls, space: SearchSpace, device: torch.device, batch: int, folder: Path, repeats: int = 20) -> LatencyTable:
@@ -144,7 +169,7 @@ class LatencyTable:
         path = folder / f"{space.model}-w{space.width:g}-b{batch}-{key['device']}-{digest.hexdigest()[:10]}.json"
         if path.exists():
             data = json.loads(path.read_text())
-            return cls(data["key"], data["fixed_ms"], data["layers"])
+            return cls(data["key"], data["fixed_ms"], data["layers"], data["scale"])
         table = cls.build(space, device, batch, repeats)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

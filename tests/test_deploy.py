@@ -271,13 +271,29 @@ def test_flgc_auto_form_is_exact_and_between_the_two(case):
     assert count_gathers(auto) <= count_gathers(grouped)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_channel_gather_as_conv_equals_the_index_copy(dtype, layout):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 12, 5, 5, generator=gen, dtype=dtype).contiguous(memory_format=layout)
+    for index in (torch.randperm(12, generator=gen), torch.tensor([3, 3, 0, 11])):  # a permutation, a subset
+        gather = ChannelGather(index)
+        expected = x[:, index]
+        assert torch.equal(gather(x), expected)
+        gather.run_as_conv(True, 12, dtype)
+        assert torch.equal(gather(x), expected)  # one 1.0 per output: exact, not approximately
+        assert torch.equal(script(gather)(x), expected)
+        gather.run_as_conv(False, 12, dtype)
+        assert torch.equal(gather(x), expected) and gather.selection.numel() == 0
+
+
 def _fake_clock(gather_ms: float):
     """A deterministic stand-in for timing a module: 1 ms per MFLOP of a convolution, and
     ``gather_ms`` per channel gather, so that the choice of ``auto`` is known in advance."""
 
     def median_ms(layer: nn.Module, x: torch.Tensor, repeats: int = 7) -> float:
         if isinstance(layer, ChannelGather):
-            return gather_ms
+            return gather_ms / 2 if layer.as_conv else gather_ms  # the 1x1-conv form is the faster
         macs = 0.0
         for m in layer.modules():
             if isinstance(m, nn.Conv2d):
@@ -300,6 +316,15 @@ def test_flgc_auto_keeps_grouped_when_gathers_are_free_and_removes_them_when_the
     monkeypatch.setattr(deploy_module, "_median_ms", _fake_clock(gather_ms=0.0))
     free = deploy(model, flgc_form="auto", example_input=x)
     assert grouped_convs(free) == grouped_convs(grouped) and count_gathers(free) == count_gathers(grouped)
+
+    # Cheap gathers whose 1x1-conv form is the faster: each one left runs as a conv, exactly.
+    monkeypatch.setattr(deploy_module, "_median_ms", _fake_clock(gather_ms=1e-9))
+    cheap = deploy(model, flgc_form="auto", example_input=x)
+    gathers = [m for m in cheap.modules() if isinstance(m, ChannelGather)]
+    assert gathers and all(g.as_conv for g in gathers)
+    with torch.no_grad():
+        assert_close(cheap(x), model(x), what=f"{case} auto with conv gathers")
+        assert_close(script(cheap)(x), model(x), what=f"{case} auto with conv gathers, scripted")
 
     monkeypatch.setattr(deploy_module, "_median_ms", _fake_clock(gather_ms=1e6))
     costly = deploy(model, flgc_form="auto", example_input=x)

@@ -72,20 +72,28 @@ def test_table_has_every_layer_and_choice(space, table):
     for slot, options in zip(space.slots, space.choices):
         assert set(table.layers[slot.name]) == {"dense", *(spec.label for spec in options)}
         assert all(ms > 0 and math.isfinite(ms) for ms in table.layers[slot.name].values())
-    assert table.fixed_ms >= 0
+    assert table.scale > 0 and math.isfinite(table.fixed_ms)
     assert table.key["device"] == device_key(CPU) and table.key["batch"] == 1
 
 
 def test_prediction_is_fixed_part_plus_the_chosen_layers(space, table):
     arch = space.uniform(4)
-    expected = table.fixed_ms + sum(table.layers[s.name][spec.label] for s, spec in zip(space.slots, arch.layers))
-    assert table.predict(arch, space.slots) == pytest.approx(expected)
-    # Changing one layer changes the prediction by exactly that layer's difference.
+    layers = sum(table.layers[s.name][spec.label] for s, spec in zip(space.slots, arch.layers))
+    assert table.predict(arch, space.slots) == pytest.approx(table.fixed_ms + table.scale * layers)
+    # Changing one layer changes the prediction by that layer's difference, times the scale.
     first = space.slots[0].name
     other = next(spec.label for spec in space.choices[0] if spec != arch.layers[0])
     changed = space.from_params({**space.to_params(arch), first: other})
-    delta = table.layers[first][other] - table.layers[first][arch.layers[0].label]
+    delta = table.scale * (table.layers[first][other] - table.layers[first][arch.layers[0].label])
     assert table.predict(changed, space.slots) - table.predict(arch, space.slots) == pytest.approx(delta)
+
+
+def test_calibration_line():
+    from search.latency import _fit_line
+
+    assert _fit_line([1.0, 2.0, 3.0], [3.0, 5.0, 7.0]) == pytest.approx((1.0, 2.0))
+    assert _fit_line([2.0], [5.0]) == (3.0, 1.0)  # one point: unit scale through it
+    assert _fit_line([1.0, 2.0], [5.0, 4.0]) == (4.0, 1.0)  # a falling line is refused
 
 
 def test_table_is_cached_per_space_device_and_batch(space, tmp_path, monkeypatch):
@@ -136,7 +144,8 @@ def test_search_on_latency_records_it_and_reports_accuracy_against_latency(tmp_p
         space = get_space("vgg_hetconv", width=0.25)
         for t in trials:
             arch = space.from_params(t.params)
-            expected = data["fixed_ms"] + sum(data["layers"][s.name][spec.label] for s, spec in zip(space.slots, arch.layers))
+            layers = sum(data["layers"][s.name][spec.label] for s, spec in zip(space.slots, arch.layers))
+            expected = data["fixed_ms"] + data["scale"] * layers
             assert t.values[2] == pytest.approx(expected)
     else:
         assert tables == []
