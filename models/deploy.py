@@ -170,8 +170,9 @@ def _input_shapes(model: nn.Module, example: torch.Tensor, kind: type) -> dict[s
     return shapes
 
 
-def _timing_input(shape: torch.Size, device: torch.device) -> torch.Tensor:
-    return torch.randn(shape, device=device).contiguous(memory_format=torch.channels_last)
+def _timing_input(shape: torch.Size | tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """Random input of ``shape`` on ``like``'s device and dtype, channels_last."""
+    return torch.randn(shape, device=like.device, dtype=like.dtype).contiguous(memory_format=torch.channels_last)
 
 
 def _fastest_hetconv_forms(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
@@ -181,7 +182,7 @@ def _fastest_hetconv_forms(model: nn.Module, example: torch.Tensor) -> dict[str,
     layers = dict(model.named_modules())
     forms = {}
     for name, shape in _input_shapes(model, example, HetConv2d).items():
-        x = _timing_input(shape, example.device)
+        x = _timing_input(shape, example)
         timed = {form: _median_ms(layers[name].deploy(form).to(memory_format=torch.channels_last), x)
                  for form in ("split", "dense")}  # fmt: skip
         forms[name] = min(timed, key=timed.get)
@@ -215,7 +216,7 @@ class _GatherTimer:
     def __call__(self, shape: torch.Size) -> tuple[float, bool]:
         """(milliseconds, whether the conv form is the faster) for inputs of ``shape``."""
         if shape not in self.timed:
-            x = _timing_input((self.example.shape[0], *shape), self.example.device).to(self.example.dtype)
+            x = _timing_input((self.example.shape[0], *shape), self.example)
             gather = ChannelGather(torch.randperm(shape[0], device=x.device))
             index_ms = _median_ms(gather, x)
             gather.run_as_conv(True, shape[0], x.dtype)
@@ -246,10 +247,9 @@ def _fastest_flgc_forms(model: nn.Module, example: torch.Tensor, hetconv_forms: 
     layers = {name: m for name, m in model.named_modules() if isinstance(m, FLGConv2d)}
     if not layers:
         return {}
-    device = example.device
     own = {}
     for name, shape in _input_shapes(model, example, FLGConv2d).items():
-        x = _timing_input(shape, device)
+        x = _timing_input(shape, example)
         own[name] = {form: _median_ms(_bare_conv(layers[name], form).to(memory_format=torch.channels_last), x)
                      for form in ("grouped", "dense")}  # fmt: skip
     gather_timer = _GatherTimer(example)

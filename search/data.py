@@ -25,9 +25,18 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DATASETS", "DataError", "Dataset", "load_dataset", "BatchLoader"]
+__all__ = ["DATASETS", "DataError", "Dataset", "load_dataset", "BatchLoader", "num_classes_of"]
 
 DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "digits")
+_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}
+
+
+def num_classes_of(name: str) -> int:
+    """Classes of a data set, without loading it."""
+    key = name.strip().lower()
+    if key not in _CLASSES:
+        raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    return _CLASSES[key]
 
 _CIFAR_DEFAULT_VAL = 5000
 _DIGITS_VAL_FRACTION = 0.2
@@ -88,7 +97,7 @@ def load_dataset(
     key = name.strip().lower() if isinstance(name, str) else name
     if key in ("cifar10", "cifar100"):
         pool_x, pool_y, test_x, test_y = _load_cifar(key, data_dir, download=download)
-        num_classes, hflip = (10 if key == "cifar10" else 100), True
+        num_classes, hflip = num_classes_of(key), True
         default_val = _CIFAR_DEFAULT_VAL
     elif key == "digits":
         pool_x, pool_y, test_x, test_y = _load_digits()

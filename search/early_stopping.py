@@ -157,6 +157,9 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
+CHANCE_MARGIN = 1.5  # an accuracy up to 1.5x chance is indistinguishable from guessing on small validation sets
+
+
 class MultiObjectiveASHA:
     """Asynchronous successive halving ranked by non-dominated sorting.
 
@@ -177,6 +180,15 @@ class MultiObjectiveASHA:
         front; ``"hypervolume"`` needs ``reference`` (in the original senses,
         e.g. ``(0.0, dense_mflops)``) and falls back to crowding on equal
         contributions.
+    chance_level:
+        Accuracy of guessing (``1 / classes``). A trial whose accuracy at the
+        first rung is at most ``CHANCE_MARGIN`` times this has learned nothing
+        measurable yet, so that rung says nothing about it: it continues to
+        the second rung, where it is judged like every other trial, instead of
+        being ranked on noise (the first epochs of a short, high-learning-rate
+        schedule are often at chance). ``None``: every trial is judged.
+    accuracy_index:
+        Position of accuracy among the objectives (for ``chance_level``).
 
     >>> asha = MultiObjectiveASHA(2, 2, 16)
     >>> asha.rungs, asha.is_rung(4), asha.is_rung(16), asha.quota(9)
@@ -194,6 +206,8 @@ class MultiObjectiveASHA:
         *,
         tie_break: str = "crowding",
         reference: Sequence[float] | None = None,
+        chance_level: float | None = None,
+        accuracy_index: int = 0,
     ) -> None:
         self._min_epochs = _check_int("min_epochs", min_epochs, 1)
         self._eta = _check_int("eta", eta, 2)
@@ -221,6 +235,12 @@ class MultiObjectiveASHA:
             self._reference = None
         if tie_break == "hypervolume" and self._reference is None:
             raise ValueError("tie_break='hypervolume' needs a reference point")
+        if chance_level is not None and not 0 < float(chance_level) < 1:
+            raise ValueError(f"chance_level must be in (0, 1), got {chance_level!r}")
+        self._chance_level = None if chance_level is None else float(chance_level)
+        self._accuracy_index = _check_int("accuracy_index", accuracy_index, 0)
+        if self._accuracy_index >= len(senses):
+            raise ValueError(f"accuracy_index {accuracy_index} is out of range for {len(senses)} objectives")
         rungs = []
         r = self._min_epochs
         while r < self._max_epochs:
@@ -337,6 +357,10 @@ class MultiObjectiveASHA:
         """
         if not self.is_rung(epoch):
             return True
+        if self._chance_level is not None and epoch == self._rungs[0]:
+            accuracy = float(values[self._accuracy_index])
+            if accuracy <= CHANCE_MARGIN * self._chance_level:  # False for NaN: a NaN is judged (worst)
+                return True
         mine = RungResult(key, self._values(key, values))
         others: dict[Key, RungResult] = {}
         for p in peers:
@@ -357,6 +381,8 @@ class MultiObjectiveASHA:
 
     def __repr__(self) -> str:
         extra = f", tie_break={self._tie_break!r}, reference={self._reference!r}" if self._tie_break != "crowding" or self._reference else ""
+        if self._chance_level is not None:
+            extra += f", chance_level={self._chance_level!r}, accuracy_index={self._accuracy_index}"
         return (
             f"MultiObjectiveASHA(min_epochs={self._min_epochs}, eta={self._eta}, "
             f"max_epochs={self._max_epochs}, senses={self._senses!r}{extra})"
@@ -372,6 +398,8 @@ class MultiObjectiveASHA:
             "senses": list(self._senses),
             "tie_break": self._tie_break,
             "reference": None if self._reference is None else list(self._reference),
+            "chance_level": self._chance_level,
+            "accuracy_index": self._accuracy_index,
         }
 
     @classmethod
@@ -392,4 +420,6 @@ class MultiObjectiveASHA:
             tuple(data.get("senses", ("max", "min"))),
             tie_break=data.get("tie_break", "crowding"),
             reference=data.get("reference"),
+            chance_level=data.get("chance_level"),
+            accuracy_index=data.get("accuracy_index", 0),
         )

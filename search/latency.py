@@ -8,8 +8,8 @@ ceiling or the sampler can use it at once.
   of repeated runs). Exact for that device, but noisy and ~a second per candidate.
 - ``table``: a per-device lookup table of every searchable layer's deployed latency for
   every choice of the space, built once and cached in the results folder; a candidate's
-  latency is the fixed part of the model plus the sum of its layers, each deployed alone
-  (an FLGC layer alone keeps both its gathers or goes dense, whichever is faster).
+  latency is the sum of its layers, each deployed alone (an FLGC layer alone keeps both its
+  gathers or goes dense, whichever is faster), calibrated on whole models (see LatencyTable).
   Deterministic and instant, but blind to which gathers fold away between neighbouring
   layers; ``bench/latency_table.py`` measures its prediction error and rank correlation
   against measured latency (figures in the README).

@@ -199,8 +199,12 @@ class Settings:
             return None
         from .early_stopping import MultiObjectiveASHA
 
+        from .data import num_classes_of
+
         senses = [OBJECTIVE_SENSES[o] for o in self.objectives]
-        return MultiObjectiveASHA(self.min_epochs, self.eta, self.training.epochs, senses)
+        return MultiObjectiveASHA(self.min_epochs, self.eta, self.training.epochs, senses,
+                                  chance_level=1 / num_classes_of(self.training.dataset),
+                                  accuracy_index=self.objectives.index("accuracy"))  # fmt: skip
 
     @property
     def study(self) -> str:

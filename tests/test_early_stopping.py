@@ -428,3 +428,35 @@ def test_early_stopping_default_is_on_when_there_is_a_rung(mode, epochs, min_epo
     assert (rule is not None) is stops
     if stops:
         assert list(rule.rungs) == [r for r in (1, 3, 9) if min_epochs <= r < epochs]
+
+
+def test_a_trial_at_chance_level_is_not_judged_at_that_rung():
+    # Epoch-1 accuracies of the quick preset on digits: most trials still guess (~0.09).
+    asha = MultiObjectiveASHA(1, 3, 9, chance_level=0.1)
+    peers = [RungResult(("t", i), (0.9 - 0.01 * i, 5.0 + i)) for i in range(5)]
+    # At chance (<= 1.5 x 0.1) at the first rung: it says nothing about it, it goes on to rung 3...
+    assert asha.decide(1, "guessing", (0.09, 20.0), peers)
+    assert asha.decide(1, "guessing", (0.15, 20.0), peers)
+    # ...where it is judged like any other trial (a trial that never learns is stopped there).
+    assert not asha.decide(3, "guessing", (0.09, 20.0), peers)
+    # Above chance and dominated by every peer: stopped at rung 1 as before.
+    assert not asha.decide(1, "learning", (0.16, 20.0), peers)
+    # A NaN accuracy is never "at chance": it is judged, and ranks worst.
+    assert not asha.decide(1, "diverged", (float("nan"), 1.0), peers)
+    # Without a chance level the old rule applies.
+    assert not MultiObjectiveASHA(1, 3, 9).decide(1, "guessing", (0.09, 20.0), peers)
+    # The accuracy is found where the objectives put it.
+    flipped = MultiObjectiveASHA(1, 3, 9, ("min", "max"), chance_level=0.1, accuracy_index=1)
+    assert flipped.decide(1, "guessing", (20.0, 0.09), [RungResult(p.key, p.values[::-1]) for p in peers])
+    assert MultiObjectiveASHA.from_json(asha.to_json()) == asha
+
+
+def test_the_search_rule_knows_the_chance_level_of_its_data_set():
+    from search.settings import Settings, TrainingSettings
+
+    for dataset, chance in (("digits", 0.1), ("cifar100", 0.01)):
+        rule = Settings(training=TrainingSettings(dataset=dataset, epochs=9)).stopping_rule()
+        assert rule.decide(1, "k", (chance, 1.0), [RungResult("p", (0.9, 0.5))])
+        assert not rule.decide(1, "k", (2 * chance, 1.0), [RungResult("p", (0.9, 0.5))])
+    with pytest.raises(ValueError, match="chance_level"):
+        MultiObjectiveASHA(1, 3, 9, chance_level=1.5)
