@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     results = Path(tempfile.mkdtemp(prefix="stress-"))
-    command = [sys.executable, str(ROOT / "run_search.py"), "--preset", "quick", "--epochs", "2", "--threads", "1",
+    command = [sys.executable, str(ROOT / "run_search.py"), "--preset", "quick", "--epochs", "2", "--early-stop", "none", "--threads", "1",
                "--budget", str(args.budget), "--workers", str(args.workers), "--no-report", "--quiet",
                "--results-dir", str(results)]  # fmt: skip
     rounds = []

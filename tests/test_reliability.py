@@ -149,7 +149,8 @@ def _job_kill_and_resume(runner: Runner, work: Path) -> dict[str, Any]:
     """Start a search, SIGKILL its whole process group while a trial is running (after at least
     one finished), then run the same command again to the end."""
     d = work / "results"
-    args = [*QUICK, "--epochs", 2, "--budget", KILL_BUDGET, "--results-dir", d]
+    # Every trial trains to the end (no early stopping), so that the budget ends COMPLETE.
+    args = [*QUICK, "--epochs", 2, "--early-stop", "none", "--budget", KILL_BUDGET, "--results-dir", d]
     db = d / "studies.db"
     proc = runner.start(args, work, "first")
     deadline = time.monotonic() + RUN_TIMEOUT
