@@ -23,9 +23,12 @@ from spaces import SearchSpace
 from .cost import architecture_cost
 from .evaluate import evaluate, release_memory, result_attributes
 from .settings import Settings
-from .train import EpochCallback, TrialFailed
+from .train import EpochRecord, TrialFailed
 
-__all__ = ["CONSTRAINT_KEY", "Outcome", "evaluate_candidate", "latency_function", "record_outcome"]
+# Called after every epoch with the epoch and the candidate's costs; True stops the training.
+CostedEpochCallback = Callable[[EpochRecord, dict[str, float]], bool | None]
+
+__all__ = ["CONSTRAINT_KEY", "CostedEpochCallback", "Outcome", "evaluate_candidate", "latency_function", "record_outcome"]
 
 CONSTRAINT_KEY = "mflops_over_ceiling"
 
@@ -68,12 +71,14 @@ def evaluate_candidate(
     settings: Settings,
     seed: int,
     number: int,
-    on_epoch: EpochCallback | None = None,
+    on_epoch: CostedEpochCallback | None = None,
     checkpoint: Path | None = None,
     latency: Callable[[Architecture], float] | None = None,
 ) -> Outcome:
     """Evaluate trial ``number``'s candidate; never raises for a failure of the trial itself
-    (only KeyboardInterrupt and the like pass through)."""
+    (only KeyboardInterrupt and the like pass through). ``on_epoch(record, costs)`` gets the
+    candidate's cost objectives (``mflops``, ``params``, ``latency_ms`` when measured) with
+    every epoch, the values the trial will record (latency is measured once)."""
     attrs: dict[str, Any] = {"architecture": arch.to_json(), "seed": seed}
     if hyperparameters:
         attrs["hyperparameters"] = hyperparameters
@@ -91,8 +96,9 @@ def evaluate_candidate(
             # infeasible (through the constraint) while fronts and budget ignore it.
             values = {"accuracy": 0.0, **costs}
             return Outcome("infeasible", values, attrs, constraint, f"trial {number}: {cost.mflops:.2f} MFLOPs over the ceiling, not trained")
+        epoch_callback = None if on_epoch is None else (lambda record: on_epoch(record, costs))
         result = evaluate(
-            arch, settings.training.replace(**hyperparameters), seed, on_epoch=on_epoch,
+            arch, settings.training.replace(**hyperparameters), seed, on_epoch=epoch_callback,
             checkpoint=checkpoint, checkpoint_every=settings.checkpoint_every,
         )  # fmt: skip
     except TrialFailed as err:

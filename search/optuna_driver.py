@@ -16,17 +16,15 @@ import zlib
 import optuna
 from optuna.trial import TrialState
 
-from models import Architecture
 
 from .budget import Heartbeat, budget_lock, take_slot
-from .cost import architecture_cost
 from .early_stopping import peers_from_attrs, rung_attr
-from .candidate import Outcome, evaluate_candidate, record_outcome
+from .candidate import CostedEpochCallback, Outcome, evaluate_candidate, record_outcome
 from .errors import SearchAborted
 from .front import front_summary
 from .progress import Progress
 from .settings import Settings
-from .train import EpochCallback, EpochRecord
+from .train import EpochRecord
 from .study import (
     SearchContext,
     count_finished,
@@ -70,18 +68,16 @@ def _sampler_seed(settings: Settings, study: optuna.Study) -> int:
     return seed
 
 
-def _rung_callback(context: SearchContext, trial: optuna.Trial, arch: Architecture) -> EpochCallback:
+def _rung_callback(context: SearchContext, trial: optuna.Trial) -> CostedEpochCallback:
     """Early stopping through the storage: at a rung, record this trial's objectives there
     (user attribute ``rung_<epoch>``) and compare with every trial recorded at that rung so
     far, in any worker or machine (asynchronous, nobody waits)."""
     rule = context.settings.stopping_rule()
-    cost = architecture_cost(arch)  # cached; counted before training anyway
-    fixed = {"mflops": cost.mflops, "params": float(cost.params)}
 
-    def on_epoch(record: EpochRecord) -> bool:
+    def on_epoch(record: EpochRecord, costs: dict[str, float]) -> bool:
         if not rule.is_rung(record.epoch):
             return False
-        values = [record.val_accuracy if o == "accuracy" else fixed[o] for o in context.settings.objectives]
+        values = [record.val_accuracy if o == "accuracy" else costs[o] for o in context.settings.objectives]
         trial.set_user_attr(rung_attr(record.epoch), values)
         # Failed trials are no peers: a retry must not compete with its own failed original.
         others = [
@@ -105,7 +101,7 @@ def _run_trial(context: SearchContext, trial: optuna.Trial) -> Outcome:
     hyperparameters = sample_hyperparameters(trial, settings)
     # A retry keeps its original's seed and checkpoint, so it resumes the same training.
     checkpoint = settings.study_dir / "checkpoints" / f"trial_{origin}.pt" if settings.checkpoint_every else None
-    on_epoch = _rung_callback(context, trial, arch) if settings.stops_early else None
+    on_epoch = _rung_callback(context, trial) if settings.stops_early else None
     with Heartbeat(study, trial):
         outcome = evaluate_candidate(
             arch, hyperparameters, settings, trial_seed(settings, origin), trial.number,

@@ -93,11 +93,11 @@ def _train_candidate(config: dict[str, Any], space: SearchSpace, settings: Setti
 
     cost = architecture_cost(arch)  # cached: evaluate_candidate's own count reuses it
 
-    def report_epoch(record: EpochRecord) -> None:
+    def report_epoch(record: EpochRecord, costs: dict[str, float]) -> None:
         # Every report carries every objective (Ray checks it) with the accuracy so far, and
         # the whole epoch record, so the driver can record an early-stopped trial's curve.
         epoch = {k: float("nan") if v is None else v for k, v in record.to_json().items()}
-        tune.report({**epoch, **cost.to_json(), "params": float(cost.params), "accuracy": epoch["val_accuracy"]})
+        tune.report({**epoch, **cost.to_json(), **costs, "accuracy": epoch["val_accuracy"]})
 
     checkpoint = settings.study_dir / "checkpoints" / f"trial_{origin}.pt" if settings.checkpoint_every else None
     outcome = evaluate_candidate(

@@ -158,13 +158,19 @@ def test_search_on_latency_records_it_and_reports_accuracy_against_latency(tmp_p
 
 
 @pytest.mark.slow
-def test_search_on_accuracy_and_latency_alone(tmp_path):
-    """Latency without MFLOPs as the cost objective: still a front, a report and exports."""
+def test_search_on_accuracy_and_latency_alone_with_early_stopping(tmp_path):
+    """Latency without MFLOPs as the cost objective, with 2 epochs so that the default early
+    stopping judges trials at rung 1 on (accuracy, latency): still a front, a report and
+    exports."""
     results = tmp_path / "results"
-    run_cli([*QUICK, "--space", "vgg_flgc", "--budget", "2", "--objectives", "accuracy,latency",
+    run_cli([*QUICK, "--epochs", "2", "--space", "vgg_flgc", "--budget", "2", "--objectives", "accuracy,latency",
              "--latency", "table", "--results-dir", results], tmp_path)  # fmt: skip
+    finished = [t for t in load(results, "vgg_flgc-digits").trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 2
+    for t in finished:  # the rung saw the latency the trial recorded
+        assert t.user_attrs["rung_1"][1] == t.user_attrs["latency_ms"] > 0
     trials = _complete(results, "vgg_flgc-digits")
-    assert len(trials) == 2 and all(len(t.values) == 2 and t.values[1] > 0 for t in trials)
+    assert trials and all(len(t.values) == 2 and t.values[1] > 0 for t in trials)
     html = (results / "vgg_flgc-digits" / "report.html").read_text(encoding="utf-8")
     assert "Accuracy vs latency_ms" in html
     assert list((results / "vgg_flgc-digits" / "pareto").glob("trial_*.json"))
