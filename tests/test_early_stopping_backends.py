@@ -145,6 +145,14 @@ def constructed(tmp_path_factory):
 # ----------------------------------------------------------------------------- 1. Optuna
 
 
+def _costs(arch) -> dict[str, float]:
+    """The costs ``evaluate_candidate`` hands to the epoch callback."""
+    from search.cost import architecture_cost
+
+    cost = architecture_cost(arch)
+    return {"mflops": cost.mflops, "params": float(cost.params)}
+
+
 def test_optuna_rung_callback_decisions(constructed):
     context, _, mflops = constructed
     study = context.study
@@ -155,9 +163,9 @@ def test_optuna_rung_callback_decisions(constructed):
         trial = study.ask()
         assert trial.number == len(PEERS) + offset
         assert context.space.sample(trial) == arch
-        on_epoch = _rung_callback(context, trial, arch)
+        on_epoch = _rung_callback(context, trial)
         for epoch, accuracy, stop in steps:
-            decision = on_epoch(_epoch(epoch, accuracy))
+            decision = on_epoch(_epoch(epoch, accuracy), _costs(arch))
             assert decision is stop, f"candidate {name} at epoch {epoch}: expected stop={stop}, got {decision}"
             attrs = study.get_trials(deepcopy=False)[trial.number].user_attrs
             if epoch in (1, 3):
@@ -229,7 +237,7 @@ def test_tie_break_is_the_same_in_both_backends(tmp_path):
     arch = context.space.uniform("16")
     values = (0.4, _mflops(context, "16"))  # cheaper and less accurate: both on the front
     trial = context.study.ask()
-    optuna_stops = _rung_callback(context, trial, arch)(_epoch(1, values[0]))
+    optuna_stops = _rung_callback(context, trial)(_epoch(1, values[0]), _costs(arch))
     assert optuna_stops is True  # rank: 0 before 1 (key order)
     ray_decision = _make_scheduler(context).on_trial_result(
         None, FakeTrial(Trial.generate_id(), trial.number), {"epoch": 1, "accuracy": values[0], "mflops": values[1]}
@@ -250,11 +258,11 @@ def test_retry_is_not_stopped_by_its_own_failed_original(tmp_path):
     study.enqueue_trial(context.space.to_params(arch))
     original = study.ask()
     context.space.sample(original)
-    assert _rung_callback(context, original, arch)(_epoch(1, 0.5)) is False  # alone: continues
+    assert _rung_callback(context, original)(_epoch(1, 0.5), _costs(arch)) is False  # alone: continues
     fail_and_requeue(study, study.get_trials()[original.number], "interrupted")
     retry = study.ask()
     assert context.space.sample(retry) == arch and retry.user_attrs.get("retry_of") == original.number
-    assert _rung_callback(context, retry, arch)(_epoch(1, 0.5)) is False  # same result: must continue too
+    assert _rung_callback(context, retry)(_epoch(1, 0.5), _costs(arch)) is False  # same result: must continue too
 
 
 # =============================================================================================
