@@ -317,15 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import warnings
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-
+    from search.quiet import quiet_libraries
     from search.settings import SettingsError
+
+    quiet_libraries()  # the benchmark prints its own summary lines
 
     try:  # refuse bad options before any training
         settings_for(args, 0, "mo-asha", Path("unused"))

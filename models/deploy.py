@@ -154,12 +154,13 @@ def _median_ms(layer: nn.Module, x: torch.Tensor, repeats: int = 7) -> float:
     return statistics.median(times) * 1000
 
 
-def _input_shapes(model: nn.Module, example: torch.Tensor, kind: type) -> dict[str, torch.Size]:
-    """Input shape of every ``kind`` layer (by qualified name) when ``model`` runs ``example``."""
-    shapes: dict[str, torch.Size] = {}
+def _inputs_seen(model: nn.Module, example: torch.Tensor, wanted) -> list[tuple[str, nn.Module, torch.Size]]:
+    """(name, module, input shape) of every module for which ``wanted(module)`` holds, in the
+    order they run when ``model`` runs ``example`` (each module once)."""
+    seen: dict[str, tuple[str, nn.Module, torch.Size]] = {}
     hooks = [
-        m.register_forward_pre_hook(lambda _m, args, name=name: shapes.setdefault(name, args[0].shape) and None)
-        for name, m in model.named_modules() if isinstance(m, kind)
+        m.register_forward_pre_hook(lambda m, args, name=name: seen.setdefault(name, (name, m, args[0].shape)) and None)
+        for name, m in model.named_modules() if wanted(m)
     ]  # fmt: skip
     try:
         with torch.inference_mode():
@@ -167,7 +168,12 @@ def _input_shapes(model: nn.Module, example: torch.Tensor, kind: type) -> dict[s
     finally:
         for hook in hooks:
             hook.remove()
-    return shapes
+    return list(seen.values())
+
+
+def _input_shapes(model: nn.Module, example: torch.Tensor, kind: type) -> dict[str, torch.Size]:
+    """Input shape of every ``kind`` layer (by qualified name) when ``model`` runs ``example``."""
+    return {name: shape for name, _, shape in _inputs_seen(model, example, lambda m: isinstance(m, kind))}
 
 
 def _timing_input(shape: torch.Size | tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -193,16 +199,8 @@ def _remaining_gathers(model: nn.Module, example: torch.Tensor) -> list[tuple[Ch
     """The gathers folding left (not those inside a per-group split) with their input shape
     (without the batch dimension), found by running one sample."""
     inside_split = {id(m) for split in model.modules() if isinstance(split, GroupSplitConv) for m in split.modules()}
-    found: list[tuple[ChannelGather, torch.Size]] = []
-    hooks = [m.register_forward_pre_hook(lambda m, args: found.append((m, args[0].shape[1:])) and None)
-             for m in model.modules() if isinstance(m, ChannelGather) and id(m) not in inside_split]  # fmt: skip
-    try:
-        with torch.inference_mode():
-            model.eval()(example[:1])
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return found
+    left = _inputs_seen(model, example[:1], lambda m: isinstance(m, ChannelGather) and id(m) not in inside_split)
+    return [(gather, shape[1:]) for _, gather, shape in left]
 
 
 class _GatherTimer:
@@ -232,7 +230,9 @@ def _bare_conv(layer: FLGConv2d, form: str) -> nn.Module:
     return deployed[1] if isinstance(deployed, nn.Sequential) else deployed
 
 
-def _fastest_flgc_forms(model: nn.Module, example: torch.Tensor, hetconv_forms: dict[str, str] | str) -> dict[str, str]:
+def _fastest_flgc_forms(
+    model: nn.Module, example: torch.Tensor, hetconv_forms: dict[str, str] | str, gather_timer: _GatherTimer
+) -> dict[str, str]:
     """Per FLGC layer, ``grouped`` or ``dense``: whichever makes the folded model faster.
 
     A grouped FLGC layer saves FLOPs but may leave channel gathers that cannot be folded
@@ -252,7 +252,6 @@ def _fastest_flgc_forms(model: nn.Module, example: torch.Tensor, hetconv_forms: 
         x = _timing_input(shape, example)
         own[name] = {form: _median_ms(_bare_conv(layers[name], form).to(memory_format=torch.channels_last), x)
                      for form in ("grouped", "dense")}  # fmt: skip
-    gather_timer = _GatherTimer(example)
 
     def modelled_ms(forms: dict[str, str]) -> tuple[float, float]:
         trial = copy.deepcopy(model)
@@ -355,15 +354,15 @@ def deploy(
             raise ValueError(f"{what}='auto' needs an example_input to time the forms on")
     deployed = copy.deepcopy(model).eval()
     hetconv_forms = _fastest_hetconv_forms(deployed, example_input) if hetconv_form == "auto" else hetconv_form
+    gather_timer = _GatherTimer(example_input) if flgc_form == "auto" else None
     if flgc_form == "auto" and fold:
-        flgc_forms = _fastest_flgc_forms(deployed, example_input, hetconv_forms)
+        flgc_forms = _fastest_flgc_forms(deployed, example_input, hetconv_forms, gather_timer)
     else:  # without folding every gather stays, and auto would only ever measure that
         flgc_forms = "grouped" if flgc_form == "auto" else flgc_form
     _convert(deployed, hetconv_forms, flgc_forms)
     if fold:
         _fold_model(deployed)
-    if flgc_form == "auto":  # the gathers that remain run in their faster form
-        gather_timer = _GatherTimer(example_input)
+    if gather_timer is not None:  # the gathers that remain run in their faster form (timed once per shape)
         for gather, shape in _remaining_gathers(deployed, example_input):
             gather.run_as_conv(gather_timer(shape)[1], shape[0], example_input.dtype)
     return deployed.eval()  # after conversion: the new modules are in eval mode too

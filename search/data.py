@@ -101,7 +101,7 @@ def load_dataset(
         default_val = _CIFAR_DEFAULT_VAL
     elif key == "digits":
         pool_x, pool_y, test_x, test_y = _load_digits()
-        num_classes, hflip = 10, False  # a mirrored digit is a different glyph
+        num_classes, hflip = num_classes_of(key), False  # a mirrored digit is a different glyph
         default_val = int(round(_DIGITS_VAL_FRACTION * len(pool_y)))
     else:
         raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")

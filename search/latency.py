@@ -90,13 +90,12 @@ def _layer_latency_ms(slot: LayerSlot, spec: LayerSpec, device: torch.device, ba
 
 def _fit_line(x: list[float], y: list[float]) -> tuple[float, float]:
     """Least-squares ``y = a + b x`` with ``b > 0``; else ``b = 1`` through the first point."""
-    n = len(x)
-    mean_x, mean_y = sum(x) / n, sum(y) / n
-    var = sum((v - mean_x) ** 2 for v in x)
-    if n >= 2 and var > 0:
-        b = sum((u - mean_x) * (v - mean_y) for u, v in zip(x, y)) / var
-        if b > 0:
-            return mean_y - b * mean_x, b
+    try:
+        slope, intercept = statistics.linear_regression(x, y)
+    except statistics.StatisticsError:  # fewer than two points, or all x equal
+        slope = 0.0
+    if slope > 0:
+        return intercept, slope
     return y[0] - x[0], 1.0
 
 
