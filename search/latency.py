@@ -89,14 +89,18 @@ def _layer_latency_ms(slot: LayerSlot, spec: LayerSpec, device: torch.device, ba
 
 
 def _fit_line(x: list[float], y: list[float]) -> tuple[float, float]:
-    """Least-squares ``y = a + b x`` with ``b > 0``; else ``b = 1`` through the first point."""
+    """Least-squares ``y = a + b x`` with ``a >= 0`` and ``b > 0``, so that no prediction can
+    be negative: a negative intercept (noisy timings on a busy machine) is refitted through
+    the origin; without a positive slope, ``b = 1`` through the first point."""
     try:
         slope, intercept = statistics.linear_regression(x, y)
     except statistics.StatisticsError:  # fewer than two points, or all x equal
-        slope = 0.0
+        slope, intercept = 0.0, 0.0
+    if slope > 0 and intercept < 0:
+        slope, intercept = statistics.linear_regression(x, y, proportional=True).slope, 0.0
     if slope > 0:
         return intercept, slope
-    return y[0] - x[0], 1.0
+    return max(y[0] - x[0], 0.0), 1.0
 
 
 def device_key(device: torch.device) -> str:

@@ -94,6 +94,11 @@ def test_calibration_line():
     assert _fit_line([1.0, 2.0, 3.0], [3.0, 5.0, 7.0]) == pytest.approx((1.0, 2.0))
     assert _fit_line([2.0], [5.0]) == (3.0, 1.0)  # one point: unit scale through it
     assert _fit_line([1.0, 2.0], [5.0, 4.0]) == (4.0, 1.0)  # a falling line is refused
+    # a negative intercept (noise) would predict negative latencies for cheap candidates:
+    # refitted through the origin instead
+    fixed, scale = _fit_line([1.0, 2.0, 3.0], [0.5, 3.0, 4.0])
+    assert fixed == 0.0 and scale == pytest.approx((0.5 + 6.0 + 12.0) / 14.0)
+    assert _fit_line([5.0], [2.0]) == (0.0, 1.0)
 
 
 def test_table_is_cached_per_space_device_and_batch(space, tmp_path, monkeypatch):
