@@ -16,3 +16,18 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# Files whose tests start Ray clusters: run them one after another on one pytest-xdist
+# worker (two clusters at once on a 2-core machine starve each other's raylets).
+_RAY_FILES = {"test_ray.py", "test_early_stopping_backends.py"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """With ``-n N --dist loadgroup`` (the default in pyproject.toml), every test file is one
+    group, so module-scoped fixtures (the shared end-to-end searches) are built once, on one
+    worker; the Ray files share a group."""
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("ray" if name in _RAY_FILES else name))
