@@ -33,9 +33,10 @@ def say(line: str, secrets: list[str] | None = None) -> None:
     bytes that are not UTF-8)."""
     from search.settings import scrub
 
-    text = scrub(" ".join(line.split("\n")), secrets or []) + "\n"
-    sys.stderr.buffer.write(text.encode(sys.stderr.encoding or "utf-8", "backslashreplace")) if hasattr(
-        sys.stderr, "buffer") else sys.stderr.write(text.encode("utf-8", "backslashreplace").decode("utf-8"))
+    # Control characters (also those str.splitlines breaks at) are shown escaped: one line.
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in scrub(line, secrets or [])) + "\n"
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    sys.stderr.write(text.encode(encoding, "backslashreplace").decode(encoding))
     sys.stderr.flush()
 
 

@@ -121,10 +121,10 @@ def check_search(settings) -> None:
 def _open_existing_study(name: str, storage_url: str | None, results_dir: str):
     """A study that must exist (never creates a file, a folder or a study)."""
     from .errors import UserError
-    from .settings import Settings, check_text, mask_url
+    from .settings import Settings, check_study_name, mask_url
     from .storage import find_study, open_storage
 
-    check_text("study", name, optional=False)
+    check_study_name(name, "--study")
     url = storage_url or Settings(results_dir=results_dir).storage_url
     storage = open_storage(url, create=False)
     study = find_study(storage, name)

@@ -29,6 +29,7 @@ __all__ = [
     "check_choice",
     "check_device",
     "check_number",
+    "check_study_name",
     "check_text",
     "mask_url",
     "option_name",
@@ -177,6 +178,7 @@ CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[str, ...]]] = {
 # Options whose command-line name is not the field name.
 _OPTION_NAMES = {"ray_address": "--address", "classes": "--classes"}
 _DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d{1,3})?)")
+_RAY_ADDRESS = re.compile(r"auto|local|(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5}")
 
 
 def option_name(field_name: str) -> str:
@@ -211,6 +213,13 @@ def check_text(field_name: str, value: Any, optional: bool = True, limit: int = 
         return
     if not isinstance(value, str) or not value.strip() or len(value) > limit or any(ord(c) < 32 for c in value):
         raise SettingsError(f"{option_name(field_name)} must be a non-empty line of text (at most {limit} characters), got {value!r:.80}")
+
+
+def check_study_name(value: Any, option: str = "--study-name") -> None:
+    """A study's name is also a folder under --results-dir: one path component, no traversal."""
+    check_text("study_name", value, optional=False, limit=200)
+    if any(c in value for c in "/\\") or value.strip() in (".", ".."):
+        raise SettingsError(f"{option} {value!r} must be a plain name (it is also a folder): no '/', '\\', '.' or '..'")
 
 
 def mask_url(url: str | None) -> str | None:
@@ -357,8 +366,12 @@ class Settings:
         t.validate()
         for name in ("space", "results_dir"):
             check_text(name, getattr(self, name), optional=False)
-        for name in ("storage", "study_name", "ray_address", "ray_storage"):
+        for name in ("storage", "ray_storage"):
             check_text(name, getattr(self, name))
+        if self.study_name is not None:
+            check_study_name(self.study_name)
+        if self.ray_address is not None and not _RAY_ADDRESS.fullmatch(str(self.ray_address)):
+            raise SettingsError(f"--address must be auto or HOST:PORT (e.g. 10.0.0.1:6379), got {self.ray_address!r:.80}")
         bad = [o for o in self.objectives if o not in OBJECTIVES]
         if bad or "accuracy" not in self.objectives or len(set(self.objectives)) != len(self.objectives):
             raise SettingsError(

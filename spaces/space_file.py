@@ -15,6 +15,7 @@ Format::
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -104,10 +105,14 @@ def load_space_file(path: str | Path, width: float | None, num_classes: int) -> 
         family = get_model_family(_text(data, "model", path) or "")
     except ArchitectureError as err:
         raise SpaceError(f"space file {path}: {err}") from None
-    raw_width = width if width is not None else data.get("width", 1.0)
-    if isinstance(raw_width, bool) or not isinstance(raw_width, (int, float)):
-        raise SpaceError(f"space file {path}: width must be a number, got {raw_width!r:.40}")
-    width = float(raw_width) if abs(raw_width) < 1e300 else float("inf")
+    for raw_width in (data.get("width", 1.0), width):  # the file's value must be valid even when --width wins
+        if raw_width is None:
+            continue
+        if isinstance(raw_width, bool) or not isinstance(raw_width, (int, float)):
+            raise SpaceError(f"space file {path}: width must be a number, got {raw_width!r:.40}")
+        if not 0 < (float(raw_width) if abs(raw_width) < 1e300 else math.inf) <= 4:
+            raise SpaceError(f"space file {path}: width {str(raw_width)[:20]} is out of range (0, 4]")
+    width = float(width if width is not None else data.get("width", 1.0))
     if not 0 < width <= 4:
         raise SpaceError(f"space file {path}: width {width} is out of range (0, 4]")
     slots = {slot.name: slot for slot in family.slots(width)}
