@@ -13,6 +13,7 @@ from spaces import get_space, space_names
 from .cost import architecture_cost, cheapest_and_dearest
 
 __all__ = [
+    "check_device_available",
     "check_output_dir",
     "check_search",
     "deploy_config",
@@ -86,7 +87,16 @@ def check_output_dir(results_dir: str) -> None:
     opened, so a run that cannot write its outputs never creates a study)."""
     from .errors import UserError
 
-    path = Path(results_dir)
+    try:
+        _check_output_dir(Path(results_dir))
+    except OSError as err:  # e.g. a name too long for the file system
+        raise UserError(f"--results-dir {results_dir} cannot be used: {err.strerror}") from None
+
+
+def _check_output_dir(path: Path) -> None:
+    from .errors import UserError
+
+    results_dir = str(path)
     if path.exists():
         if not path.is_dir():
             raise UserError(f"--results-dir {results_dir} is a file, not a folder; give a folder")
@@ -100,19 +110,31 @@ def check_output_dir(results_dir: str) -> None:
         raise UserError(f"--results-dir {results_dir} cannot be created ({parent} is not a writable folder)")
 
 
+def check_device_available(name: str) -> None:
+    """The device exists here: a missing GPU index would otherwise fail every trial."""
+    import torch
+
+    from .errors import UserError
+    from .train import resolve_device
+
+    try:
+        device = resolve_device(name)
+    except (ValueError, RuntimeError) as err:
+        raise UserError(str(err)) from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS (Apple GPU) is not available here; use --device cpu or auto")
+
+
 def check_search(settings) -> None:
     """Everything about a search that can be checked before a storage or the disk is touched:
     the options (Settings validates itself), the device, the space (and its file), the results
     folder and an explicit storage URL. The data are checked next, by loading them."""
     from .data import num_classes_of
-    from .errors import UserError
     from .storage import check_storage_url
-    from .train import resolve_device
 
-    try:
-        resolve_device(settings.training.device)
-    except (ValueError, RuntimeError) as err:
-        raise UserError(str(err)) from None
+    check_device_available(settings.training.device)
     get_space(settings.space, width=settings.width, num_classes=num_classes_of(settings.training.dataset))
     check_output_dir(settings.results_dir)
     check_storage_url(settings.storage_url, "explicit" if settings.storage else "default")

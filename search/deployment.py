@@ -67,12 +67,16 @@ def export_deployed(
     if onnx:
         check_onnx_extra()
     check_writable(config_path)
-    if weights and not Path(weights).is_file():
+    explicit = bool(weights)
+    weights = Path(weights) if weights else config_path.with_suffix(".pt")
+    try:
+        trained = weights.is_file()
+    except OSError as err:  # e.g. a name too long for the file system
+        raise UserError(f"--weights {weights}: {err.strerror}") from None
+    if not trained and explicit:
         raise UserError(f"--weights {weights} is not a file; give the .pt that 'retrain' saved, or leave --weights out")
     arch = Architecture.from_json(config["architecture"])
     model = build_model(arch)
-    weights = Path(weights) if weights else config_path.with_suffix(".pt")
-    trained = weights.is_file()
     if trained:
         load_weights(model, weights, config_path.name)
     model.eval()

@@ -94,6 +94,9 @@ def retrain_config(
     check_writable(path)
     arch = Architecture.from_json(config["architecture"])
     training = config_training(config, path, epochs=epochs, device=device, data_dir=data_dir)
+    from .commands import check_device_available
+
+    check_device_available(training.device)
     weights = path.with_suffix(".pt")
     result = evaluate(
         arch, training, int(config.get("seed") or 0), full_train=True,

@@ -70,6 +70,13 @@ def check_storage_url(url: str, mode: str) -> None:
     path = _sqlite_file(url)
     if path is None:
         return
+    try:
+        _check_sqlite_file(url, path, mode)
+    except OSError as err:  # e.g. a name too long for the file system
+        raise StorageError(f"storage {url} cannot be used: {err.strerror}") from None
+
+
+def _check_sqlite_file(url: str, path: Path, mode: str) -> None:
     if path.exists() and not path.is_file():
         raise StorageError(f"storage {url}: {path} is not a file")
     if mode == "read" and not path.is_file():

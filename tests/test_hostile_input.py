@@ -282,6 +282,8 @@ CASES = [
     Case("retrain-not-utf8", ("{dir}/c.json",), "UTF-8", command="retrain", files={"c.json": b'{"a": "\xff"}'}),
     Case("retrain-data-dir-empty", ("{dir}/ok.json", "--data-dir", ""), "data_dir", command="retrain"),
     Case("retrain-device", ("{dir}/ok.json", "--device", "tpu"), "device", command="retrain"),
+    Case("retrain-device-absent", ("{dir}/ok.json", "--device", "cuda:7"), "cuda:7", command="retrain"),
+    Case("device-index-absent", ("--device", "cuda:7"), "cuda:7"),
     # -- deploy: weights and the optional ONNX extra
     Case("deploy-weights-not-torch", ("{dir}/ok.json", "--weights", "{dir}/w.pt"), "not a torch state dict", command="deploy",
          files={"w.pt": "these are not weights"}),
@@ -289,6 +291,10 @@ CASES = [
     Case("deploy-hetconv-form", ("{dir}/ok.json", "--hetconv-form", "sparse"), "--hetconv-form", command="deploy"),
     Case("deploy-flgc-form", ("{dir}/ok.json", "--flgc-form", "sparse"), "--flgc-form", command="deploy"),
     Case("deploy-missing-config", ("{dir}/absent.json",), "absent.json", command="deploy"),
+    # Names too long for the file system (the OS refuses them when asked whether they exist).
+    Case("results-dir-name-too-long", ("--results-dir", "{dir}/" + "x" * 300), "--results-dir"),
+    Case("storage-name-too-long", ("--storage", "sqlite:///{dir}/" + "x" * 300 + "/s.db"), "storage"),
+    Case("weights-name-too-long", ("{dir}/ok.json", "--weights", "x" * 300), "--weights", command="deploy"),
 ]  # fmt: skip
 
 
@@ -425,7 +431,8 @@ numbers = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.sampled_from(["0", "1", "2", "-1", "1e999", "nan", "0x10", "", " 3 ", "1_000"]),
 )
-words = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20)
+words = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20) | st.integers(
+    250, 300).map(lambda n: "x" * n)  # names too long for the file system
 values = st.one_of(numbers, words)
 
 
