@@ -7,7 +7,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 __all__ = [
@@ -294,7 +294,7 @@ class TrainingSettings:
                 raise SettingsError(f"{where or '--'}{f.name} must be true or false, got {value!r}")
         check_choice("dataset", self.dataset, where)
         check_device(self.device, where)
-        if not isinstance(self.data_dir, str) or not self.data_dir or "\x00" in self.data_dir:
+        if not isinstance(self.data_dir, (str, PurePath)) or not str(self.data_dir) or "\x00" in str(self.data_dir):
             raise SettingsError(f"{where or '--'}data{'_' if where else '-'}dir must be a folder name, got {self.data_dir!r}")
         return self
 

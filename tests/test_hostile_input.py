@@ -235,7 +235,7 @@ CASES = [
     Case("study-name-newline", ("--study-name", "a\nb"), "--study-name"),
     Case("address", ("--address", "not an address"), "--address"),
     Case("space-empty", ("--space", ""), "--space"),
-    Case("data-dir-nul-free-but-empty", ("--data-dir", ""), "data-dir"),
+    Case("data-dir-empty", ("--data-dir", ""), "data-dir"),
     Case("ray-storage-empty", ("--ray-storage", ""), "--ray-storage"),
     Case("results-dir-is-a-file", ("--results-dir", "{dir}/afile", "--storage", "sqlite:///{dir}/other.db"), "afile",
          files={"afile": "x"}),
