@@ -222,34 +222,27 @@ def check_study_name(value: Any, option: str = "--study-name") -> None:
         raise SettingsError(f"{option} {value!r} must be a plain name (it is also a folder): no '/', '\\', '.' or '..'")
 
 
+# scheme://user:PASSWORD@host...: the password runs to the LAST '@' (passwords may hold '@' or
+# '/'); masking too much is harmless, too little is not.
+_USERINFO = re.compile(r"(?P<head>[A-Za-z][\w+.\-]*://[^:/@]*:)(?P<password>.+)@(?P<tail>[^@]*)", re.S)
+
+
 def mask_url(url: str | None) -> str | None:
     """``url`` with its password (if any) replaced by ``***``: what the tool prints and writes
     wherever a storage URL appears (errors, progress, run.json)."""
-    if not url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    # user:password@host/...: the userinfo ends at the LAST '@' before the path
-    netloc, slash, path = rest.partition("/")
-    if "@" not in netloc:
-        return url
-    userinfo, _, host = netloc.rpartition("@")
-    if ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}{slash}{path}"
+    match = _USERINFO.fullmatch(url) if url else None
+    return f"{match['head']}***@{match['tail']}" if match else url
 
 
 def url_secrets(*urls: str | None) -> list[str]:
     """The passwords inside ``urls`` (raw and percent-decoded), to scrub from any text."""
     from urllib.parse import unquote
 
-    found = []
+    found: list[str] = []
     for url in urls:
-        masked = mask_url(url)
-        if url and masked != url:
-            netloc = url.split("://", 1)[1].partition("/")[0]
-            secret = netloc.rpartition("@")[0].split(":", 1)[1]
-            found += [s for s in {secret, unquote(secret)} if s]
+        match = _USERINFO.fullmatch(url) if url else None
+        if match:
+            found += [s for s in {match["password"], unquote(match["password"])} if s]
     return found
 
 

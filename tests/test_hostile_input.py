@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run_search  # noqa: E402
 from search import commands  # noqa: E402
-from search.settings import NUMBERS, Number, mask_url  # noqa: E402
+from search.settings import NUMBERS, Number, mask_url, url_secrets  # noqa: E402
 from pg_server import postgres_url  # noqa: E402,F401  (the session fixture)
 from test_bad_input import STUDY, study_snapshot  # noqa: E402
 
@@ -371,6 +371,8 @@ def test_mask_url_hides_only_the_password():
     assert mask_url("postgresql+psycopg2://u:pw@h/db?x=1") == "postgresql+psycopg2://u:***@h/db?x=1"
     assert mask_url("postgresql://u@h/db") == "postgresql://u@h/db"
     assert mask_url("sqlite:////tmp/a@b/studies.db") == "sqlite:////tmp/a@b/studies.db"
+    assert mask_url("postgresql://u:pa/ss@h/db") == "postgresql://u:***@h/db"  # a '/' in the password
+    assert set(url_secrets("postgresql://u:p%40ss@h/db")) == {"p%40ss", "p@ss"}
 
 
 @pytest.mark.slow
