@@ -24,7 +24,27 @@ class _Parser(argparse.ArgumentParser):
     """Usage mistakes as one line (``error: ...``) and exit code 2, like every other user error."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+        say(f"error: {message} (see {self.prog} --help)")
+        self.exit(2)
+
+
+def say(line: str, secrets: list[str] | None = None) -> None:
+    """One line on stderr, passwords scrubbed, and never an encoding error (arguments may hold
+    bytes that are not UTF-8)."""
+    from search.settings import scrub
+
+    # Control characters (also those str.splitlines breaks at) are shown escaped: one line.
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in scrub(line, secrets or [])) + "\n"
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    sys.stderr.write(text.encode(encoding, "backslashreplace").decode(encoding))
+    sys.stderr.flush()
+
+
+def _n(field: str):
+    """The argparse ``type`` of a numeric option: its rule in the validation table."""
+    from search.settings import NUMBERS
+
+    return NUMBERS[field].parse
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +55,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_width(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--width", type=float, default=None, help="width multiplier of the model (default: the space's, 1.0)")
+    parser.add_argument("--width", type=_n("width"), default=None, help="width multiplier of the model (default: the space's, 1.0)")
 
 
 def _add_search_options(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +64,7 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     d = TrainingSettings()
     g = parser.add_argument_group("what to search")
     g.add_argument("--space", default="vgg_hetconv", help="built-in space name or a .yaml/.json space file (default: vgg_hetconv)")
-    g.add_argument("--budget", type=int, default=50, help="finished trials in the study; re-running continues up to it (default: 50)")
+    g.add_argument("--budget", type=_n("budget"), default=50, help="finished trials in the study; re-running continues up to it (default: 50)")
     g.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="quick: digits, width 0.25, 5 epochs, batch 64 (a real search in minutes on a CPU); "
                         "cifar: CIFAR-10, width 1, 15 epochs (for GPUs). Explicit options override it")
@@ -53,45 +73,45 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
                    help="comma-separated, accuracy plus any of mflops, params, latency (default: accuracy,mflops)")
     g.add_argument("--latency", default="measured", help="latency objective: measured (time each deployed candidate) "
                    "or table (per-layer lookup table, built once per device and cached) (default: measured)")
-    g.add_argument("--latency-batch", type=int, default=1, help="batch size of the latency objective (default: 1)")
-    g.add_argument("--max-mflops", type=float, default=None, help="FLOPs ceiling: candidates above it are not trained")
+    g.add_argument("--latency-batch", type=_n("latency_batch"), default=1, help="batch size of the latency objective (default: 1)")
+    g.add_argument("--max-mflops", type=_n("max_mflops"), default=None, help="FLOPs ceiling: candidates above it are not trained")
     g.add_argument("--tune", default="", help=f"also sweep training hyperparameters: comma-separated from {', '.join(TUNABLE)}")
     g.add_argument("--baselines", action="store_true", help="queue the uniform configurations of the space as ordinary trials")
     g.add_argument("--strategy", default="train-each",
                    help="train-each (train every candidate) or one-shot (a weight-sharing supernet scores candidates "
                         "in seconds; then --retrain-top trains the best from scratch) (default: train-each)")
-    g.add_argument("--retrain-top", type=int, default=3, help="one-shot: configurations of the front retrained from scratch (default: 3)")
-    g.add_argument("--supernet-epochs", type=int, default=None, help="one-shot: supernet training epochs (default: 4 x --epochs)")
+    g.add_argument("--retrain-top", type=_n("retrain_top"), default=3, help="one-shot: configurations of the front retrained from scratch (default: 3)")
+    g.add_argument("--supernet-epochs", type=_n("supernet_epochs"), default=None, help="one-shot: supernet training epochs (default: 4 x --epochs)")
     g.add_argument("--early-stop", default="auto",
                    help="mo-asha: stop trials that cannot reach the front, at rungs; none: train every trial to the "
                         "end; auto: mo-asha when --epochs is above --min-epochs (default: auto)")
-    g.add_argument("--min-epochs", type=int, default=1, help="first rung of --early-stop (default: 1)")
-    g.add_argument("--eta", type=int, default=3, help="--early-stop keeps the best 1/eta at each rung (default: 3)")
+    g.add_argument("--min-epochs", type=_n("min_epochs"), default=1, help="first rung of --early-stop (default: 1)")
+    g.add_argument("--eta", type=_n("eta"), default=3, help="--early-stop keeps the best 1/eta at each rung (default: 3)")
 
     g = parser.add_argument_group("data and training")
     g.add_argument("--dataset", default=None, help=f"cifar10, cifar100 or digits (default: {d.dataset})")
     g.add_argument("--data-dir", default=None, help=f"where the CIFAR files are or go (default: {d.data_dir})")
-    g.add_argument("--epochs", type=int, default=None, help=f"training epochs per candidate (default: {d.epochs})")
-    g.add_argument("--batch-size", type=int, default=None, help=f"(default: {d.batch_size})")
-    g.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default: {d.lr})")
-    g.add_argument("--momentum", type=float, default=None, help=f"Nesterov momentum (default: {d.momentum})")
-    g.add_argument("--weight-decay", type=float, default=None, help=f"(default: {d.weight_decay}; never on FLGC logits)")
-    g.add_argument("--label-smoothing", type=float, default=None, help=f"(default: {d.label_smoothing})")
-    g.add_argument("--warmup-epochs", type=float, default=None, help=f"linear warm-up before the cosine decay (default: {d.warmup_epochs})")
-    g.add_argument("--val-size", type=int, default=None, help="validation images held out of the training set (default: 5000 CIFAR, 20%% digits)")
-    g.add_argument("--split-seed", type=int, default=None, help=f"seed of the train/validation split (default: {d.split_seed})")
+    g.add_argument("--epochs", type=_n("epochs"), default=None, help=f"training epochs per candidate (default: {d.epochs})")
+    g.add_argument("--batch-size", type=_n("batch_size"), default=None, help=f"(default: {d.batch_size})")
+    g.add_argument("--lr", type=_n("lr"), default=None, help=f"peak learning rate (default: {d.lr})")
+    g.add_argument("--momentum", type=_n("momentum"), default=None, help=f"Nesterov momentum (default: {d.momentum})")
+    g.add_argument("--weight-decay", type=_n("weight_decay"), default=None, help=f"(default: {d.weight_decay}; never on FLGC logits)")
+    g.add_argument("--label-smoothing", type=_n("label_smoothing"), default=None, help=f"(default: {d.label_smoothing})")
+    g.add_argument("--warmup-epochs", type=_n("warmup_epochs"), default=None, help=f"linear warm-up before the cosine decay (default: {d.warmup_epochs})")
+    g.add_argument("--val-size", type=_n("val_size"), default=None, help="validation images held out of the training set (default: 5000 CIFAR, 20%% digits)")
+    g.add_argument("--split-seed", type=_n("split_seed"), default=None, help=f"seed of the train/validation split (default: {d.split_seed})")
     g.add_argument("--device", default=None, help="auto (CUDA if present), cpu, cuda, cuda:1 ... (default: auto)")
     g.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads per trial (default: torch's)")
+    g.add_argument("--threads", type=_n("threads"), default=None, help="torch CPU threads per trial (default: torch's)")
 
     g = parser.add_argument_group("driver and storage")
     g.add_argument("--sampler", default=None, help=f"{', '.join(SAMPLERS)} (default: tpe; nsga2 with --strategy one-shot)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial's training (default: 0)")
+    g.add_argument("--seed", type=_n("seed"), default=0, help="seed of the sampler and of every trial's training (default: 0)")
     g.add_argument("--backend", default="optuna", help="optuna (one machine) or ray (cluster) (default: optuna)")
     g.add_argument("--study-name", default=None, help="(default: <space>-<dataset>)")
-    g.add_argument("--max-failures", type=int, default=5, help="stop after this many failed trials in a row (default: 5)")
-    g.add_argument("--workers", type=int, default=1, help="worker processes on this machine, one study (default: 1)")
-    g.add_argument("--checkpoint-every", type=int, default=0,
+    g.add_argument("--max-failures", type=_n("max_failures"), default=5, help="stop after this many failed trials in a row (default: 5)")
+    g.add_argument("--workers", type=_n("workers"), default=1, help="worker processes on this machine, one study (default: 1)")
+    g.add_argument("--checkpoint-every", type=_n("checkpoint_every"), default=0,
                    help="save a trial's training state every K epochs; a retried trial resumes from it (default: off)")
     g.add_argument("--no-report", action="store_true", help="do not write the report and exports at the end")
     g.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -99,10 +119,10 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("ray backend (--backend ray)")
     g.add_argument("--address", default=None, help="join this Ray cluster ('auto' or HEAD:6379); default: start a local Ray")
     g.add_argument("--ray-storage", default=None, help="Ray's results folder or URI, shared by all nodes (default: <results-dir>/<study>/ray)")
-    g.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs Ray reserves per trial (default: 1)")
-    g.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial, fractional packs trials (default: 1 if the cluster has GPUs, else 0)")
-    g.add_argument("--max-concurrent", type=int, default=None, help="trials running at once (default: as resources allow)")
-    g.add_argument("--ray-retries", type=int, default=2, help="Ray-level retries of a crashed trial (default: 2)")
+    g.add_argument("--cpus-per-trial", type=_n("cpus_per_trial"), default=1.0, help="CPUs Ray reserves per trial (default: 1)")
+    g.add_argument("--gpus-per-trial", type=_n("gpus_per_trial"), default=None, help="GPUs per trial, fractional packs trials (default: 1 if the cluster has GPUs, else 0)")
+    g.add_argument("--max-concurrent", type=_n("max_concurrent"), default=None, help="trials running at once (default: as resources allow)")
+    g.add_argument("--ray-retries", type=_n("ray_retries"), default=2, help="Ray-level retries of a crashed trial (default: 2)")
     _add_common(parser)
 
 
@@ -110,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="run_search.py",
         description="Per-layer search of FLGC groups and HetConv parts; Pareto front of accuracy vs MFLOPs.",
+        epilog="Without a command, the options are those of 'search' (the default): see every search option "
+               "with 'run_search.py search --help', and a command's own with 'run_search.py COMMAND --help'.",
     )
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
@@ -119,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     flops = sub.add_parser("flops", help="MFLOPs and parameters of uniform models of a space")
     flops.add_argument("--space", required=True, help="space name or space file")
     flops.add_argument("--uniform", default="all", help="a value legal at every layer (e.g. 4), 'dense' or 'all'")
-    flops.add_argument("--classes", type=int, default=10, help="number of classes (default 10)")
+    flops.add_argument("--classes", type=_n("classes"), default=10, help="number of classes (default 10)")
     flops.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_width(flops)
 
@@ -136,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     retrain = sub.add_parser("retrain", help="train an exported config on the full training set, report test accuracy")
     retrain.add_argument("config", help="an exported JSON config (results/<study>/pareto/*.json)")
-    retrain.add_argument("--epochs", type=int, default=None, help="(default: the config's training epochs)")
+    retrain.add_argument("--epochs", type=_n("epochs"), default=None, help="(default: the config's training epochs)")
     retrain.add_argument("--device", default=None, help="(default: auto)")
     retrain.add_argument("--data-dir", default=None, help="(default: the config's)")
 
@@ -151,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="FLGC as a grouped conv with its permutations folded (grouped), one conv with zeros "
                              "outside the groups (dense), or per layer whichever makes the model faster on this "
                              "machine once unfoldable channel gathers are counted (auto) (default: auto)")
-    deploy.add_argument("--batch", type=int, default=1,
+    deploy.add_argument("--batch", type=_n("batch"), default=1,
                         help="batch size the auto forms are timed at: the batch you will serve (default: 1)")
     return parser
 
@@ -207,19 +229,24 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         argv = ["search", *argv]
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a usage error, already printed as one line
+        return int(stop.code or 0)
     from search.errors import USER_ERRORS, SearchAborted
     from search.quiet import quiet_libraries
+    from search.settings import url_secrets
 
     quiet_libraries()
-
+    # Passwords of storage URLs never reach the terminal, whatever message carries them.
+    secrets = url_secrets(*(getattr(args, name, None) for name in ("storage", "ray_storage", "address")))
     try:
         return run(args)
     except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
+        say(f"error: {err}", secrets)
         return 2
     except SearchAborted as err:
-        print(f"error: {err}", file=sys.stderr)
+        say(f"error: {err}", secrets)
         return 1
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (silences the flush at exit)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,21 @@ from spaces import get_space, space_names
 
 from .cost import architecture_cost, cheapest_and_dearest
 
-__all__ = ["deploy_config", "export", "flops_rows", "print_table", "report", "retrain", "search", "space_rows", "write_outputs"]
+__all__ = [
+    "check_device_available",
+    "check_output_dir",
+    "check_search",
+    "deploy_config",
+    "export",
+    "flops_rows",
+    "print_table",
+    "report",
+    "retrain",
+    "run_search",
+    "search",
+    "space_rows",
+    "write_outputs",
+]
 
 
 def flops_rows(space_name: str, uniform: str, width: float | None, num_classes: int = 10) -> list[dict[str, Any]]:
@@ -67,18 +82,79 @@ def print_table(rows: list[dict[str, Any]], as_json: bool = False, out=sys.stdou
         print("  ".join(str(row[c]).ljust(widths[c]) for c in columns).rstrip(), file=out)
 
 
-def _open_existing_study(name: str, storage_url: str | None, results_dir: str):
+def check_output_dir(results_dir: str) -> None:
+    """``--results-dir`` must be a folder, or creatable as one (checked before a storage is
+    opened, so a run that cannot write its outputs never creates a study)."""
     from .errors import UserError
-    from .settings import Settings
+
+    try:
+        _check_output_dir(Path(results_dir))
+    except OSError as err:  # e.g. a name too long for the file system
+        raise UserError(f"--results-dir {results_dir} cannot be used: {err.strerror}") from None
+
+
+def _check_output_dir(path: Path) -> None:
+    from .errors import UserError
+
+    results_dir = str(path)
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"--results-dir {results_dir} is a file, not a folder; give a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError(f"--results-dir {results_dir} is not writable; give a folder you can write to")
+        return
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--results-dir {results_dir} cannot be created ({parent} is not a writable folder)")
+
+
+def check_device_available(name: str) -> None:
+    """The device exists here: a missing GPU index would otherwise fail every trial."""
+    import torch
+
+    from .errors import UserError
+    from .train import resolve_device
+
+    try:
+        device = resolve_device(name)
+    except (ValueError, RuntimeError) as err:
+        raise UserError(str(err)) from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS (Apple GPU) is not available here; use --device cpu or auto")
+
+
+def check_search(settings) -> None:
+    """Everything about a search that can be checked before a storage or the disk is touched:
+    the options (Settings validates itself), the device, the space (and its file), the results
+    folder and an explicit storage URL. The data are checked next, by loading them."""
+    from .data import num_classes_of
+    from .storage import check_storage_url
+
+    check_device_available(settings.training.device)
+    get_space(settings.space, width=settings.width, num_classes=num_classes_of(settings.training.dataset))
+    check_output_dir(settings.results_dir)
+    check_storage_url(settings.storage_url, "explicit" if settings.storage else "default")
+
+
+def _open_existing_study(name: str, storage_url: str | None, results_dir: str):
+    """A study that must exist (never creates a file, a folder or a study)."""
+    from .errors import UserError
+    from .settings import Settings, check_study_name, mask_url
     from .storage import find_study, open_storage
 
+    check_study_name(name, "--study")
     url = storage_url or Settings(results_dir=results_dir).storage_url
-    study = find_study(open_storage(url), name)
+    storage = open_storage(url, create=False)
+    study = find_study(storage, name)
     if study is None:
         import optuna
 
-        names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(url), include_best_trial=False)]
-        raise UserError(f"no study '{name}' in {url}; studies there: {', '.join(names) or 'none'}")
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+        raise UserError(f"no study '{name}' in {mask_url(url)}; studies there: {', '.join(names) or 'none'}")
     return study
 
 
@@ -96,13 +172,12 @@ def write_outputs(study, study_dir: Path, out=sys.stderr) -> None:
 
 
 def search(settings, write_report: bool = True) -> None:
-    from .errors import UserError
-    from .train import resolve_device
+    check_search(settings)
+    run_search(settings, write_report)
 
-    try:
-        resolve_device(settings.training.device)
-    except (ValueError, RuntimeError) as err:
-        raise UserError(str(err)) from None
+
+def run_search(settings, write_report: bool = True) -> None:
+    """The search itself, once :func:`check_search` has passed."""
     if settings.strategy == "one-shot":
         from .one_shot import one_shot_study_name, run_one_shot_search
 
@@ -131,6 +206,7 @@ def search(settings, write_report: bool = True) -> None:
 def report(name: str, storage_url: str | None, results_dir: str) -> None:
     from .report import write_report
 
+    check_output_dir(results_dir)
     study = _open_existing_study(name, storage_url, results_dir)
     files = write_report(study, Path(results_dir) / name)
     print(f"report: {files.html}")
@@ -141,6 +217,7 @@ def report(name: str, storage_url: str | None, results_dir: str) -> None:
 def export(name: str, storage_url: str | None, results_dir: str) -> None:
     from .export import export_pareto
 
+    check_output_dir(results_dir)
     study = _open_existing_study(name, storage_url, results_dir)
     configs = export_pareto(study, Path(results_dir) / name / "pareto")
     print(f"exported {len(configs)} Pareto-optimal configs to {Path(results_dir) / name / 'pareto'}")
@@ -160,10 +237,9 @@ def retrain(config: str, epochs: int | None, device: str | None, data_dir: str |
 
 def deploy_config(config: str, weights: str | None, onnx: bool, hetconv_form: str, flgc_form: str, batch: int) -> None:
     from .deployment import export_deployed
-    from .errors import UserError
+    from .settings import check_number
 
-    if batch < 1:
-        raise UserError(f"--batch must be at least 1, got {batch}")
+    check_number("batch", batch)
     summary = export_deployed(config, weights=weights, onnx=onnx, hetconv_form=hetconv_form, flgc_form=flgc_form, batch=batch)
     state = "trained weights " + summary["weights"] if summary["weights"] else "untrained weights (run 'retrain' first)"
     print(f"deployed with {state}: {summary['torchscript']}")
@@ -171,5 +247,3 @@ def deploy_config(config: str, weights: str | None, onnx: bool, hetconv_form: st
           f"explicit channel gathers left: {summary['explicit_gathers']}")  # fmt: skip
     if "onnx" in summary:
         print(f"ONNX: {summary['onnx']}")
-    elif "onnx_error" in summary:
-        print(f"ONNX export not available here: {summary['onnx_error']}", file=sys.stderr)

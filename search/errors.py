@@ -17,7 +17,8 @@ class UserError(ValueError):
 
 
 class SearchAborted(RuntimeError):
-    """The search cannot go on (one-line reason); the study is kept. Exit code 1."""
+    """A command cannot finish for a reason that is not the user's input (one-line reason):
+    the search stops with its study kept, or an optional exporter failed. Exit code 1."""
 
 
 USER_ERRORS: tuple[type[Exception], ...] = (

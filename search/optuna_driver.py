@@ -23,7 +23,7 @@ from .candidate import CostedEpochCallback, Outcome, evaluate_candidate, record_
 from .errors import SearchAborted
 from .front import front_summary
 from .progress import Progress
-from .settings import Settings
+from .settings import Settings, mask_url
 from .train import EpochRecord
 from .study import (
     SearchContext,
@@ -141,7 +141,7 @@ def run_optuna_search(settings: Settings) -> optuna.Study:
         if queued:
             progress.message(f"queued {queued} uniform baselines of {context.space.name}")
     progress.message(
-        f"study '{study.study_name}' in {settings.storage_url}: {done}/{settings.budget} finished trials; "
+        f"study '{study.study_name}' in {mask_url(settings.storage_url)}: {done}/{settings.budget} finished trials; "
         f"space {context.space.name} ({len(context.space.slots)} layers, {context.space.size:.3g} candidates); "
         f"{settings.early_stop_line()}"
     )

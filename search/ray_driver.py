@@ -29,7 +29,7 @@ from .errors import SearchAborted
 from .early_stopping import RungResult, peers_from_attrs, rung_attr
 from .front import front_summary
 from .progress import Progress
-from .settings import Settings
+from .settings import Settings, mask_url
 from .storage import OBJECTIVE_SENSES
 from .study import (
     SearchContext,
@@ -281,7 +281,7 @@ def run_ray_search(settings: Settings) -> optuna.Study:
     if "://" not in storage_path:
         Path(storage_path).mkdir(parents=True, exist_ok=True)
     progress.message(
-        f"study '{study.study_name}' in {settings.storage_url}: {done[0]}/{settings.budget} finished trials; "
+        f"study '{study.study_name}' in {mask_url(settings.storage_url)}: {done[0]}/{settings.budget} finished trials; "
         f"Ray results in {storage_path}; {settings.early_stop_line()}"
     )
     gpus = settings.gpus_per_trial

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,26 +14,72 @@ from models import Architecture, ArchitectureError, validate
 from .cost import architecture_cost
 from .errors import UserError
 from .evaluate import evaluate
-from .settings import TrainingSettings
+from .settings import NUMBERS, SettingsError, TrainingSettings, check_number
 
-__all__ = ["load_config", "retrain_config"]
+__all__ = ["check_writable", "config_training", "load_config", "retrain_config"]
+
+MAX_CONFIG_BYTES = 1 << 20  # an exported config is a few KiB
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
+    """An exported config, checked whole (architecture, training recipe, seed) before use."""
     path = Path(path)
     try:
-        config = json.loads(path.read_text())
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise UserError(f"config {path} is over {MAX_CONFIG_BYTES >> 20} MiB; an exported config is a few KiB")
+        config = json.loads(path.read_bytes().decode("utf-8"))
     except OSError as err:
         raise UserError(f"cannot read config {path}: {err.strerror}") from None
-    except json.JSONDecodeError as err:
-        raise UserError(f"config {path} is not valid JSON: {err}") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"config {path} is not UTF-8 text (byte {err.start}); give an exported JSON config") from None
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise UserError(f"config {path} is not valid JSON: {str(err)[:200]}") from None
     if not isinstance(config, dict) or "architecture" not in config:
         raise UserError(f"config {path} has no 'architecture'; export configs with 'run_search.py export'")
     try:
-        validate(Architecture.from_json(config["architecture"]))
+        arch = Architecture.from_json(config["architecture"])
+        validate(arch)
     except ArchitectureError as err:
         raise ArchitectureError(f"config {path}: {err}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        raise UserError(f"config {path}: 'architecture' is malformed ({type(err).__name__}: {str(err)[:150]})") from None
+    config_training(config, path)
+    seed = config.get("seed")
+    if seed is not None and not NUMBERS["seed"].accepts(seed):
+        raise UserError(f"config {path}: seed must be {NUMBERS['seed'].describe()}, got {seed!r}")
     return config
+
+
+def config_training(config: dict[str, Any], path: Path, **overrides: Any) -> TrainingSettings:
+    """The config's training recipe (with ``overrides``), every field checked by the same
+    table as the command line, and its data set's classes matching the architecture's."""
+    where = f"config {path}: training."
+    training = config.get("training", {})
+    if not isinstance(training, dict):
+        raise UserError(f"config {path}: 'training' must be a mapping of settings, got {type(training).__name__}")
+    try:
+        result = TrainingSettings.from_json(training).replace(**{k: v for k, v in overrides.items() if v is not None})
+        result.validate(where)
+    except TypeError as err:
+        raise UserError(f"{where[:-1]} is malformed: {err}") from None
+    except SettingsError as err:
+        raise UserError(str(err)) from None
+    from .data import num_classes_of
+
+    classes = Architecture.from_json(config["architecture"]).num_classes
+    if classes != num_classes_of(result.dataset):
+        raise UserError(
+            f"config {path}: the architecture has {classes} classes but dataset {result.dataset} has "
+            f"{num_classes_of(result.dataset)}; fix 'num_classes' or training.dataset"
+        )
+    return result
+
+
+def check_writable(path: Path) -> None:
+    """Outputs go beside the config: fail before training, not after."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write beside config {path}: {folder} is not writable; copy the config to a folder you own")
 
 
 def retrain_config(
@@ -41,11 +88,15 @@ def retrain_config(
     """Train the config at ``path`` on the full training set with its recipe, measure test
     accuracy, and save ``<name>.pt`` (state dict) and ``<name>.retrain.json`` beside it."""
     path = Path(path)
+    if epochs is not None:
+        check_number("epochs", epochs)
     config = load_config(path)
+    check_writable(path)
     arch = Architecture.from_json(config["architecture"])
-    training = TrainingSettings.from_json(config.get("training", {}))
-    overrides = {"epochs": epochs, "device": device, "data_dir": data_dir}
-    training = training.replace(**{k: v for k, v in overrides.items() if v is not None})
+    training = config_training(config, path, epochs=epochs, device=device, data_dir=data_dir)
+    from .commands import check_device_available
+
+    check_device_available(training.device)
     weights = path.with_suffix(".pt")
     result = evaluate(
         arch, training, int(config.get("seed") or 0), full_train=True,

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 __all__ = [
     "BACKENDS",
+    "CHOICES",
     "LATENCY_MODES",
+    "NUMBERS",
+    "Number",
     "OBJECTIVES",
     "OBJECTIVE_ALIASES",
     "OBJECTIVE_SENSES",
@@ -20,6 +26,15 @@ __all__ = [
     "Settings",
     "SettingsError",
     "TrainingSettings",
+    "check_choice",
+    "check_device",
+    "check_number",
+    "check_study_name",
+    "check_text",
+    "mask_url",
+    "option_name",
+    "scrub",
+    "url_secrets",
 ]
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
@@ -50,6 +65,193 @@ class SettingsError(ValueError):
     """A user-facing problem with the options."""
 
 
+# ---------------------------------------------------------------- the validation table
+# Every numeric option and config field has ONE rule here; the CLI parses with it, and
+# Settings / TrainingSettings check with it (so values from code or exported configs too).
+# A new numeric option is one line in NUMBERS; a new named choice one entry in CHOICES.
+
+SEED_MAX = 2**31 - 1  # leaves 2**31 headroom for every offset added before numpy's limit 2**32 - 1
+INT_MAX = 2**31 - 1  # torch, numpy and SQLite all take a C int
+
+
+@dataclass(frozen=True)
+class Number:
+    """A numeric option's rule: int or float, bounds (open or closed), None allowed or not.
+    NaN and infinities are never allowed: no option of this tool means anything with them."""
+
+    kind: type  # int or float
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    optional: bool = False  # None means "the default"
+
+    def describe(self) -> str:
+        what = "an integer" if self.kind is int else "a finite number"
+        if self.low is not None and self.high is not None:
+            return f"{what} in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{what} {'>' if self.low_open else '>='} {_num(self.low)}"
+        if self.high is not None:
+            return f"{what} {'<' if self.high_open else '<='} {_num(self.high)}"
+        return what
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
+        if isinstance(value, bool) or not isinstance(value, int if self.kind is int else (int, float)):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+
+    def parse(self, text: str) -> int | float:
+        """``type=`` of an argparse option: the value or ArgumentTypeError (one line, exit 2)."""
+        import argparse
+
+        try:
+            value = self.kind(text.strip())
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"must be {self.describe()}, got {text!r}") from None
+        if not self.accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {self.describe()}, got {text!r}")
+        return value
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+NUMBERS: dict[str, Number] = {
+    # search
+    "budget": Number(int, 1, INT_MAX),
+    "width": Number(float, 0, 4, low_open=True, optional=True),
+    "latency_batch": Number(int, 1, 4096),
+    "max_mflops": Number(float, 0, low_open=True, optional=True),
+    "retrain_top": Number(int, 0, INT_MAX),
+    "supernet_epochs": Number(int, 1, INT_MAX, optional=True),
+    "min_epochs": Number(int, 1, INT_MAX),
+    "eta": Number(int, 2, INT_MAX),
+    "seed": Number(int, 0, SEED_MAX),
+    "max_failures": Number(int, 1, INT_MAX),
+    "workers": Number(int, 1, 1024),
+    "checkpoint_every": Number(int, 0, INT_MAX),
+    "cpus_per_trial": Number(float, 0, 4096, low_open=True),
+    "gpus_per_trial": Number(float, 0, 4096, optional=True),
+    "max_concurrent": Number(int, 1, INT_MAX, optional=True),
+    "ray_retries": Number(int, 0, 1000),
+    # training (also the fields of an exported config's "training")
+    "epochs": Number(int, 1, INT_MAX),
+    "batch_size": Number(int, 1, INT_MAX),
+    "lr": Number(float, 0, low_open=True),
+    "momentum": Number(float, 0, 1, high_open=True),
+    "weight_decay": Number(float, 0),
+    "label_smoothing": Number(float, 0, 1, high_open=True),
+    "warmup_epochs": Number(float, 0),
+    "val_size": Number(int, 1, INT_MAX, optional=True),
+    "split_seed": Number(int, 0, SEED_MAX),
+    "threads": Number(int, 1, 1024, optional=True),
+    # other commands
+    "classes": Number(int, 2, 100_000),  # flops --classes
+    "batch": Number(int, 1, 4096),  # deploy --batch
+}
+
+
+def _datasets() -> tuple[str, ...]:
+    from .data import DATASETS
+
+    return DATASETS
+
+
+# Named choices: a tuple, or a function giving it (for tables owned by another module).
+CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[str, ...]]] = {
+    "sampler": SAMPLERS,
+    "backend": BACKENDS,
+    "latency": LATENCY_MODES,
+    "strategy": STRATEGIES,
+    "early_stop": EARLY_STOP_MODES,
+    "preset": tuple(PRESETS),
+    "dataset": _datasets,
+}
+# Options whose command-line name is not the field name.
+_OPTION_NAMES = {"ray_address": "--address", "classes": "--classes"}
+_DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d{1,3})?)")
+_RAY_ADDRESS = re.compile(r"auto|local|(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5}")
+
+
+def option_name(field_name: str) -> str:
+    return _OPTION_NAMES.get(field_name, "--" + field_name.replace("_", "-"))
+
+
+def check_number(field_name: str, value: Any, where: str = "") -> None:
+    """Raise SettingsError unless ``value`` obeys the table's rule for ``field_name``."""
+    rule = NUMBERS[field_name]
+    if not rule.accepts(value):
+        name = f"{where}{field_name}" if where else option_name(field_name)
+        raise SettingsError(f"{name} must be {rule.describe()}, got {value!r}")
+
+
+def check_choice(field_name: str, value: Any, where: str = "") -> None:
+    options = CHOICES[field_name]
+    options = options() if callable(options) else options
+    if value not in options:
+        name = f"{where}{field_name}" if where else option_name(field_name)
+        raise SettingsError(f"unknown {name} {value!r}; use one of {', '.join(options)}")
+
+
+def check_device(value: Any, where: str = "") -> None:
+    if not isinstance(value, str) or not _DEVICE.fullmatch(value):
+        name = f"{where}device" if where else "--device"
+        raise SettingsError(f"{name} must be auto, cpu, mps, cuda or cuda:N, got {value!r}")
+
+
+def check_text(field_name: str, value: Any, optional: bool = True, limit: int = 4096) -> None:
+    """Names and paths: text without control characters, of sane length."""
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value.strip() or len(value) > limit or any(ord(c) < 32 for c in value):
+        raise SettingsError(f"{option_name(field_name)} must be a non-empty line of text (at most {limit} characters), got {value!r:.80}")
+
+
+def check_study_name(value: Any, option: str = "--study-name") -> None:
+    """A study's name is also a folder under --results-dir: one path component, no traversal."""
+    check_text("study_name", value, optional=False, limit=200)
+    if any(c in value for c in "/\\") or value.strip() in (".", ".."):
+        raise SettingsError(f"{option} {value!r} must be a plain name (it is also a folder): no '/', '\\', '.' or '..'")
+
+
+# scheme://user:PASSWORD@host...: the password runs to the LAST '@' (passwords may hold '@' or
+# '/'); masking too much is harmless, too little is not.
+_USERINFO = re.compile(r"(?P<head>[A-Za-z][\w+.\-]*://[^:/@]*:)(?P<password>.+)@(?P<tail>[^@]*)", re.S)
+
+
+def mask_url(url: str | None) -> str | None:
+    """``url`` with its password (if any) replaced by ``***``: what the tool prints and writes
+    wherever a storage URL appears (errors, progress, run.json)."""
+    match = _USERINFO.fullmatch(url) if url else None
+    return f"{match['head']}***@{match['tail']}" if match else url
+
+
+def url_secrets(*urls: str | None) -> list[str]:
+    """The passwords inside ``urls`` (raw and percent-decoded), to scrub from any text."""
+    from urllib.parse import unquote
+
+    found: list[str] = []
+    for url in urls:
+        match = _USERINFO.fullmatch(url) if url else None
+        if match:
+            found += [s for s in {match["password"], unquote(match["password"])} if s]
+    return found
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
 @dataclass(frozen=True)
 class TrainingSettings:
     """How one candidate is trained and evaluated (identical for every trial of a study,
@@ -73,6 +275,21 @@ class TrainingSettings:
 
     def replace(self, **changes: Any) -> TrainingSettings:
         return dataclasses.replace(self, **changes)
+
+    def validate(self, where: str = "") -> TrainingSettings:
+        """Check every field against the table (``where`` prefixes the field in messages, e.g.
+        ``config x.json: training.``; empty: the option names)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in NUMBERS:
+                check_number(f.name, value, where)
+            elif f.name in ("amp", "channels_last") and not isinstance(value, bool):
+                raise SettingsError(f"{where or '--'}{f.name} must be true or false, got {value!r}")
+        check_choice("dataset", self.dataset, where)
+        check_device(self.device, where)
+        if not isinstance(self.data_dir, (str, PurePath)) or not str(self.data_dir) or "\x00" in str(self.data_dir):
+            raise SettingsError(f"{where or '--'}data{'_' if where else '-'}dir must be a folder name, got {self.data_dir!r}")
+        return self
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -128,49 +345,36 @@ class Settings:
         self.validate()
 
     def validate(self) -> None:
+        """Every option by the tables (numbers, choices, text), then the rules between options.
+        Runs before anything touches a storage or the disk."""
         t = self.training
-        if self.budget <= 0:
-            raise SettingsError(f"--budget must be a positive number of trials, got {self.budget}")
-        if self.sampler not in SAMPLERS:
-            raise SettingsError(f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)}")
-        if self.backend not in BACKENDS:
-            raise SettingsError(f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in NUMBERS:
+                check_number(f.name, value)
+            elif f.name in CHOICES and not (value is None and f.name in ("preset", "early_stop")):
+                check_choice(f.name, value)
+        if not isinstance(t, TrainingSettings):
+            raise SettingsError(f"training must be TrainingSettings, got {type(t).__name__}")
+        t.validate()
+        for name in ("space", "results_dir"):
+            check_text(name, getattr(self, name), optional=False)
+        for name in ("storage", "ray_storage"):
+            check_text(name, getattr(self, name))
+        if self.study_name is not None:
+            check_study_name(self.study_name)
+        if self.ray_address is not None and not _RAY_ADDRESS.fullmatch(str(self.ray_address)):
+            raise SettingsError(f"--address must be auto or HOST:PORT (e.g. 10.0.0.1:6379), got {self.ray_address!r:.80}")
         bad = [o for o in self.objectives if o not in OBJECTIVES]
         if bad or "accuracy" not in self.objectives or len(set(self.objectives)) != len(self.objectives):
             raise SettingsError(
                 f"--objectives must list accuracy and any of mflops, params, latency once each, got {','.join(self.objectives)}"
             )
-        if self.latency not in LATENCY_MODES or self.latency_batch < 1:
-            raise SettingsError(f"--latency must be one of {', '.join(LATENCY_MODES)} and --latency-batch >= 1")
         bad = [name for name in self.tune if name not in TUNABLE]
         if bad:
             raise SettingsError(f"cannot --tune {', '.join(bad)}; tunable: {', '.join(TUNABLE)}")
-        if t.epochs <= 0 or t.batch_size <= 0:
-            raise SettingsError("--epochs and --batch-size must be positive")
-        if t.lr <= 0 or t.weight_decay < 0 or not 0 <= t.label_smoothing < 1 or t.warmup_epochs < 0:
-            raise SettingsError("--lr must be > 0, --weight-decay >= 0, --label-smoothing in [0, 1), --warmup-epochs >= 0")
-        if self.cpus_per_trial <= 0 or (self.gpus_per_trial is not None and self.gpus_per_trial < 0):
-            raise SettingsError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
-        if self.max_concurrent is not None and self.max_concurrent < 1:
-            raise SettingsError(f"--max-concurrent must be at least 1, got {self.max_concurrent}")
-        if self.early_stop not in (None, *EARLY_STOP_MODES):
-            raise SettingsError(f"unknown --early-stop {self.early_stop!r}; use {', '.join(EARLY_STOP_MODES)}")
-        if self.min_epochs < 1 or self.eta < 2:
-            raise SettingsError(f"--min-epochs must be >= 1 and --eta >= 2, got {self.min_epochs} and {self.eta}")
         if self.early_stop == "mo-asha" and self.min_epochs >= t.epochs:
             raise SettingsError(f"--early-stop needs --min-epochs ({self.min_epochs}) below --epochs ({t.epochs})")
-        if self.strategy not in STRATEGIES:
-            raise SettingsError(f"unknown --strategy {self.strategy!r}; use {' or '.join(STRATEGIES)}")
-        if self.retrain_top < 0 or (self.supernet_epochs is not None and self.supernet_epochs < 1):
-            raise SettingsError("--retrain-top must be >= 0 and --supernet-epochs >= 1")
-        if self.checkpoint_every < 0 or self.workers < 1:
-            raise SettingsError("--checkpoint-every must be >= 0 and --workers >= 1")
-        if self.max_failures < 1:
-            raise SettingsError(f"--max-failures must be at least 1, got {self.max_failures}")
-        if self.max_mflops is not None and self.max_mflops <= 0:
-            raise SettingsError(f"--max-mflops must be positive, got {self.max_mflops}")
-        if self.width is not None and not 0 < self.width <= 4:
-            raise SettingsError(f"--width must be in (0, 4], got {self.width}")
 
     def supernet_epochs_or_default(self) -> int:
         return self.supernet_epochs or 4 * self.training.epochs

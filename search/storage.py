@@ -24,13 +24,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from models import Architecture
 
-from .settings import OBJECTIVE_SENSES
+from .settings import OBJECTIVE_SENSES, mask_url, scrub, url_secrets
 
 __all__ = [
     "OBJECTIVE_SENSES",
     "StorageError",
     "StudyMismatch",
     "TrialRecord",
+    "check_storage_url",
     "find_study",
     "load_records",
     "open_storage",
@@ -51,22 +52,59 @@ class StudyMismatch(ValueError):
     """A study of that name exists with a different space, dataset or objectives."""
 
 
-def open_storage(url: str, heartbeat: bool = False) -> optuna.storages.BaseStorage:
+def _sqlite_file(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL (None: in memory, or not SQLite)."""
+    if not url.startswith("sqlite:"):
+        return None
+    path = url.split("sqlite:///", 1)[-1].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def check_storage_url(url: str, mode: str) -> None:
+    """Refuse a storage URL before anything is written. ``mode``: ``read`` (report, export:
+    the database must exist), ``explicit`` (a ``--storage`` of a search: its folder must
+    exist, so a typo never starts a new study elsewhere) or ``default`` (the storage under
+    ``--results-dir``, created when missing)."""
+    if "://" not in url:
+        raise StorageError(f"storage {url!r} is not a URL; use e.g. sqlite:///results/studies.db or postgresql://user@host/db")
+    path = _sqlite_file(url)
+    if path is None:
+        return
+    try:
+        _check_sqlite_file(url, path, mode)
+    except OSError as err:  # e.g. a name too long for the file system
+        raise StorageError(f"storage {url} cannot be used: {err.strerror}") from None
+
+
+def _check_sqlite_file(url: str, path: Path, mode: str) -> None:
+    if path.exists() and not path.is_file():
+        raise StorageError(f"storage {url}: {path} is not a file")
+    if mode == "read" and not path.is_file():
+        raise StorageError(f"no storage at {path}: no search has written there; check --results-dir or --storage")
+    if mode == "explicit" and not path.parent.is_dir():
+        raise StorageError(
+            f"the folder of storage {url} does not exist; create it first (mkdir -p {path.parent}) "
+            "or leave --storage out to use <results-dir>/studies.db"
+        )
+
+
+def open_storage(url: str, heartbeat: bool = False, create: bool = True) -> optuna.storages.BaseStorage:
     """Open an Optuna storage URL with a one-line error when it is malformed or unreachable.
 
     SQLite gets a long busy timeout so parallel writers wait instead of failing with
     "database is locked". With ``heartbeat``, RDB storages record a heartbeat per running
-    trial so that trials of a killed process are detected as stale and failed.
+    trial so that trials of a killed process are detected as stale and failed. Without
+    ``create`` a missing SQLite file (or its folder) is an error instead of being created.
+    Passwords never appear in the errors.
     """
-    if "://" not in url:
-        raise StorageError(f"storage {url!r} is not a URL; use e.g. sqlite:///results/studies.db or postgresql://user@host/db")
+    shown = mask_url(url)
+    check_storage_url(url, "default" if create else "read")
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:"):
-        path = url.split("sqlite:///", 1)[-1]
-        if path and path != ":memory:":
-            parent = Path(path).parent
+        path = _sqlite_file(url)
+        if path is not None:
             try:
-                parent.mkdir(parents=True, exist_ok=True)
+                path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise StorageError(f"cannot create the folder of storage {url}: {err.strerror}") from None
         engine_kwargs = {"connect_args": {"timeout": 120}}
@@ -82,10 +120,11 @@ def open_storage(url: str, heartbeat: bool = False) -> optuna.storages.BaseStora
     try:
         return _rdb_storage(url, engine_kwargs, extra)
     except ImportError as err:
-        raise StorageError(f"storage {url}: a database driver is missing ({err}); install it, e.g. psycopg2-binary") from None
+        reason = scrub(str(err), url_secrets(url))
+        raise StorageError(f"storage {shown}: a database driver is missing ({reason}); install it, e.g. psycopg2-binary") from None
     except Exception as err:  # noqa: BLE001  (SQLAlchemy raises many kinds; all mean "cannot use it")
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise StorageError(f"cannot open storage {url}: {reason[:300]}") from None
+        raise StorageError(f"cannot open storage {shown}: {scrub(reason, url_secrets(url))[:300]}") from None
 
 
 def _rdb_storage(url: str, engine_kwargs: dict[str, Any], extra: dict[str, Any], attempts: int = 6) -> RDBStorage:

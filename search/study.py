@@ -26,7 +26,7 @@ from spaces import SearchSpace, get_space
 from .candidate import latency_function
 from .cost import architecture_cost, cheapest_and_dearest
 from .evaluate import get_dataset
-from .settings import TUNABLE, Settings, SettingsError
+from .settings import TUNABLE, Settings, SettingsError, mask_url, scrub, url_secrets
 from .storage import OBJECTIVE_SENSES, StudyMismatch, find_study, open_storage
 
 __all__ = [
@@ -168,15 +168,17 @@ def write_run_json(context: SearchContext, extra: dict[str, Any] | None = None) 
     settings = context.settings
     path = settings.study_dir / "run.json"
     path.parent.mkdir(parents=True, exist_ok=True)
+    secrets = url_secrets(settings.storage, settings.ray_storage, settings.ray_address)
+    masked = {name: mask_url(getattr(settings, name)) for name in ("storage", "ray_storage", "ray_address")}
     payload = {
         "study": settings.study,
-        "storage": settings.storage_url,
-        "settings": settings.to_json(),
+        "storage": mask_url(settings.storage_url),  # passwords are never written
+        "settings": {**settings.to_json(), **masked},
         "space": {"name": context.space.name, "model": context.space.model, "width": context.space.width,
                   "layers": len(context.space.slots), "size": context.space.size},
         "reference_point": context.reference,
         "versions": package_versions(),
-        "command": sys.argv,
+        "command": [scrub(arg, secrets) for arg in sys.argv],
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **(extra or {}),
     }  # fmt: skip

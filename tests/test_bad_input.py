@@ -1,4 +1,5 @@
-"""Bad input through the real command line: every case must end with exit code 2, ONE
+"""Bad input through the real command line (subprocesses; the much larger table, every option
+of every command, runs in-process in tests/test_hostile_input.py): every case must end with exit code 2, ONE
 ``error: ...`` line on stderr (no traceback) that names what is wrong, and leave the existing
 study untouched.
 
@@ -101,8 +102,13 @@ CASES = [
     # Nothing listens on port 1: the line must say the storage cannot be opened (not blame a driver).
     Case("storage-unreachable", ("--storage", "postgresql://u@127.0.0.1:1/db"), "cannot open storage"),
     Case("storage-unreachable-psycopg2", ("--storage", "postgresql+psycopg2://u@127.0.0.1:1/db"), "cannot open storage"),
-    Case("storage-folder-under-a-file", ("--storage", "sqlite:///{dir}/afile/sub/studies.db"), "cannot create",
-         files={"afile": "a regular file\n"}),
+    # An explicit storage's folder must exist: a typo never starts a new study elsewhere.
+    Case("storage-folder-under-a-file", ("--storage", "sqlite:///{dir}/afile/sub/studies.db"), "does not exist",
+         files={"afile": "a regular file\n"}, absent=("afile/sub",)),
+    # The password is masked in the error line (the line must show the URL as u:***@).
+    Case("storage-password-masked", ("--storage", "postgresql://u:hunter2pw@127.0.0.1:1/db"), "u:***@127.0.0.1"),
+    # NaN passed validation once, failed every trial and bricked the study (its protocol had NaN).
+    Case("lr-nan", ("--lr", "nan"), "--lr"),
     # -- the existing study: options that would change what it searches
     # The line must name what differs (the width), not only the per-layer choices it implies.
     Case("study-other-width", ("--width", "0.5"), "width"),
@@ -123,7 +129,7 @@ CASES = [
          absent=("short.pt", "short.retrain.json")),
     Case("deploy-wrong-layer-count", ("{dir}/long.json",), "13 layer specs", command="deploy", files={"long.json": _config([HET2] * 13)},
          absent=("long.torchscript.pt",)),
-    Case("deploy-batch-zero", ("{dir}/ok.json", "--batch", "0"), "--batch must be at least 1", command="deploy",
+    Case("deploy-batch-zero", ("{dir}/ok.json", "--batch", "0"), "--batch", command="deploy",
          files={"ok.json": _config([HET2] * 12)}, absent=("ok.torchscript.pt",)),
     Case("deploy-unknown-flgc-form", ("{dir}/ok.json", "--flgc-form", "sparse"), "--flgc-form", command="deploy",
          files={"ok.json": _config([HET2] * 12)}, absent=("ok.torchscript.pt",)),
@@ -289,6 +295,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_study_alone(case: Case, out
     assert lines[0].startswith("error:"), shown
     assert lines[0][len("error:"):].strip(), shown
     assert case.hint in lines[0], f"hint {case.hint!r} not in the error line:{shown}"
+    assert "hunter2pw" not in out.stderr + out.stdout, shown
     if out.before is not None:
         assert out.after is not None, f"the study storage disappeared:{shown}"
         assert out.after == out.before, f"the study changed:\nbefore {out.before}\nafter  {out.after}{shown}"
