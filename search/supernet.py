@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from layers import create_conv2d, hetconv_block_mask
-from layers.flgc import _straight_through_one_hot, balanced_assignment
+from layers.flgc import _one_hot, _straight_through_one_hot, device_balanced_assignment
 from models import Architecture, LayerSlot, LayerSpec, build_model, mark_searchable, searchable_layers
 from spaces import SearchSpace, SpaceError
 
@@ -118,8 +118,8 @@ class SuperConv2d(nn.Module):
                 b_out = _straight_through_one_hot(self.out_logits[g], out_groups)
                 b_in = _straight_through_one_hot(self.in_logits[g], in_groups)
             else:
-                b_out = F.one_hot(out_groups, spec.groups).to(self.weight.dtype)
-                b_in = F.one_hot(in_groups, spec.groups).to(self.weight.dtype)
+                b_out = _one_hot(out_groups, spec.groups, self.weight.dtype)
+                b_in = _one_hot(in_groups, spec.groups, self.weight.dtype)
             mask = b_out @ b_in.t()
             weight = self.weight * mask[:, :, None, None].to(self.weight.dtype)
             return F.conv2d(x, weight, None, self.stride, self.padding)
@@ -139,7 +139,7 @@ class SuperConv2d(nn.Module):
         assigned = []
         for side, logits in (("out", self.out_logits[g]), ("in", self.in_logits[g])):
             name = f"_{side}_groups_{g}"
-            assignment = balanced_assignment(logits, getattr(self, name))
+            assignment = device_balanced_assignment(logits, getattr(self, name))
             setattr(self, name, assignment)
             assigned.append(assignment)
         return assigned[0], assigned[1]
