@@ -19,6 +19,8 @@ as an option and is counted by its true connections.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -29,6 +31,7 @@ __all__ = [
     "balanced_assignment",
     "default_rounds",
     "device_balanced_assignment",
+    "device_balanced_assignments",
     "is_stable_assignment",
     "param_groups_without_logit_decay",
 ]
@@ -113,33 +116,62 @@ def device_balanced_assignment(
     packed into groups in the order of their last proposals, which is balanced too.
     Returns group indices (R,), int64, on the logits' device.
     """
-    rows, groups = logits.shape
-    if rows % groups:
-        raise ValueError(f"{rows} rows cannot be split into {groups} equal groups")
-    device = logits.device
+    return device_balanced_assignments([logits], [previous], rounds)[0]
+
+
+@torch.no_grad()
+def device_balanced_assignments(
+    logits: Sequence[torch.Tensor], previous: Sequence[torch.Tensor | None], rounds: int | None = None
+) -> list[torch.Tensor]:
+    """:func:`device_balanced_assignment` of several logit matrices (with the same device and
+    group count, e.g. the input and output side of one layer) solved together: side i gets
+    columns ``i*G .. i*G+G-1`` of one block-diagonal problem, so the rounds launch half the
+    kernels of two separate calls (a GPU at CIFAR scale is bound by launches, not work)."""
+    groups = logits[0].shape[1]
+    sizes = [side.shape[0] for side in logits]
+    for rows, side in zip(sizes, logits):
+        if side.shape[1] != groups or rows % groups:
+            raise ValueError(f"{rows} rows cannot be split into {side.shape[1]} equal groups")
+    device = logits[0].device
     if groups == 1:
-        return torch.zeros(rows, dtype=torch.long, device=device)
-    cap, pairs = rows // groups, rows * groups
-    scores = torch.nan_to_num(logits.detach().double(), nan=-1e300, posinf=1e300, neginf=-1e300)
+        return [torch.zeros(rows, dtype=torch.long, device=device) for rows in sizes]
+    sides, rows = len(logits), sum(sizes)
+    cols = sides * groups
+    scores = torch.full((rows, cols), -math.inf, dtype=torch.float64, device=device)
+    for i, side in enumerate(logits):
+        start = sum(sizes[:i])
+        scores[start : start + sizes[i], i * groups : (i + 1) * groups] = torch.nan_to_num(
+            side.detach().double(), nan=-1e300, posinf=1e300, neginf=-1e300
+        )
     order = torch.argsort(scores.flatten(), descending=True, stable=True)
-    # keys: distinct ranks, larger is better; a rejected pair becomes -1.
-    alive = torch.empty_like(order).index_put_((order,), torch.arange(pairs - 1, -1, -1, device=device))
-    alive = alive.view(rows, groups)
+    # keys: distinct ranks, larger is better (row-major ties, as the greedy); -1 is "not a
+    # choice": rejected, or another side's column.
+    alive = torch.empty_like(order).index_put_((order,), torch.arange(rows * cols - 1, -1, -1, device=device))
+    alive = alive.view(rows, cols).masked_fill_(scores == -math.inf, -1)
+    # (built on the device: a tensor from a Python list would be a copy that waits on the GPU)
+    caps = torch.cat([torch.full((groups,), size // groups, device=device) for size in sizes])
+    top = max(sizes) // groups
     for _ in range(default_rounds(groups) if rounds is None else rounds):
         best = alive.max(dim=1, keepdim=True).values
         proposals = torch.where(alive == best, alive, -1)  # each row's one proposal, else -1
-        kept_from = proposals.topk(cap, dim=0).values[cap - 1]  # each group's R/G-th best
+        kept_from = proposals.topk(top, dim=0).values.gather(0, caps[None] - 1)  # each group's cap-th best
         alive = alive.masked_fill((proposals >= 0) & (proposals < kept_from), -1)
     best, choice = alive.max(dim=1)
-    # Pack rows by (proposal, rank): when settled, every group got exactly R/G proposals and
-    # the packing is the proposals themselves.
-    packed = torch.empty_like(choice).index_put_(
-        (torch.argsort(choice * pairs - best, stable=True),), torch.arange(rows, device=device) // cap
-    )
-    if previous is None:
-        return packed
-    settled = (packed == choice).all()
-    return torch.where(settled, packed, previous.to(device))
+    results = []
+    for i, side_prev in enumerate(previous):
+        start = sum(sizes[:i])
+        side_best, side_choice = best[start : start + sizes[i]], choice[start : start + sizes[i]] - i * groups
+        cap = sizes[i] // groups
+        # Pack rows by (proposal, rank): when settled every group got exactly cap proposals,
+        # and the packing is the proposals themselves.
+        packed = torch.empty_like(side_choice).index_put_(
+            (torch.argsort(side_choice * rows * cols - side_best, stable=True),),
+            torch.arange(sizes[i], device=device) // cap,
+        )
+        if side_prev is not None:
+            packed = torch.where((packed == side_choice).all(), packed, side_prev.to(device))
+        results.append(packed)
+    return results
 
 
 def _one_hot(index: torch.Tensor, classes: int, dtype: torch.dtype) -> torch.Tensor:
@@ -263,8 +295,9 @@ class FLGConv2d(nn.Module):
             return self._hard[1]
         with torch.no_grad():
             if self.balanced:
-                in_groups = device_balanced_assignment(self.in_logits, self._in_groups)
-                out_groups = device_balanced_assignment(self.out_logits, self._out_groups)
+                in_groups, out_groups = device_balanced_assignments(
+                    [self.in_logits, self.out_logits], [self._in_groups, self._out_groups]
+                )
                 self._in_groups, self._out_groups = in_groups, out_groups
             else:
                 in_groups, out_groups = self.in_logits.argmax(dim=1), self.out_logits.argmax(dim=1)

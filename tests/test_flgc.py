@@ -431,6 +431,14 @@ def test_device_assignment_equals_host_greedy(rows, groups):
             assert torch.equal(device_balanced_assignment(logits, torch.arange(rows) % groups), expected), name
 
 
+@pytest.mark.parametrize("c,n,g", [(8, 12, 4), (64, 16, 8), (12, 6, 3), (32, 32, 16)])
+def test_layer_solves_both_sides_together_exactly(c, n, g):
+    for seed in range(3):
+        layer = make_flgc(c, n, g, seed=seed, logit_scale=0.01)
+        assert torch.equal(layer.input_groups(), balanced_assignment(layer.in_logits))
+        assert torch.equal(layer.output_groups(), balanced_assignment(layer.out_logits))
+
+
 def test_device_assignment_keeps_previous_when_rounds_do_not_settle():
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(64, 8, generator=gen)
