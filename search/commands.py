@@ -98,6 +98,7 @@ def write_outputs(study, study_dir: Path, out=sys.stderr) -> None:
 def search(settings, write_report: bool = True) -> None:
     from .errors import UserError
     from .train import resolve_device
+    from .workers import packed_workers
 
     try:
         resolve_device(settings.training.device)
@@ -116,10 +117,10 @@ def search(settings, write_report: bool = True) -> None:
         from .ray_driver import run_ray_search
 
         study = run_ray_search(settings)
-    elif settings.workers > 1 and settings.worker_index is None:
+    elif settings.worker_index is None and (workers := packed_workers(settings)) > 1:
         from .workers import run_workers
 
-        study = run_workers(settings)
+        study = run_workers(settings.replace(workers=workers))
     else:
         from .optuna_driver import run_optuna_search
 

@@ -112,6 +112,7 @@ class Settings:
     min_epochs: int = 1  # first rung
     eta: int = 3  # a trial continues past a rung if among the best 1/eta there
     workers: int = 1  # worker processes on this machine
+    trials_per_gpu: int | None = None  # Optuna backend on CUDA: worker processes per GPU (None: auto)
     worker_index: int | None = None  # set in the processes --workers starts
     # Ray backend
     ray_address: str | None = None  # join this cluster ("auto" or host:port); None: a local Ray
@@ -165,6 +166,8 @@ class Settings:
             raise SettingsError("--retrain-top must be >= 0 and --supernet-epochs >= 1")
         if self.checkpoint_every < 0 or self.workers < 1:
             raise SettingsError("--checkpoint-every must be >= 0 and --workers >= 1")
+        if self.trials_per_gpu is not None and self.trials_per_gpu < 1:
+            raise SettingsError(f"--trials-per-gpu must be >= 1, got {self.trials_per_gpu}")
         if self.max_failures < 1:
             raise SettingsError(f"--max-failures must be at least 1, got {self.max_failures}")
         if self.max_mflops is not None and self.max_mflops <= 0:

@@ -40,6 +40,7 @@ __all__ = [
     "prepare_training",
     "resolve_device",
     "train_model",
+    "training_step",
 ]
 
 # Steps between looks at the running loss: a NaN stops training at most ~2 x this many
@@ -184,6 +185,20 @@ def prepare_training(
     return TrainingSetup(autocast_dtype, channels_last, loader, optimizer, scaler)
 
 
+def training_step(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, setup: TrainingSetup, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """One step of the recipe (forward under autocast, backward, optimizer and scaler step);
+    returns the detached loss, on the device: nothing here waits for the GPU."""
+    with torch.autocast(images.device.type, dtype=setup.autocast_dtype, enabled=setup.autocast_dtype is not None):
+        loss = F.cross_entropy(model(images).float(), labels, label_smoothing=label_smoothing)
+    setup.optimizer.zero_grad(set_to_none=True)
+    setup.scaler.scale(loss).backward()
+    setup.scaler.step(setup.optimizer)
+    setup.scaler.update()
+    return loss.detach()
+
+
 def train_model(
     model: nn.Module,
     data: Dataset,
@@ -237,13 +252,7 @@ def train_model(
             lr = lr_at(step, total_steps, warmup_steps, training.lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                loss = F.cross_entropy(model(images).float(), labels, label_smoothing=training.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += loss.detach()
+            loss_sum += training_step(model, images, labels, setup, training.label_smoothing)
             bad_at = watch.check(loss_sum, step)
             if bad_at is not None:
                 raise TrialFailed(f"loss became {loss_sum.item()} at epoch {epoch}, by step {bad_at + 1}")
