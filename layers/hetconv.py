@@ -155,6 +155,8 @@ class HetConv2d(nn.Module):
         probe = HetConv2d(self.in_channels, self.out_channels, self.part, self.kernel_size, self.stride,
                           self.padding, bias=self.gwc.bias is not None).to(x.device, self.gwc.weight.dtype)  # fmt: skip
         probe.train(self.training)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            probe.to(memory_format=torch.channels_last)  # the layout cuDNN will see
         sample = x.detach().clone().requires_grad_(self.training)
         timed = {}
         for form in ("split", "dense"):
