@@ -4,7 +4,7 @@
 1. ``train``: a training step of whole models (forward under the recipe's autocast and
    layout, cross-entropy, backward, the recipe's SGD) per space and uniform choice, against the
    dense model of the same family; HetConv in each training form (``split``, ``dense``,
-   ``auto``), FLGC as trained (balanced and ``free``). With ``--baseline-rev REV`` the same
+   ``auto``), FLGC as trained (balanced and ``free``) and with ``reassign_every=16``. With ``--baseline-rev REV`` the same
    models with the layer code of git revision REV (default ``c79171d``, before the GPU work)
    are timed in the same round-robin, so old and new compare on one machine in one run.
 2. ``deploy``: inference of the deployed models (``hetconv_form``/``flgc_form`` ``auto``)
@@ -46,6 +46,7 @@ from models import LayerSpec, build_model, deploy
 from spaces import get_space, space_names
 
 ROOT = Path(__file__).resolve().parents[1]
+REASSIGN = 16  # FLGC reassign_every timed beside the default 1
 CSV_COLUMNS = ["part", "device", "space", "model_choice", "form", "batch", "ms", "ratio", "trials_per_hour", "note"]
 VALUES = {"vgg_hetconv": ["2", "4", "8", "16"], "vgg_flgc": ["2", "4", "8"], "mbv2_flgc": ["2", "4", "8"],
           "vgg_mixed": ["hetconv:4", "flgc:4"]}  # fmt: skip
@@ -87,6 +88,14 @@ def set_hetconv_form(model: nn.Module, form: str) -> nn.Module:
     for m in model.modules():
         if isinstance(m, HetConv2d):
             m.training_form = form
+    return model
+
+
+def set_reassign_every(model: nn.Module, k: int) -> nn.Module:
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if isinstance(m, FLGConv2d):
+            m.reassign_every = k
     return model
 
 
@@ -163,9 +172,11 @@ def model_parts(args, device: torch.device, old) -> list[dict]:
                 torch.manual_seed(args.seed)
                 model = build_model(space.uniform(value))
                 has_hetconv = any(isinstance(m, HetConv2d) for m in model.modules())
-                forms = ["split", "dense", "auto"] if has_hetconv else ["as-trained"]
+                forms = ["split", "dense", "auto"] if has_hetconv else ["as-trained", f"reassign-every-{REASSIGN}"]
                 for form in forms:
                     variant = set_hetconv_form(model, form) if has_hetconv else model
+                    if form.startswith("reassign"):
+                        variant = set_reassign_every(model, REASSIGN)
                     train.append(Candidate(train_step(variant, batch, device), dict(base, part="train", model_choice=value, form=form)))
                 if old is not None:
                     train.append(Candidate(train_step(with_layers(model, old), batch, device),

@@ -11,9 +11,13 @@ backward).
 The reference code assigns by plain argmax, which leaves groups unbalanced (so no standard
 grouped convolution can run the result, and the real cost is ``sum_g |C_g| |N_g| K^2 D^2``).
 Here the default is a balanced assignment: every group gets exactly C/G channels and N/G
-filters, chosen from the logits by :func:`balanced_assignment`, so the nominal cost holds
-and the layer deploys exactly to ``nn.Conv2d(groups=G)``. Free (argmax) assignment is kept
-as an option and is counted by its true connections.
+filters, the stable assignment under the logits, so the nominal cost holds and the layer
+deploys exactly to ``nn.Conv2d(groups=G)``. Free (argmax) assignment is kept as an option and
+is counted by its true connections.
+
+The layer computes the assignment on the logits' device (:func:`device_balanced_assignment`),
+so that a GPU training step never waits on the host; :func:`balanced_assignment` is the same
+assignment by a host loop, the reference it is tested against.
 """
 
 from __future__ import annotations
@@ -62,10 +66,10 @@ def balanced_assignment(logits: torch.Tensor, previous: torch.Tensor | None = No
     both rank by the logit of the pair): no row prefers another group that holds a row with
     a lower logit for it. Because both sides rank by the same numbers, that assignment is
     unique and greedy selection finds it: take (row, group) pairs by decreasing logit and
-    keep each pair whose row is unplaced and whose group has room. That is O(RG log RG) with
-    a bounded loop, which beat a vectorized proposal-rounds version (whose rounds can chain
-    into the hundreds on near-tied logits). Returns group indices (R,), int64, on the logits'
-    device. ``previous``, if still stable under ``logits``, is returned as is.
+    keep each pair whose row is unplaced and whose group has room, O(RG log RG) in a host
+    loop. Returns group indices (R,), int64, on the logits' device. ``previous``, if still
+    stable under ``logits``, is returned as is. It reads the logits on the host (a GPU would
+    wait for it): layers use :func:`device_balanced_assignment`, which returns the same.
     """
     rows, groups = logits.shape
     if rows % groups:
@@ -321,7 +325,7 @@ class FLGConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (self.training and self._training_steps % self.reassign_every and self._hard is not None
-                and self._hard[1][2].device == self.weight.device):  # fmt: skip
+                and self._hard[0][-1] == self.weight.dtype and self._hard[1][2].device == self.weight.device):  # fmt: skip
             hard = self._hard[1]  # between reassignments: the last one, even if the logits moved
         else:
             hard = self._hard_assignment()
