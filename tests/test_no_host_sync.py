@@ -78,3 +78,16 @@ def test_hetconv_forms_and_free_flgc_on_meta(form):
         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 10),
     )  # fmt: skip
     train_step_on_meta(layers, steps=3)
+
+
+def test_non_finite_watch_looks_every_few_steps_and_keeps_seeing_a_nan():
+    from search.train import NonFiniteWatch
+
+    watch = NonFiniteWatch(torch.device("cpu"), every=4)
+    running = torch.zeros(())
+    seen = []
+    for step in range(12):
+        running += float("nan") if step == 5 else 1.0
+        seen.append(watch.check(running, step))
+    # steps 0 and 4 look at a finite sum; the NaN of step 5 is seen at the next look, step 8
+    assert seen[:8] == [None] * 8 and seen[8] == 8
