@@ -99,7 +99,7 @@ def set_reassign_every(model: nn.Module, k: int) -> nn.Module:
     return model
 
 
-def train_step(model: nn.Module, batch: int, device: torch.device):
+def train_step(model: nn.Module, batch: int, device: torch.device, lr: float = 1e-3):
     """One step of the recipe on random data: bf16 autocast and channels_last on CUDA, fused
     SGD with Nesterov momentum; float32 on CPU."""
     cuda = device.type == "cuda"
@@ -109,7 +109,7 @@ def train_step(model: nn.Module, batch: int, device: torch.device):
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,), device=device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, fused=True if cuda else None)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, fused=True if cuda else None)
     dtype = torch.bfloat16 if cuda else None
 
     def run():

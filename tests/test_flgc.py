@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from layers import FLGConv2d, balanced_assignment, create_conv2d, device_balanced_assignment, param_groups_without_logit_decay
-from layers.flgc import _straight_through_one_hot, default_rounds
+from layers.flgc import _straight_through_one_hot, default_rounds, device_balanced_assignments
 
 DTYPE = torch.float64
 
@@ -426,17 +426,24 @@ def test_device_assignment_equals_host_greedy(rows, groups):
     for seed in range(3):
         for name, logits in logit_kinds(rows, groups, seed).items():
             expected = balanced_assignment(logits)
-            assert torch.equal(device_balanced_assignment(logits), expected), name
+            # the rounds (what a GPU runs), here on the CPU
+            assert torch.equal(device_balanced_assignment(logits, host_loop_on_cpu=False), expected), name
             # a previous assignment only matters when the rounds do not settle
-            assert torch.equal(device_balanced_assignment(logits, torch.arange(rows) % groups), expected), name
+            previous = torch.arange(rows) % groups
+            assert torch.equal(device_balanced_assignment(logits, previous, host_loop_on_cpu=False), expected), name
+            # on the CPU the host loop answers (keeping a previous assignment still stable)
+            assert torch.equal(device_balanced_assignment(logits), expected), name
 
 
 @pytest.mark.parametrize("c,n,g", [(8, 12, 4), (64, 16, 8), (12, 6, 3), (32, 32, 16)])
-def test_layer_solves_both_sides_together_exactly(c, n, g):
+def test_both_sides_solved_together_exactly(c, n, g):
+    """The layer solves its input and output side as one block-diagonal problem."""
     for seed in range(3):
         layer = make_flgc(c, n, g, seed=seed, logit_scale=0.01)
-        assert torch.equal(layer.input_groups(), balanced_assignment(layer.in_logits))
-        assert torch.equal(layer.output_groups(), balanced_assignment(layer.out_logits))
+        sides = device_balanced_assignments([layer.in_logits, layer.out_logits], [None, None], host_loop_on_cpu=False)
+        assert torch.equal(sides[0], balanced_assignment(layer.in_logits))
+        assert torch.equal(sides[1], balanced_assignment(layer.out_logits))
+        assert torch.equal(layer.input_groups(), sides[0]) and torch.equal(layer.output_groups(), sides[1])
 
 
 def test_device_assignment_keeps_previous_when_rounds_do_not_settle():
@@ -445,10 +452,11 @@ def test_device_assignment_keeps_previous_when_rounds_do_not_settle():
     previous = torch.randperm(64, generator=gen) % 8
     exact = balanced_assignment(logits)
     assert not torch.equal(previous, exact)
-    assert torch.equal(device_balanced_assignment(logits, previous, rounds=1), previous)
+    rounds = dict(host_loop_on_cpu=False)
+    assert torch.equal(device_balanced_assignment(logits, previous, rounds=1, **rounds), previous)
     # without a previous one the unsettled result is still balanced
-    assert_valid_balanced(device_balanced_assignment(logits, rounds=1), 64, 8)
-    assert torch.equal(device_balanced_assignment(logits, previous, rounds=default_rounds(8)), exact)
+    assert_valid_balanced(device_balanced_assignment(logits, rounds=1, **rounds), 64, 8)
+    assert torch.equal(device_balanced_assignment(logits, previous, rounds=default_rounds(8), **rounds), exact)
 
 
 def reference_masked_weight(layer: FLGConv2d) -> torch.Tensor:
