@@ -185,6 +185,9 @@ def model_parts(args, device: torch.device, old) -> list[dict]:
                     arch = space.uniform(value)
                     free = build_model(replace(arch, layers=tuple(LayerSpec.flgc(s.groups, balanced=False) for s in arch.layers)))
                     train.append(Candidate(train_step(free, batch, device), dict(base, part="train", model_choice=f"{value}:free", form="as-trained")))
+                    if old is not None:
+                        train.append(Candidate(train_step(with_layers(free, old), batch, device),
+                                               dict(base, part="train", model_choice=f"{value}:free", form=f"old {args.baseline_rev}")))  # fmt: skip
                 infer_c.append(Candidate(infer(model, batch, device), dict(base, part="deploy", model_choice=value, form="deployed")))
             measure(train, args, device)
             measure(infer_c, args, device)
