@@ -12,6 +12,7 @@ The packing-rule tests at the end run everywhere (they need no GPU).
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -137,8 +138,9 @@ def test_training_step_never_synchronises(name, tmp_path):
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]}  # one GPU
     proc = subprocess.run([sys.executable, str(ROOT / "run_search.py"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+                          text=True, timeout=600, env=env)  # fmt: skip
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-4000:]}"
     return proc
 
