@@ -159,41 +159,53 @@ def rows_of(candidates: list[Candidate]) -> list[dict]:
 
 
 def model_parts(args, device: torch.device, old) -> list[dict]:
+    """Training steps (and deployed inference) of uniform models of every space, each
+    against the dense model of its space, batch by batch."""
     rows = []
+    old_form = f"old {args.baseline_rev}"
     for name in args.spaces:
         space = get_space(name, width=args.width)
         for batch in args.batch_sizes:
+            base = dict(device=device.type, space=name, batch=batch)
+            train: list[Candidate] = []
+            inference: list[Candidate] = []
+
+            def timed(model: nn.Module, choice: str, form: str) -> None:
+                # every candidate a private copy: measured here, the original module timed
+                # up to 15 % apart from its deep copies on CPU
+                step = train_step(copy.deepcopy(model), batch, device)
+                train.append(Candidate(step, dict(base, part="train", model_choice=choice, form=form)))
+
+            def timed_with_old(model: nn.Module, choice: str, form: str) -> None:
+                timed(model, choice, form)
+                if old is not None:
+                    timed(with_layers(model, old), choice, old_form)
+
             torch.manual_seed(args.seed)
             dense = build_model(space.dense())
-            base = dict(device=device.type, space=name, batch=batch)
-            train = [Candidate(train_step(copy.deepcopy(dense), batch, device), dict(base, part="train", model_choice="dense", form="dense"))]
-            infer_c = [Candidate(infer(copy.deepcopy(dense), batch, device), dict(base, part="deploy", model_choice="dense", form="deployed"))]
+            timed(dense, "dense", "dense")
+            inference.append(Candidate(infer(copy.deepcopy(dense), batch, device),
+                                       dict(base, part="deploy", model_choice="dense", form="deployed")))  # fmt: skip
             for value in VALUES[name][: 2 if args.quick else None]:
                 torch.manual_seed(args.seed)
                 model = build_model(space.uniform(value))
-                has_hetconv = any(isinstance(m, HetConv2d) for m in model.modules())
-                forms = ["split", "dense", "auto"] if has_hetconv else ["as-trained", f"reassign-every-{REASSIGN}"]
-                for form in forms:
-                    # every candidate a private copy: measured here, the original module
-                    # timed up to 15 % apart from its deep copies on CPU
-                    variant = set_hetconv_form(model, form) if has_hetconv else copy.deepcopy(model)
-                    if form.startswith("reassign"):
-                        variant = set_reassign_every(model, REASSIGN)
-                    train.append(Candidate(train_step(variant, batch, device), dict(base, part="train", model_choice=value, form=form)))
-                if old is not None:
-                    train.append(Candidate(train_step(with_layers(model, old), batch, device),
-                                           dict(base, part="train", model_choice=value, form=f"old {args.baseline_rev}")))  # fmt: skip
+                if any(isinstance(m, HetConv2d) for m in model.modules()):
+                    for form in ("split", "dense", "auto"):
+                        timed(set_hetconv_form(model, form), value, form)
+                    if old is not None:
+                        timed(with_layers(model, old), value, old_form)
+                else:
+                    timed_with_old(model, value, "as-trained")
+                    timed(set_reassign_every(model, REASSIGN), value, f"reassign-every-{REASSIGN}")
                 if name == "vgg_flgc" and value == VALUES[name][0]:  # free assignment, as the paper's code
                     arch = space.uniform(value)
-                    free = build_model(replace(arch, layers=tuple(LayerSpec.flgc(s.groups, balanced=False) for s in arch.layers)))
-                    train.append(Candidate(train_step(free, batch, device), dict(base, part="train", model_choice=f"{value}:free", form="as-trained")))
-                    if old is not None:
-                        train.append(Candidate(train_step(with_layers(free, old), batch, device),
-                                               dict(base, part="train", model_choice=f"{value}:free", form=f"old {args.baseline_rev}")))  # fmt: skip
-                infer_c.append(Candidate(infer(model, batch, device), dict(base, part="deploy", model_choice=value, form="deployed")))
+                    free_layers = tuple(LayerSpec.flgc(s.groups, balanced=False) for s in arch.layers)
+                    timed_with_old(build_model(replace(arch, layers=free_layers)), f"{value}:free", "as-trained")
+                inference.append(Candidate(infer(model, batch, device),
+                                           dict(base, part="deploy", model_choice=value, form="deployed")))  # fmt: skip
             measure(train, args, device)
-            measure(infer_c, args, device)
-            rows += rows_of(train) + rows_of(infer_c)
+            measure(inference, args, device)
+            rows += rows_of(train) + rows_of(inference)
     return rows
 
 

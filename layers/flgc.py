@@ -321,7 +321,8 @@ class FLGConv2d(nn.Module):
                 in_groups, out_groups = self.in_logits.argmax(dim=1), self.out_logits.argmax(dim=1)
             dtype = self.weight.dtype
             mask = (out_groups[:, None] == in_groups[None, :]).to(dtype)
-            hard = (in_groups, out_groups, mask, _one_hot(in_groups, self.groups, dtype), _one_hot(out_groups, self.groups, dtype))
+            b_in, b_out = _one_hot(in_groups, self.groups, dtype), _one_hot(out_groups, self.groups, dtype)
+            hard = (in_groups, out_groups, mask, b_in, b_out)
         self._hard = (key, hard)
         return hard
 
@@ -338,9 +339,10 @@ class FLGConv2d(nn.Module):
         return self._hard_assignment()[2].clone()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.training and self._training_steps % self.reassign_every and self._hard is not None
-                and self._hard[0][-1] == self.weight.dtype and self._hard[1][2].device == self.weight.device):  # fmt: skip
-            hard = self._hard[1]  # between reassignments: the last one, even if the logits moved
+        last = self._hard
+        if (self.training and self._training_steps % self.reassign_every and last is not None
+                and last[0][-1] == self.weight.dtype and last[1][2].device == self.weight.device):  # fmt: skip
+            hard = last[1]  # between reassignments: the last one, even if the logits moved
         else:
             hard = self._hard_assignment()
         if self.training:
