@@ -43,7 +43,7 @@ from spaces import SearchSpace, SpaceError
 from .cost import slot_macs
 from .data import BatchLoader, Dataset
 from .settings import TrainingSettings
-from .train import TrialFailed, evaluate_loader, lr_at, prepare_training
+from .train import NonFiniteWatch, TrialFailed, evaluate_loader, lr_at, prepare_training
 
 __all__ = [
     "SuperConv2d",
@@ -300,7 +300,7 @@ def train_supernet(
     largest, smallest = supernet.largest(), supernet.smallest()
     total_steps = len(loader) * training.epochs
     warmup_steps = int(round(training.warmup_epochs * len(loader)))
-    check_every = 1 if device.type == "cpu" else 10
+    watch = NonFiniteWatch(device)  # looks every few steps without waiting on the GPU
     history: list[dict] = []
     step = 0
     for epoch in range(1, training.epochs + 1):
@@ -325,13 +325,14 @@ def train_supernet(
                     loss = F.kl_div(logits.log_softmax(dim=1), teacher, reduction="batchmean")
                 scaler.scale(loss).backward()
                 losses.append(loss.detach())
-            if step % check_every == 0 and not all(torch.isfinite(v) for v in losses):
-                bad = [f"{arch.summary()}: {v.item()}" for arch, v in zip(candidates, losses) if not torch.isfinite(v)]
-                raise TrialFailed(f"supernet loss became non-finite at epoch {epoch}, step {step + 1} ({bad[0]})")
             scaler.step(optimizer)
             scaler.update()
             loss_sum += losses[0]
             distill_sum += sum(losses[1:], torch.zeros((), device=device)) / max(len(losses) - 1, 1)
+            bad_at = watch.check(loss_sum + distill_sum, step)
+            if bad_at is not None:  # name a candidate whose loss is non-finite now, if any
+                bad = [f" ({arch.summary()}: {v.item()})" for arch, v in zip(candidates, losses) if not torch.isfinite(v)]
+                raise TrialFailed(f"supernet loss became non-finite at epoch {epoch}, by step {bad_at + 1}{(bad or [''])[0]}")
             step += 1
         train_loss = loss_sum.item() / max(len(loader), 1)
         if not math.isfinite(train_loss):
