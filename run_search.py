@@ -111,6 +111,9 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--study-name", default=None, help="(default: <space>-<dataset>)")
     g.add_argument("--max-failures", type=_n("max_failures"), default=5, help="stop after this many failed trials in a row (default: 5)")
     g.add_argument("--workers", type=_n("workers"), default=1, help="worker processes on this machine, one study (default: 1)")
+    g.add_argument("--trials-per-gpu", type=_n("trials_per_gpu"), default=None,
+                   help="on CUDA: trials trained at once per GPU, one worker process each (default: 4 where "
+                        "--workers is 1, the Optuna backend trains each candidate and --device is auto or cuda; else 1)")
     g.add_argument("--checkpoint-every", type=_n("checkpoint_every"), default=0,
                    help="save a trial's training state every K epochs; a retried trial resumes from it (default: off)")
     g.add_argument("--no-report", action="store_true", help="do not write the report and exports at the end")
@@ -198,7 +201,8 @@ def settings_from_args(args: argparse.Namespace):
         max_mflops=args.max_mflops, baselines=args.baselines, preset=args.preset,
         max_failures=args.max_failures, quiet=args.quiet, ray_address=args.address, ray_storage=args.ray_storage,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
-        ray_retries=args.ray_retries, workers=args.workers, checkpoint_every=args.checkpoint_every,
+        ray_retries=args.ray_retries, workers=args.workers, trials_per_gpu=args.trials_per_gpu,
+        checkpoint_every=args.checkpoint_every,
         early_stop=args.early_stop, min_epochs=args.min_epochs, eta=args.eta, latency=args.latency,
         latency_batch=args.latency_batch, strategy=args.strategy, retrain_top=args.retrain_top,
         supernet_epochs=args.supernet_epochs,

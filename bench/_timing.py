@@ -193,27 +193,38 @@ class Candidate:
         return statistics.median(self.samples) if self.samples else math.nan
 
 
-def _time_calls(fn: Callable[[], Any], calls: int) -> float:
+def _time_calls(fn: Callable[[], Any], calls: int, sync: Callable[[], Any] | None = None) -> float:
+    if sync is not None:
+        sync()
     start = time.perf_counter()
     for _ in range(calls):
         fn()
+    if sync is not None:
+        sync()
     return (time.perf_counter() - start) * 1e3 / calls
 
 
 def measure_round_robin(
-    candidates: Sequence[Candidate], repeats: int, warmup: int, min_sample_ms: float = 5.0
+    candidates: Sequence[Candidate],
+    repeats: int,
+    warmup: int,
+    min_sample_ms: float = 5.0,
+    sync: Callable[[], Any] | None = None,
 ) -> None:
     """Warm up every candidate, choose how many calls make one sample, then take samples
-    round-robin (one per candidate per round) and store them in ``candidate.samples``."""
+    round-robin (one per candidate per round) and store them in ``candidate.samples``.
+
+    ``sync`` (e.g. ``torch.cuda.synchronize``) runs before and after every sample, so that a
+    sample of asynchronous GPU work times the work, not its launch."""
     for c in candidates:
         for _ in range(max(1, warmup)):
-            first = _time_calls(c.fn, 1)
+            first = _time_calls(c.fn, 1, sync)
         c.calls = 1 if first >= min_sample_ms else min(1000, math.ceil(min_sample_ms / max(first, 1e-3)))
     rounds = max([repeats] + [c.repeats or 0 for c in candidates])
     for r in range(rounds):
         for c in candidates:
             if r < (c.repeats or repeats):
-                c.samples.append(_time_calls(c.fn, c.calls))
+                c.samples.append(_time_calls(c.fn, c.calls, sync))
 
 
 # ---------------------------------------------------------------------------

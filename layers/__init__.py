@@ -2,7 +2,7 @@
 
 from .create_conv2d import LAYER_TYPES, create_conv2d
 from .deployed import ChannelGather, ConvSum, GroupSplitConv
-from .flgc import FLGConv2d, balanced_assignment, param_groups_without_logit_decay
+from .flgc import FLGConv2d, balanced_assignment, device_balanced_assignment, param_groups_without_logit_decay
 from .hetconv import HetConv2d, hetconv_block_mask
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "FLGConv2d",
     "HetConv2d",
     "balanced_assignment",
+    "device_balanced_assignment",
     "create_conv2d",
     "hetconv_block_mask",
     "param_groups_without_logit_decay",

@@ -178,6 +178,8 @@ def search(settings, write_report: bool = True) -> None:
 
 def run_search(settings, write_report: bool = True) -> None:
     """The search itself, once :func:`check_search` has passed."""
+    from .workers import packed_workers
+
     if settings.strategy == "one-shot":
         from .one_shot import one_shot_study_name, run_one_shot_search
 
@@ -191,10 +193,10 @@ def run_search(settings, write_report: bool = True) -> None:
         from .ray_driver import run_ray_search
 
         study = run_ray_search(settings)
-    elif settings.workers > 1 and settings.worker_index is None:
+    elif settings.worker_index is None and (workers := packed_workers(settings)) > 1:
         from .workers import run_workers
 
-        study = run_workers(settings)
+        study = run_workers(settings.replace(workers=workers))
     else:
         from .optuna_driver import run_optuna_search
 

@@ -351,7 +351,8 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.images)
         bs = self.batch_size
-        order = torch.randperm(n, generator=self._generator).to(self.device) if self.train else None
+        # non_blocking: a copy from pageable memory is staged at once, without waiting on the GPU
+        order = torch.randperm(n, generator=self._generator).to(self.device, non_blocking=True) if self.train else None
         for b in range(len(self)):
             lo, hi = b * bs, min((b + 1) * bs, n)
             if order is not None:
@@ -382,7 +383,7 @@ class BatchLoader:
             flip = torch.rand(count, generator=gen) < 0.5
             cols_fwd = torch.where(flip[:, None], width - 1 - cols_fwd, cols_fwd)
         cols = dx[:, None] + cols_fwd  # (B, W)
-        rows, cols = rows.to(self.device), cols.to(self.device)
+        rows, cols = rows.to(self.device, non_blocking=True), cols.to(self.device, non_blocking=True)
 
         padded = F.pad(x, (p, p, p, p)) if p > 0 else x
         k = torch.arange(count, device=self.device)[:, None, None, None]

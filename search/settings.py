@@ -137,6 +137,7 @@ NUMBERS: dict[str, Number] = {
     "seed": Number(int, 0, SEED_MAX),
     "max_failures": Number(int, 1, INT_MAX),
     "workers": Number(int, 1, 1024),
+    "trials_per_gpu": Number(int, 1, 1024, optional=True),
     "checkpoint_every": Number(int, 0, INT_MAX),
     "cpus_per_trial": Number(float, 0, 4096, low_open=True),
     "gpus_per_trial": Number(float, 0, 4096, optional=True),
@@ -329,6 +330,7 @@ class Settings:
     min_epochs: int = 1  # first rung
     eta: int = 3  # a trial continues past a rung if among the best 1/eta there
     workers: int = 1  # worker processes on this machine
+    trials_per_gpu: int | None = None  # Optuna backend on CUDA: worker processes per GPU (None: auto)
     worker_index: int | None = None  # set in the processes --workers starts
     # Ray backend
     ray_address: str | None = None  # join this cluster ("auto" or host:port); None: a local Ray

@@ -36,14 +36,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from layers import create_conv2d, hetconv_block_mask
-from layers.flgc import _straight_through_one_hot, balanced_assignment
+from layers.flgc import _one_hot, _straight_through_one_hot, device_balanced_assignment
 from models import Architecture, LayerSlot, LayerSpec, build_model, mark_searchable, searchable_layers
 from spaces import SearchSpace, SpaceError
 
 from .cost import slot_macs
 from .data import BatchLoader, Dataset
 from .settings import TrainingSettings
-from .train import TrialFailed, evaluate_loader, lr_at, prepare_training
+from .train import NonFiniteWatch, TrialFailed, evaluate_loader, lr_at, prepare_training
 
 __all__ = [
     "SuperConv2d",
@@ -118,8 +118,8 @@ class SuperConv2d(nn.Module):
                 b_out = _straight_through_one_hot(self.out_logits[g], out_groups)
                 b_in = _straight_through_one_hot(self.in_logits[g], in_groups)
             else:
-                b_out = F.one_hot(out_groups, spec.groups).to(self.weight.dtype)
-                b_in = F.one_hot(in_groups, spec.groups).to(self.weight.dtype)
+                b_out = _one_hot(out_groups, spec.groups, self.weight.dtype)
+                b_in = _one_hot(in_groups, spec.groups, self.weight.dtype)
             mask = b_out @ b_in.t()
             weight = self.weight * mask[:, :, None, None].to(self.weight.dtype)
             return F.conv2d(x, weight, None, self.stride, self.padding)
@@ -139,7 +139,7 @@ class SuperConv2d(nn.Module):
         assigned = []
         for side, logits in (("out", self.out_logits[g]), ("in", self.in_logits[g])):
             name = f"_{side}_groups_{g}"
-            assignment = balanced_assignment(logits, getattr(self, name))
+            assignment = device_balanced_assignment(logits, getattr(self, name))
             setattr(self, name, assignment)
             assigned.append(assignment)
         return assigned[0], assigned[1]
@@ -300,7 +300,7 @@ def train_supernet(
     largest, smallest = supernet.largest(), supernet.smallest()
     total_steps = len(loader) * training.epochs
     warmup_steps = int(round(training.warmup_epochs * len(loader)))
-    check_every = 1 if device.type == "cpu" else 10
+    watch = NonFiniteWatch(device)  # looks every few steps without waiting on the GPU
     history: list[dict] = []
     step = 0
     for epoch in range(1, training.epochs + 1):
@@ -325,13 +325,14 @@ def train_supernet(
                     loss = F.kl_div(logits.log_softmax(dim=1), teacher, reduction="batchmean")
                 scaler.scale(loss).backward()
                 losses.append(loss.detach())
-            if step % check_every == 0 and not all(torch.isfinite(v) for v in losses):
-                bad = [f"{arch.summary()}: {v.item()}" for arch, v in zip(candidates, losses) if not torch.isfinite(v)]
-                raise TrialFailed(f"supernet loss became non-finite at epoch {epoch}, step {step + 1} ({bad[0]})")
             scaler.step(optimizer)
             scaler.update()
             loss_sum += losses[0]
             distill_sum += sum(losses[1:], torch.zeros((), device=device)) / max(len(losses) - 1, 1)
+            bad_at = watch.check(loss_sum + distill_sum, step)
+            if bad_at is not None:  # name a candidate whose loss is non-finite now, if any
+                bad = [f" ({arch.summary()}: {v.item()})" for arch, v in zip(candidates, losses) if not torch.isfinite(v)]
+                raise TrialFailed(f"supernet loss became non-finite at epoch {epoch}, by step {bad_at + 1}{(bad or [''])[0]}")
             step += 1
         train_loss = loss_sum.item() / max(len(loader), 1)
         if not math.isfinite(train_loss):

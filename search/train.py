@@ -3,8 +3,13 @@
 The recipe: SGD with Nesterov momentum, a cosine learning-rate schedule after a linear
 warm-up (stepped per batch), weight decay except on FLGC assignment logits, biases and
 BatchNorm, random crop + flip, optional label smoothing. On CUDA: mixed precision and
-channels_last; on CPU: float32. A loss that becomes NaN or infinite stops the run at once
-with that reason (:class:`TrialFailed`) instead of wasting its remaining epochs.
+channels_last; on CPU: float32. A loss that becomes NaN or infinite stops the run within a
+few steps with that reason (:class:`TrialFailed`) instead of wasting its remaining epochs.
+
+No step waits on the device: the loss is summed on the device and its finiteness copied to
+the host asynchronously every few steps (:class:`NonFiniteWatch`); the host reads it once the
+copy has landed, and once per epoch for the epoch's mean loss. (With float16 autocast, on
+GPUs without bfloat16, the gradient scaler still checks for overflow once per step.)
 """
 
 from __future__ import annotations
@@ -25,7 +30,22 @@ from layers import param_groups_without_logit_decay
 from .data import BatchLoader, Dataset
 from .settings import TrainingSettings
 
-__all__ = ["EpochRecord", "TrainingSetup", "prepare_training", "TrialFailed", "evaluate_loader", "resolve_device", "train_model"]
+__all__ = [
+    "CHECK_EVERY",
+    "EpochRecord",
+    "NonFiniteWatch",
+    "TrainingSetup",
+    "TrialFailed",
+    "evaluate_loader",
+    "prepare_training",
+    "resolve_device",
+    "train_model",
+    "training_step",
+]
+
+# Steps between looks at the running loss: a NaN stops training at most ~2 x this many
+# steps after it appears, and the GPU never drains its queue for the look.
+CHECK_EVERY = 10
 
 
 class TrialFailed(RuntimeError):
@@ -73,18 +93,58 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> flo
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+class NonFiniteWatch:
+    """Tells whether a running loss sum went NaN or infinite without waiting on the device.
+
+    Every ``every`` steps, :meth:`check` starts a non-blocking copy of the sum's finiteness
+    to the host and looks at the copy started the time before, if the device has finished it
+    (a CUDA event says so without waiting). On the CPU the copy is immediate. A non-finite
+    loss makes the sum non-finite for good, so a late look still sees it.
+    """
+
+    def __init__(self, device: torch.device, every: int = CHECK_EVERY) -> None:
+        self.every = every
+        self.device = device
+        self._pending: list[tuple[torch.Tensor, torch.cuda.Event | None, int]] = []
+
+    def check(self, running_sum: torch.Tensor, step: int) -> int | None:
+        """The step at whose look the sum was first seen non-finite, else None."""
+        if step % self.every == 0:
+            finite = torch.isfinite(running_sum.detach())
+            if self.device.type == "cuda":
+                host = torch.empty((), dtype=torch.bool, pin_memory=True)
+                host.copy_(finite, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()
+                self._pending.append((host, event, step))
+            else:
+                self._pending.append((finite, None, step))
+        while self._pending and (self._pending[0][1] is None or self._pending[0][1].query()):
+            host, _, looked_at = self._pending.pop(0)
+            if not bool(host):  # on the host already: no wait
+                self._pending.clear()
+                return looked_at
+        return None
+
+
 @torch.no_grad()
 def evaluate_loader(model: nn.Module, loader: BatchLoader, autocast_dtype: torch.dtype | None = None) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` over ``loader`` (eval mode)."""
+    """Mean cross-entropy and accuracy of ``model`` over ``loader`` (eval mode); the sums stay
+    on the device until the end, so the batches run without waiting on the host."""
     model.eval()
-    total_loss, correct, count = 0.0, 0, 0
+    total_loss = correct = None
+    count = 0
     for images, labels in loader:
         with torch.autocast(images.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = model(images)
-        total_loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
-        correct += (logits.argmax(dim=1) == labels).sum().item()
+        batch_loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+        batch_correct = (logits.argmax(dim=1) == labels).sum()
+        total_loss = batch_loss if total_loss is None else total_loss + batch_loss
+        correct = batch_correct if correct is None else correct + batch_correct
         count += labels.numel()
-    return total_loss / max(count, 1), correct / max(count, 1)
+    if total_loss is None:
+        return 0.0, 0.0
+    return total_loss.item() / max(count, 1), correct.item() / max(count, 1)
 
 
 @dataclass
@@ -115,12 +175,28 @@ def prepare_training(
         mean=data.mean, std=data.std, hflip=data.hflip, seed=seed, channels_last=channels_last,
         pin_memory=device.type == "cuda",
     )  # fmt: skip
+    # On CUDA the fused SGD kernel updates every parameter in a few launches (same update).
     optimizer = torch.optim.SGD(
         param_groups_without_logit_decay(model, training.weight_decay),
         lr=training.lr, momentum=training.momentum, nesterov=training.momentum > 0,
+        fused=True if device.type == "cuda" else None,
     )  # fmt: skip
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
     return TrainingSetup(autocast_dtype, channels_last, loader, optimizer, scaler)
+
+
+def training_step(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, setup: TrainingSetup, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """One step of the recipe (forward under autocast, backward, optimizer and scaler step);
+    returns the detached loss, on the device: nothing here waits for the GPU."""
+    with torch.autocast(images.device.type, dtype=setup.autocast_dtype, enabled=setup.autocast_dtype is not None):
+        loss = F.cross_entropy(model(images).float(), labels, label_smoothing=label_smoothing)
+    setup.optimizer.zero_grad(set_to_none=True)
+    setup.scaler.scale(loss).backward()
+    setup.scaler.step(setup.optimizer)
+    setup.scaler.update()
+    return loss.detach()
 
 
 def train_model(
@@ -155,7 +231,7 @@ def train_model(
     steps_per_epoch = len(train_loader)
     total_steps = steps_per_epoch * training.epochs
     warmup_steps = int(round(training.warmup_epochs * steps_per_epoch))
-    check_every = 1 if device.type == "cpu" else 10
+    watch = NonFiniteWatch(device)
     history: list[EpochRecord] = []
     step = 0
     first_epoch = 1
@@ -176,16 +252,10 @@ def train_model(
             lr = lr_at(step, total_steps, warmup_steps, training.lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                loss = F.cross_entropy(model(images).float(), labels, label_smoothing=training.label_smoothing)
-            # Checking needs a device sync: every step on CPU (free), every few on CUDA.
-            if step % check_every == 0 and not torch.isfinite(loss):
-                raise TrialFailed(f"loss became {loss.item()} at epoch {epoch}, step {step + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += loss.detach()
+            loss_sum += training_step(model, images, labels, setup, training.label_smoothing)
+            bad_at = watch.check(loss_sum, step)
+            if bad_at is not None:
+                raise TrialFailed(f"loss became {loss_sum.item()} at epoch {epoch}, by step {bad_at + 1}")
             step += 1
         train_loss = loss_sum.item() / max(steps_per_epoch, 1)
         if not math.isfinite(train_loss):

@@ -1,8 +1,16 @@
-"""``--workers N``: N worker processes on this machine, one study.
+"""``--workers N``: N worker processes on this machine, one study; ``--trials-per-gpu K``:
+K of them per GPU.
 
 Each worker is an ordinary Optuna-backend search on the same storage (budget slots are
 taken under a lock, see :mod:`search.budget`). On a machine with several GPUs worker i sees
-only GPU ``i mod n_gpus``, so trials never share a device by accident.
+only GPU ``i mod n_gpus``, so trials share a GPU only as packing asks.
+
+Packing: one CIFAR-sized trial leaves most of a modern GPU idle (its steps are bound by
+kernel launches, not arithmetic), so several trials at once on one GPU finish more trials
+per hour. Measured on an H200 (2026-11-26): four workers on one GPU finished 2-epoch VGG-16
+trials 1.9x faster than one. Hence the default of 4 trials per GPU on CUDA where nothing
+else asks otherwise (``--workers 1``, Optuna backend, train-each strategy, ``--device`` auto
+or cuda); CPU runs are unchanged (one process unless ``--workers`` says more).
 """
 
 from __future__ import annotations
@@ -14,9 +22,34 @@ import sys
 import optuna
 
 from .errors import SearchAborted
-from .settings import Settings
+from .settings import Settings, SettingsError
 
-__all__ = ["run_workers"]
+__all__ = ["DEFAULT_TRIALS_PER_GPU", "packed_workers", "run_workers"]
+
+DEFAULT_TRIALS_PER_GPU = 4
+
+
+def packed_workers(settings: Settings, gpus: int | None = None) -> int:
+    """Worker processes to start: ``--workers`` if it asks for more than one; else, for the
+    Optuna backend training each candidate on CUDA, ``--trials-per-gpu`` (default
+    :data:`DEFAULT_TRIALS_PER_GPU`) per visible GPU, never more than the budget; else 1."""
+    if settings.workers > 1:
+        return settings.workers
+    if settings.backend != "optuna" or settings.strategy != "train-each":
+        return 1
+    device = settings.training.device
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count() if device in ("auto", "cuda") or device.startswith("cuda") else 0
+    if not gpus or not (device in ("auto", "cuda")):
+        if settings.trials_per_gpu not in (None, 1) and device.startswith("cuda:"):
+            raise SettingsError(
+                f"--trials-per-gpu with --device {device}: use --device cuda and CUDA_VISIBLE_DEVICES={device[5:]}"
+            )
+        return 1
+    per_gpu = DEFAULT_TRIALS_PER_GPU if settings.trials_per_gpu is None else settings.trials_per_gpu
+    return max(1, min(per_gpu * gpus, settings.budget))
 
 
 def _worker(settings: Settings, gpu: int | None) -> None:

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layers import FLGConv2d, balanced_assignment, create_conv2d, param_groups_without_logit_decay
+from layers import FLGConv2d, balanced_assignment, create_conv2d, device_balanced_assignment, param_groups_without_logit_decay
+from layers.flgc import _straight_through_one_hot, default_rounds, device_balanced_assignments
 
 DTYPE = torch.float64
 
@@ -413,3 +414,99 @@ def test_free_mode_allows_non_dividing_groups_but_not_zero():
 def test_unknown_layer_type_raises():
     with pytest.raises(ValueError):
         create_conv2d(8, 8, 3, layer_type="bogus")
+
+
+# ---------------------------------------------------------------------------
+# device_balanced_assignment and the fused training form (no host work in a step)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rows,groups", SHAPES + [(256, 8), (64, 16)])
+def test_device_assignment_equals_host_greedy(rows, groups):
+    for seed in range(3):
+        for name, logits in logit_kinds(rows, groups, seed).items():
+            expected = balanced_assignment(logits)
+            # the rounds (what a GPU runs), here on the CPU
+            assert torch.equal(device_balanced_assignment(logits, host_loop_on_cpu=False), expected), name
+            # a previous assignment only matters when the rounds do not settle
+            previous = torch.arange(rows) % groups
+            assert torch.equal(device_balanced_assignment(logits, previous, host_loop_on_cpu=False), expected), name
+            # on the CPU the host loop answers (keeping a previous assignment still stable)
+            assert torch.equal(device_balanced_assignment(logits), expected), name
+
+
+@pytest.mark.parametrize("c,n,g", [(8, 12, 4), (64, 16, 8), (12, 6, 3), (32, 32, 16)])
+def test_both_sides_solved_together_exactly(c, n, g):
+    """The layer solves its input and output side as one block-diagonal problem."""
+    for seed in range(3):
+        layer = make_flgc(c, n, g, seed=seed, logit_scale=0.01)
+        sides = device_balanced_assignments([layer.in_logits, layer.out_logits], [None, None], host_loop_on_cpu=False)
+        assert torch.equal(sides[0], balanced_assignment(layer.in_logits))
+        assert torch.equal(sides[1], balanced_assignment(layer.out_logits))
+        assert torch.equal(layer.input_groups(), sides[0]) and torch.equal(layer.output_groups(), sides[1])
+
+
+def test_device_assignment_keeps_previous_when_rounds_do_not_settle():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 8, generator=gen)
+    previous = torch.randperm(64, generator=gen) % 8
+    exact = balanced_assignment(logits)
+    assert not torch.equal(previous, exact)
+    rounds = dict(host_loop_on_cpu=False)
+    assert torch.equal(device_balanced_assignment(logits, previous, rounds=1, **rounds), previous)
+    # without a previous one the unsettled result is still balanced
+    assert_valid_balanced(device_balanced_assignment(logits, rounds=1, **rounds), 64, 8)
+    assert torch.equal(device_balanced_assignment(logits, previous, rounds=default_rounds(8), **rounds), exact)
+
+
+def reference_masked_weight(layer: FLGConv2d) -> torch.Tensor:
+    """The straight-through masked weight built op by op (the form before the fused one)."""
+    b_out = _straight_through_one_hot(layer.out_logits, layer.output_groups())
+    b_in = _straight_through_one_hot(layer.in_logits, layer.input_groups())
+    return layer.weight * (b_out @ b_in.t())[:, :, None, None]
+
+
+@pytest.mark.parametrize("balanced", [True, False])
+def test_fused_training_form_matches_straight_through_reference(balanced):
+    layer = make_flgc(12, 8, 4, seed=5, balanced=balanced)
+    x = torch.randn(2, 12, 6, 6, dtype=DTYPE)
+    layer.train()
+    y = layer(x)
+    upstream = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (layer.weight, layer.in_logits, layer.out_logits), upstream)
+    y_ref = F.conv2d(x, reference_masked_weight(layer), None, 1, 1)
+    grads_ref = torch.autograd.grad(y_ref, (layer.weight, layer.in_logits, layer.out_logits), upstream)
+    # the reference's hard + soft - soft.detach() is 0/1 only up to rounding; the fused form is exact
+    torch.testing.assert_close(y, y_ref, atol=1e-12, rtol=1e-12)
+    for got, want in zip(grads, grads_ref):
+        assert want.abs().sum() > 0
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+
+
+def test_hard_assignment_recomputed_only_when_logits_change():
+    layer = make_flgc(8, 8, 2, seed=2)
+    first = layer.input_groups()
+    assert layer.input_groups() is first  # cached: no work while the logits hold
+    with torch.no_grad():  # every channel now clearly prefers the other group
+        layer.in_logits.copy_(10.0 * F.one_hot(1 - first, 2))
+    assert torch.equal(layer.input_groups(), 1 - first)
+
+
+def test_reassign_every_reuses_the_assignment_between_steps_but_trains_the_logits():
+    layer = make_flgc(8, 8, 2, seed=2)
+    layer.reassign_every = 3
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    x = torch.randn(2, 8, 5, 5, dtype=DTYPE)
+    seen = []
+    for step in range(6):
+        layer(x).sum().backward()
+        assert layer.in_logits.grad.abs().sum() > 0  # straight-through gradient at every step
+        seen.append(layer._hard[1][0])
+        optimizer.step()
+        optimizer.zero_grad()
+        with torch.no_grad():  # a different assignment whenever it is computed
+            layer.in_logits.copy_(10.0 * F.one_hot(1 - seen[-1], 2))
+    assert seen[0] is seen[1] is seen[2] and seen[3] is seen[4] is seen[5]
+    assert torch.equal(seen[3], 1 - seen[0])
+    with pytest.raises(ValueError):
+        FLGConv2d(8, 8, 2, reassign_every=0)

@@ -161,10 +161,12 @@ def test_block_position_is_a_permutation_and_groups_by_residue():
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("form", ["split", "dense"])
 @pytest.mark.parametrize("m,n,p,stride,bias,k", CASES, ids=CASE_IDS)
-def test_block_form_equals_strided_reference(m, n, p, stride, bias, k):
+def test_block_form_equals_strided_reference(m, n, p, stride, bias, k, form):
+    """Both training forms (grouped + masked 1x1, and one dense conv) are exact."""
     torch.manual_seed(0)
-    layer = HetConv2d(m, n, part=p, kernel_size=k, stride=stride, bias=bias).to(DTYPE)
+    layer = HetConv2d(m, n, part=p, kernel_size=k, stride=stride, bias=bias, training_form=form).to(DTYPE)
     assert (layer.pwc is None) == (p == 1)
     big, small, b = random_strided_params(n, m, k, bias, seed=2)
     load_strided_into_block(layer, big, small, b)
@@ -393,3 +395,17 @@ def test_autocast_bfloat16_cpu(part):
         assert (layer.pwc.weight.grad[masked] == 0).all()
     # close to the float32 result
     torch.testing.assert_close(y.float(), layer(x).detach(), atol=0.1, rtol=0.05)
+
+
+def test_training_forms_auto_and_errors():
+    layer = HetConv2d(8, 8, part=4)
+    assert layer.training_form == "auto" and layer._form_for(torch.zeros(1, 8, 4, 4)) == "split"  # CPU
+    with pytest.raises(ValueError):
+        HetConv2d(8, 8, part=4, training_form="fast")
+    # dense weight: the grouped kernels on their diagonal blocks, the 1x1 kernels at the centre
+    layer = HetConv2d(8, 4, part=2, kernel_size=3).to(DTYPE)
+    weight = layer.dense_weight()
+    assert weight.shape == (4, 8, 3, 3)
+    torch.testing.assert_close(weight[:2, :4], layer.gwc.weight[:2] + F.pad(layer.pointwise_weight()[:2, :4], (1, 1, 1, 1)))
+    torch.testing.assert_close(weight[:2, 4:], F.pad(layer.pwc.weight[:2, 4:], (1, 1, 1, 1)))
+    assert (weight[:2, 4:, 0] == 0).all() and (layer.pointwise_weight()[:2, :4] == 0).all()
