@@ -27,7 +27,9 @@ _RAY_FILES = {"test_ray.py", "test_early_stopping_backends.py"}
 def pytest_collection_modifyitems(config, items):
     """With ``-n N --dist loadgroup`` (the default in pyproject.toml), every test file is one
     group, so module-scoped fixtures (the shared end-to-end searches) are built once, on one
-    worker; the Ray files share a group."""
+    worker; the Ray files share a group, the longest, which goes first so that it does not
+    finish alone at the end."""
     for item in items:
         name = item.path.name
         item.add_marker(pytest.mark.xdist_group("ray" if name in _RAY_FILES else name))
+    items.sort(key=lambda item: item.path.name not in _RAY_FILES)  # stable: file order kept
