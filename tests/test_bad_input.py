@@ -17,14 +17,17 @@ case's own options come after and win), so a case the tool wrongly accepts finis
 ``flops``, ``retrain`` and ``deploy`` take no results folder and open no study: for them the
 check is that no results folder (nor any output file) appears.
 
-Time budget (2 CPU cores): each process costs ~3-5 CPU seconds, nearly all of it importing
-torch, torchvision and optuna. The cases run three at a time in threads: the template search
-first, the cases that need no study beside it, then the rest (~1.5-2 min on an idle machine).
+Time: a process costs ~3-5 CPU seconds, nearly all of it importing torch, torchvision and
+optuna, so the cases run in this process (``run_search.main``, stdout and stderr captured, in
+the case folder); the few in ``SUBPROCESS`` also run as real processes, which proves the path
+from the command line (exit code, stderr) the in-process runs skip.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -32,7 +35,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +46,6 @@ STUDY = "vgg_hetconv-digits"  # the template study (default name: <space>-<datas
 TEMPLATE_ARGS = ["--preset", "quick", "--epochs", "1", "--budget", "1", "--threads", "1", "--no-report"]
 SEARCH_PREFIX = ["--preset", "quick", "--epochs", "1", "--threads", "1", "--budget", "1", "--no-report"]
 CASE_TIMEOUT = 240  # seconds per process
-WORKERS = 3
 WITH_RESULTS_DIR = ("search", "report", "export")  # commands that take --results-dir
 
 
@@ -138,8 +140,9 @@ CASES = [
     Case("retrain-missing-config", ("{dir}/absent.json",), "absent.json", command="retrain", absent=("absent.pt",)),
 ]  # fmt: skip
 
-# Slow ones first (offline download attempts, study checks load the data), so the tail is short.
-_SLOW_FIRST = ("cifar-missing-offline", "study-other-dataset", "study-other-width", "study-other-objectives", "study-other-epochs")
+# Also run as real processes: a refused search option, a refused study change, the masked
+# password, and a read-only command.
+SUBPROCESS = ("unknown-space", "study-other-epochs", "storage-password-masked", "report-unknown-study")
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -150,6 +153,20 @@ def _env() -> dict[str, str]:
     env["OMP_NUM_THREADS"] = "1"
     env.pop("PYTHONWARNINGS", None)
     return env
+
+
+def _run_in_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    import run_search
+
+    out, err = io.StringIO(), io.StringIO()
+    before = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = run_search.main(list(args))
+    finally:
+        os.chdir(before)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -227,14 +244,13 @@ def _prepare(case: Case, folder: Path, template: Path | None) -> list[str]:
     return args + [fill(a) for a in case.args]
 
 
-def _run_case(case: Case, folder: Path, template: Future | None) -> Outcome:
-    """Run one case; ``template`` (a future of the prepared results folder) for the commands
-    that open a study: they wait for it, the others start at once."""
-    args = _prepare(case, folder, template.result() if template is not None else None)
+def _run_case(case: Case, folder: Path, template: Path | None, subprocesses: bool) -> Outcome:
+    """Run one case; ``template`` (the prepared results folder) for the commands that open a study."""
+    args = _prepare(case, folder, template)
     db = folder / "results" / "studies.db"
     before = study_snapshot(db) if template is not None else None
     start = time.monotonic()
-    proc = _run(args, cwd=folder)
+    proc = (_run if subprocesses else _run_in_process)(args, cwd=folder)
     seconds = time.monotonic() - start
     after = study_snapshot(db) if template is not None and db.is_file() else None
     return Outcome(args, proc.returncode, proc.stdout, proc.stderr, before, after, seconds, folder)
@@ -244,7 +260,7 @@ def _make_template(base: Path) -> Path:
     """The shared prepared study: a real tiny search into a template results folder."""
     cwd, template = base / "template_run", base / "template_results"
     cwd.mkdir()
-    proc = _run(["search", *TEMPLATE_ARGS, "--results-dir", str(template)], cwd=cwd)
+    proc = _run_in_process(["search", *TEMPLATE_ARGS, "--results-dir", str(template)], cwd=cwd)
     assert proc.returncode == 0, f"template search failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     snapshot = study_snapshot(template / "studies.db")
     assert snapshot["studies"] == [STUDY] and snapshot["trials"] == {STUDY: 1}, snapshot
@@ -252,38 +268,48 @@ def _make_template(base: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory) -> dict[str, Future]:
-    """Every case, run WORKERS at a time: the template search first, the cases that need no
-    study (flops, retrain, deploy) beside it, then the others (slow ones first)."""
+def outcomes(tmp_path_factory) -> dict[str, Outcome]:
+    """Every case in this process, then the ``SUBPROCESS`` ones again as real processes (two at
+    a time), keyed ``<id>`` and ``<id>[process]``."""
     base = tmp_path_factory.mktemp("bad_input")
-    pool = ThreadPoolExecutor(max_workers=WORKERS)
-    template = pool.submit(_make_template, base)
-    order = sorted(CASES, key=lambda c: (_uses_study(c), c.id not in _SLOW_FIRST))
-    futures = {
-        case.id: pool.submit(_run_case, case, base / case.id, template if _uses_study(case) else None)
-        for case in order
-    }
-    futures["(template)"] = template
-    yield futures
-    pool.shutdown(wait=True, cancel_futures=True)
+    template = _make_template(base)
+    by_id = {case.id: case for case in CASES}
+    results: dict[str, Outcome] = {"(template)": template}  # type: ignore[dict-item]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        processes = {
+            f"{id}[process]": pool.submit(_run_case, by_id[id], base / f"{id}-process", _template_for(by_id[id], template), True)
+            for id in SUBPROCESS
+        }
+        for case in CASES:
+            results[case.id] = _run_case(case, base / case.id, _template_for(case, template), False)
+        results.update({key: future.result() for key, future in processes.items()})
+    return results
+
+
+def _template_for(case: Case, template: Path) -> Path | None:
+    return template if _uses_study(case) else None
 
 
 # ------------------------------------------------------------------------------- the table
 
 
 def test_template_study_is_prepared(outcomes):
-    template = outcomes["(template)"].result()
+    template = outcomes["(template)"]
     assert study_snapshot(template / "studies.db")["trials"] == {STUDY: 1}
 
 
 def test_case_ids_are_unique():
     ids = [case.id for case in CASES]
-    assert len(ids) == len(set(ids))
+    assert len(ids) == len(set(ids)) and set(SUBPROCESS) <= set(ids)
 
 
-@pytest.mark.parametrize("case", [pytest.param(case, id=case.id) for case in CASES])
-def test_bad_input_is_one_line_exit_2_and_leaves_the_study_alone(case: Case, outcomes: dict[str, Future]):
-    out: Outcome = outcomes[case.id].result()
+_RUNS = [pytest.param(case, case.id, id=case.id) for case in CASES]
+_RUNS += [pytest.param(case, f"{case.id}[process]", id=f"{case.id}-process") for case in CASES if case.id in SUBPROCESS]
+
+
+@pytest.mark.parametrize("case,key", _RUNS)
+def test_bad_input_is_one_line_exit_2_and_leaves_the_study_alone(case: Case, key: str, outcomes: dict[str, Outcome]):
+    out: Outcome = outcomes[key]
     shown = (
         f"\n$ (cd {out.folder} && python run_search.py {' '.join(out.argv)})"
         f"\nexit {out.returncode} after {out.seconds:.1f}s\n--- stderr ---\n{out.stderr}--- stdout ---\n{out.stdout}"
