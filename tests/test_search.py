@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -319,56 +318,8 @@ def test_rerun_with_the_same_budget_adds_nothing(runner, continued, first_run):
 
 
 # ------------------------------------------------------------------------------- 4. refusals
-
-# (id, extra arguments, text the error line must contain); "{empty}" is an empty data folder.
-REFUSALS = [
-    ("protocol", ["--epochs", "2"], "protocol"),
-    ("space", ["--width", "0.5"], "space"),
-    ("objectives", ["--objectives", "accuracy,params"], "objectives"),
-    ("budget", ["--budget", "0"], "--budget"),
-    ("sampler", ["--sampler", "foo"], "foo"),
-    ("unknown_space", ["--space", "nope"], "nope"),
-    ("storage", ["--storage", "notaurl"], "notaurl"),
-    ("ceiling", ["--max-mflops", "0.001"], "--max-mflops"),
-    ("no_cifar", ["--dataset", "cifar10", "--data-dir", "{empty}"], "digits"),
-    ("no_cuda", ["--device", "cuda"], "cuda"),
-]
-
-
-@pytest.fixture(scope="module")
-def refusals(runner, first_run, tmp_path_factory) -> dict[str, dict]:
-    """Each refused run on its own copy of the first search's storage, three at a time."""
-    def one(case: str, extra: list[str]) -> dict:
-        work = tmp_path_factory.mktemp(f"refuse_{case}")
-        d = work / "results"
-        d.mkdir()
-        shutil.copy(first_run["dir"] / "studies.db", d / "studies.db")
-        empty = work / "empty_data"
-        empty.mkdir()
-        extra = [str(empty) if a == "{empty}" else a for a in extra]
-        before = (study_names(d), len(load(d).trials))
-        budget = [] if "--budget" in extra else ["--budget", "5"]
-        proc = runner.run([*QUICK, *budget, *extra, "--results-dir", d], work)
-        after = (study_names(d), len(load(d).trials))
-        return {"proc": proc, "before": before, "after": after, "empty": empty}
-
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {case: pool.submit(one, case, extra) for case, extra, _ in REFUSALS}
-        return {case: f.result() for case, f in futures.items()}
-
-
-@pytest.mark.parametrize("case,extra,expected", REFUSALS, ids=[r[0] for r in REFUSALS])
-def test_refusals(refusals, case, extra, expected):
-    result = refusals[case]
-    proc = result["proc"]
-    assert proc.returncode == 2, describe(proc)
-    assert "Traceback" not in proc.stderr, describe(proc)
-    if case == "sampler":  # argparse: usage lines, then its own error line
-        assert "error:" in proc.stderr.strip().splitlines()[-1] and expected in proc.stderr, describe(proc)
-    else:
-        line = error_line(proc)
-        assert expected in line, describe(proc)
-    assert result["after"] == result["before"], "the storage changed: (studies, trials) before/after"
+# Refused runs (a changed protocol, width or objectives against this study, bad options) are
+# the table of tests/test_bad_input.py, on a study made the same way.
 
 
 # ------------------------------------------------------------------------------- 5. FLOPs ceiling
