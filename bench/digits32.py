@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--values", default=None, help="uniform values, comma-separated (default: all)")
     p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--seed-start", type=int, default=0, help="baselines: seeds start..seeds-1 (to extend a run)")
     p.add_argument("--candidates", type=int, default=20)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=None, help="default: the quick preset's")
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     space = get_space(args.space, width=args.width)
     if args.mode == "baselines":
         values = args.values.split(",") if args.values else space.uniform_values()
-        runs = [(v, space.uniform(v), seed) for v in values for seed in range(args.seeds)]
+        runs = [(v, space.uniform(v), seed) for v in values for seed in range(args.seed_start, args.seeds)]
     else:
         runs = [(arch.summary(), arch, i + offset) for i, arch in enumerate(random_candidates(space, args.candidates, 0))
                 for offset in (0, RETEST_SEED_OFFSET)]  # fmt: skip

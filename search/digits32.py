@@ -45,23 +45,23 @@ _VERSION = 1
 class Digits32Recipe:
     """Sizes and difficulty of the generated task (part of the cache key)."""
 
-    train: int = 2000
+    train: int = 6000
     val: int = 1000
     test: int = 1000
     seed: int = 0
-    rotation_deg: float = 25.0  # uniform in +-rotation
-    scale: tuple[float, float] = (0.55, 0.85)  # glyph side as a fraction of the canvas
-    shear: float = 0.25
-    shift: float = 0.22  # translation, fraction of the canvas half-width
-    elastic: float = 0.10  # amplitude of the smooth displacement, in normalised coordinates
-    contrast: tuple[float, float] = (0.25, 0.65)  # luminance gap between digit and background
+    rotation_deg: float = 20.0  # uniform in +-rotation
+    scale: tuple[float, float] = (0.45, 0.7)  # glyph side as a fraction of the canvas
+    shear: float = 0.15
+    shift: float = 0.15  # translation, fraction of the canvas half-width
+    elastic: float = 0.08  # amplitude of the smooth displacement, in normalised coordinates
+    contrast: tuple[float, float] = (0.4, 0.7)  # luminance gap between digit and background
     inverted: float = 0.0  # probability of a dark digit on a bright background
-    texture: float = 0.25  # amplitude of the background's low-frequency colour noise
-    distractors: int = 2  # smaller glyphs of random classes per image
+    texture: float = 0.1  # amplitude of the background's low-frequency colour noise
+    distractors: int = 2  # smaller, fainter glyphs of random classes per image
     distractor_scale: tuple[float, float] = (0.3, 0.45)
-    distractor_alpha: tuple[float, float] = (0.3, 0.7)
-    occlusion: float = 0.5  # probability of an occluding rectangle
-    noise: float = 0.08  # std of the per-pixel Gaussian noise, [0, 1] scale
+    distractor_alpha: tuple[float, float] = (0.3, 0.6)
+    occlusion: float = 0.3  # probability of an occluding rectangle
+    noise: float = 0.05  # std of the per-pixel Gaussian noise, [0, 1] scale
 
     def key(self) -> str:
         text = json.dumps({"version": _VERSION, **asdict(self)}, sort_keys=True)

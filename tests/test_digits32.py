@@ -11,7 +11,7 @@ from torch import nn
 import search.digits32 as d32
 from search.data import DATASETS, load_dataset, num_classes_of
 
-SMALL = dataclasses.replace(d32.RECIPE, train=300, val=100, test=100)
+SMALL = dataclasses.replace(d32.RECIPE, train=300, val=300, test=100)
 
 
 @pytest.fixture(scope="module")
@@ -73,15 +73,16 @@ def test_load_dataset_fixed_split(tmp_path, monkeypatch, small):
 def test_learns_beyond_chance_quickly(small):
     """A tiny CNN, a few seconds of training: well above the 10 % of chance on held-out glyphs."""
     torch.manual_seed(0)
-    (train_x, train_y), (val_x, val_y), _ = d32.generate_digits32(dataclasses.replace(SMALL, train=1500))
+    (train_x, train_y), (val_x, val_y), _ = d32.generate_digits32(dataclasses.replace(SMALL, train=800))
     mean = train_x.float().mean((0, 2, 3), keepdim=True)
     std = train_x.float().std((0, 2, 3), keepdim=True)
     norm = lambda x: (x.float() - mean) / std  # noqa: E731
-    model = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(), nn.Linear(32, 10),
+    model = nn.Sequential(  # at 16x16: a few million multiply-adds per image
+        nn.AvgPool2d(2),
+        nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(64, 10),
     )  # fmt: skip
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(4):
@@ -93,4 +94,5 @@ def test_learns_beyond_chance_quickly(small):
     model.eval()
     with torch.no_grad():
         accuracy = (model(norm(val_x)).argmax(1) == val_y).float().mean().item()
-    assert accuracy > 0.3, accuracy
+    # chance is 0.10 +- 0.02 on 300 validation images: 0.25 is far beyond it
+    assert accuracy > 0.25, accuracy
