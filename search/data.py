@@ -1,6 +1,6 @@
 """Data sets and a device-resident mini-batch loader for the CIFAR search.
 
-Three data sets are supported:
+Four data sets are supported:
 
 * ``cifar10`` / ``cifar100`` through :mod:`torchvision.datasets`, read from a local
   ``data_dir``. Offline machines cannot download them, so every failure (files missing,
@@ -9,6 +9,9 @@ Three data sets are supported:
 * ``digits``: scikit-learn's ``load_digits`` (1797 8x8 images) ships inside the package,
   which makes it a real, offline data set for quick CPU runs and tests. It is upsampled
   to 3x32x32 so that the CIFAR architectures run on it unchanged.
+* ``digits32``: a harder offline proxy generated from the same glyphs
+  (:mod:`search.digits32`), with a fixed train/validation/test split by source glyph;
+  ``val_size`` re-splits its train + validation images at random instead.
 
 Images are kept as uint8 tensors (CIFAR-10 is 150 MB that way) so the whole set can live
 on the training device; :class:`BatchLoader` shuffles, augments and normalizes there, in
