@@ -146,6 +146,16 @@ def test_flgc_paper_baseline():
         space.uniform("flgc-papers")  # the error lists it among the legal values
 
 
+def test_baselines_queue_the_published_model():
+    """--baselines queues what baseline_architectures returns: flgc-paper included, distinct."""
+    from search.study import baseline_architectures
+
+    space = get_space("mbv2_flgc", width=0.25)
+    queued = baseline_architectures(space)
+    assert queued["flgc-paper"] == space.uniform("flgc-paper")
+    assert len(set(queued.values())) == len(queued)
+
+
 def test_named_baseline_dropped_where_illegal():
     """A named baseline that is not a candidate of the space at this width is not offered."""
     from spaces.builtin import flgc_groups
