@@ -89,7 +89,7 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--eta", type=_n("eta"), default=3, help="--early-stop keeps the best 1/eta at each rung (default: 3)")
 
     g = parser.add_argument_group("data and training")
-    g.add_argument("--dataset", default=None, help=f"cifar10, cifar100 or digits (default: {d.dataset})")
+    g.add_argument("--dataset", default=None, help=f"cifar10, cifar100, digits or digits32 (default: {d.dataset})")
     g.add_argument("--data-dir", default=None, help=f"where the CIFAR files are or go (default: {d.data_dir})")
     g.add_argument("--epochs", type=_n("epochs"), default=None, help=f"training epochs per candidate (default: {d.epochs})")
     g.add_argument("--batch-size", type=_n("batch_size"), default=None, help=f"(default: {d.batch_size})")

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Early-stopping benchmark: what ``--early-stop mo-asha`` saves, and what it costs in front quality.
 
-For each seed, the same search (Optuna backend, in-process, real training on ``digits``,
-same space, sampler, budget and seed) runs twice in a fresh temporary storage: once with
+For each seed, the same search (Optuna backend, in-process, real training on ``--dataset``,
+``digits`` by default; same space, sampler, budget and seed) runs twice in a fresh temporary storage: once with
 every trial trained to ``--epochs`` (mode ``none``) and once with multi-objective ASHA
 (mode ``mo-asha``, rungs ``min_epochs * eta**k`` below ``--epochs``). From each finished
 study, trials in order of completion give:
@@ -93,12 +93,12 @@ class Run:
 
 
 def settings_for(args: argparse.Namespace, seed: int, mode: str, results_dir: Path):
-    """The search of one (mode, seed): the quick preset's training recipe on digits."""
+    """The search of one (mode, seed): the quick preset's training recipe on ``--dataset``."""
     from search.settings import PRESETS, Settings, TrainingSettings
 
     quick = PRESETS["quick"]
     training = TrainingSettings(
-        dataset="digits", epochs=args.epochs, batch_size=quick["batch_size"], lr=quick["lr"],
+        dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, batch_size=quick["batch_size"], lr=quick["lr"],
         warmup_epochs=quick["warmup_epochs"], threads=args.threads, device="cpu",
     )  # fmt: skip
     return Settings(
@@ -311,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", default="vgg_hetconv", help="search space (default: vgg_hetconv)")
     p.add_argument("--sampler", default="tpe", help="tpe, nsga2, gp or random (default: tpe)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    p.add_argument("--dataset", default="digits", help="digits, digits32, cifar10 or cifar100 (default: digits)")
+    p.add_argument("--data-dir", default="data", help="where CIFAR is and digits32 is cached (default: data)")
     p.add_argument("--work-dir", default=None, help="keep the studies here (default: a temporary folder, removed)")
     return p
 

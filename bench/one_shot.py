@@ -418,8 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=0.25, help="width multiplier (default: 0.25)")
     p.add_argument("--space", default="vgg_hetconv", help="search space (default: vgg_hetconv)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
-    p.add_argument("--dataset", default="digits", help="digits, cifar10 or cifar100 (default: digits)")
-    p.add_argument("--data-dir", default="data", help="where CIFAR is (default: data)")
+    p.add_argument("--dataset", default="digits", help="digits, digits32, cifar10 or cifar100 (default: digits)")
+    p.add_argument("--data-dir", default="data", help="where CIFAR is and digits32 is cached (default: data)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default: cpu)")
     p.add_argument("--work-dir", default=None, help="keep the studies here (default: a temporary folder, removed)")
     return p

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Architecture", "ArchitectureError", "LayerSlot", "LayerSpec", "scaled_channels"]
+__all__ = ["Architecture", "ArchitectureError", "LayerSlot", "LayerSpec", "check_hetconv_nesting", "scaled_channels"]
 
 
 class ArchitectureError(ValueError):
@@ -155,6 +155,30 @@ _LABEL = re.compile(r"(dense|hetconv|flgc)(?::([0-9]+))?(?::(free|balanced))?", 
 def _is_int(value: Any) -> bool:
     """A JSON integer (``True`` is an int to Python, not to a config)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_hetconv_nesting(specs: Any) -> None:
+    """Raise :class:`ArchitectureError` unless the HetConv parts among ``specs`` nest (each
+    divides or is divided by every other).
+
+    HetConv layers here use the block layout (filter block g sees channel block g); the
+    HetConv paper (Singh et al., CVPR 2019) uses the strided one (filter i sees channels
+    j = i mod P). One layer is the same up to a channel permutation, but between two
+    connected layers the permutation must suit both parts at once: with nested parts one
+    (a mixed-radix digit reversal) does, with parts such as 2 and 3 none can (the block form
+    of P = 2 then P = 3 shares channel groups unevenly, the strided form evenly), so the
+    trained network would not be the paper's. Parts that do not nest are refused here rather
+    than silently trained as another network.
+    """
+    parts = sorted({spec.part for spec in specs if spec.type == "hetconv" and spec.part})
+    for i, small in enumerate(parts):
+        for large in parts[i + 1 :]:
+            if large % small:
+                raise ArchitectureError(
+                    f"HetConv parts {small} and {large} do not nest (neither divides the other): a network mixing "
+                    "them is not the HetConv paper's channel layout up to a permutation; use parts that divide "
+                    "one another, such as powers of two"
+                )
 
 
 def _common_divisors(a: int, b: int) -> list[int]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .architecture import Architecture, ArchitectureError, LayerSlot
+from .architecture import Architecture, ArchitectureError, LayerSlot, check_hetconv_nesting
 
 __all__ = [
     "ModelFamily",
@@ -84,6 +84,7 @@ def validate(arch: Architecture) -> list[LayerSlot]:
         )
     for spec, slot in zip(arch.layers, slots):
         spec.check(slot)
+    check_hetconv_nesting(arch.layers)
     return slots
 
 

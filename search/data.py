@@ -1,6 +1,6 @@
 """Data sets and a device-resident mini-batch loader for the CIFAR search.
 
-Three data sets are supported:
+Four data sets are supported:
 
 * ``cifar10`` / ``cifar100`` through :mod:`torchvision.datasets`, read from a local
   ``data_dir``. Offline machines cannot download them, so every failure (files missing,
@@ -9,6 +9,9 @@ Three data sets are supported:
 * ``digits``: scikit-learn's ``load_digits`` (1797 8x8 images) ships inside the package,
   which makes it a real, offline data set for quick CPU runs and tests. It is upsampled
   to 3x32x32 so that the CIFAR architectures run on it unchanged.
+* ``digits32``: a harder offline proxy generated from the same glyphs
+  (:mod:`search.digits32`), with a fixed train/validation/test split by source glyph;
+  ``val_size`` re-splits its train + validation images at random instead.
 
 Images are kept as uint8 tensors (CIFAR-10 is 150 MB that way) so the whole set can live
 on the training device; :class:`BatchLoader` shuffles, augments and normalizes there, in
@@ -27,8 +30,8 @@ import torch.nn.functional as F
 
 __all__ = ["DATASETS", "DataError", "Dataset", "load_dataset", "BatchLoader", "num_classes_of"]
 
-DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "digits")
-_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}
+DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "digits", "digits32")
+_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10, "digits32": 10}
 
 
 def num_classes_of(name: str) -> int:
@@ -103,6 +106,15 @@ def load_dataset(
         pool_x, pool_y, test_x, test_y = _load_digits()
         num_classes, hflip = num_classes_of(key), False  # a mirrored digit is a different glyph
         default_val = int(round(_DIGITS_VAL_FRACTION * len(pool_y)))
+    elif key == "digits32":
+        from .digits32 import load_digits32
+
+        (train_x, train_y), (val_x, val_y), (test_x, test_y) = load_digits32(data_dir)
+        pool_x, pool_y = torch.cat([train_x, val_x]), torch.cat([train_y, val_y])
+        num_classes, hflip = num_classes_of(key), False
+        default_val = len(val_y)
+        if val_size is None and not full_train:  # the fixed, glyph-disjoint split
+            return _make_dataset(key, num_classes, hflip, (train_x, train_y), (val_x, val_y), (test_x, test_y))
     else:
         raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
 
@@ -112,17 +124,23 @@ def load_dataset(
         seed=split_seed,
         full_train=full_train,
     )
-    train_x, train_y = pool_x[train_idx], pool_y[train_idx]
-    mean, std = _channel_stats(train_x)
+    return _make_dataset(
+        key, num_classes, hflip, (pool_x[train_idx], pool_y[train_idx]), (pool_x[val_idx], pool_y[val_idx]), (test_x, test_y)
+    )
+
+
+def _make_dataset(key: str, num_classes: int, hflip: bool, train, val, test) -> Dataset:
+    """A :class:`Dataset` from (images, labels) splits, normalized by train statistics only."""
+    mean, std = _channel_stats(train[0])
     return Dataset(
         name=key,
         num_classes=num_classes,
-        train_images=train_x,
-        train_labels=train_y,
-        val_images=pool_x[val_idx],
-        val_labels=pool_y[val_idx],
-        test_images=test_x,
-        test_labels=test_y,
+        train_images=train[0],
+        train_labels=train[1],
+        val_images=val[0],
+        val_labels=val[1],
+        test_images=test[0],
+        test_labels=test[1],
         mean=mean,
         std=std,
         hflip=hflip,

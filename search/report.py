@@ -107,12 +107,39 @@ def _slot_names(arch: Architecture) -> list[str]:
 
 
 def _baseline_label(record: TrialRecord) -> str:
-    """Text label of a uniform baseline: ``P4``, ``G8`` or ``dense``."""
+    """Text label of a baseline: ``P4``, ``G8``, ``dense`` or its name (``flgc-paper``)."""
     arch = record.architecture
     if arch is not None and arch.layers and len(set(arch.layers)) == 1:
         spec = arch.layers[0]
         return "dense" if spec.type == "dense" else layer_code(spec)
     return str(record.baseline)
+
+
+# Published models among the baselines: what they are and which FLOPs convention their paper's
+# figure uses, so that a reader compares it with the right column.
+_HETCONV_PAPER = ("the HetConv paper's VGG-16 with P = {part} (Singh et al., CVPR 2019; its FLOPs are "
+                  "conv multiply-accumulates: compare with MFLOPs (paper))")  # fmt: skip
+_FLGC_PAPER = ("the FLGC paper's MobileNetV2, 8 groups on the 17 projection convs, expansion convs dense "
+               "(Wang et al., CVPR 2019; its reference code's table gives 62.6 MFLOPs at width 1, the "
+               "all-ops count: compare with MFLOPs (all ops))")  # fmt: skip
+
+
+def published_model(arch: Architecture | None) -> str | None:
+    """Which published model ``arch`` is, with its FLOPs convention, or None."""
+    if arch is None or not arch.layers:
+        return None
+    specs = set(arch.layers)
+    if arch.model == "vgg16" and len(specs) == 1 and arch.layers[0].type == "hetconv":
+        return _HETCONV_PAPER.format(part=arch.layers[0].part)
+    if arch.model == "mobilenetv2":
+        names = _family_slot_names(arch.model, arch.width)
+        dense = (LayerSpec.dense(), LayerSpec.flgc(1))
+        if len(names) == len(arch.layers) and all(
+            spec == LayerSpec.flgc(8) if name.endswith("_project") else spec in dense
+            for name, spec in zip(names, arch.layers)
+        ):
+            return _FLGC_PAPER
+    return None
 
 
 def _layer_lines(arch: Architecture | None, per_line: int = 4) -> str:
@@ -255,6 +282,9 @@ def _hover(record: TrialRecord, objectives: list[str]) -> str:
     if record.baseline is not None:
         head += f" · baseline {html.escape(str(record.baseline))}"
     lines = [head]
+    published = published_model(record.architecture) if record.baseline is not None else None
+    if published:
+        lines.append(html.escape(published.split(" (")[0]))
     accuracy = record.values.get("accuracy")
     if accuracy is None and record.status == "early_stopped":
         last = _last_val_accuracy(record)
@@ -369,7 +399,9 @@ def _accuracy_figure(
     ]
     on_front = {r.number for r in front}
     trace = _scatter(
-        baselines, x_of, lambda r: r.values.get("accuracy"), objectives, mode="markers+text", name="uniform baselines",
+        baselines, x_of, lambda r: r.values.get("accuracy"), objectives, mode="markers+text",
+        name="baselines (published models: see below)" if any(published_model(r.architecture) for r in baselines)
+        else "uniform baselines",
         text=[_baseline_label(r) for r in baselines], textposition="top center",
         marker={"symbol": "square", "size": 10, "color": _COLORS["baseline"],
                 "line": {"width": [2 if r.number in on_front else 1 for r in baselines],
@@ -588,6 +620,24 @@ def _pareto_table(front: list[TrialRecord], objectives: list[str]) -> str:
     return _table(header, rows, left={5 + len(extra)})
 
 
+def _published_note(records: list[TrialRecord]) -> str:
+    """One line per baseline that is a published model: what it is, its accuracy here, both
+    FLOPs counts and which of them its paper's figure uses."""
+    items = []
+    for r in sorted(records, key=lambda rec: rec.number):
+        published = published_model(r.architecture) if r.baseline is not None else None
+        if published is None:
+            continue
+        accuracy = r.values.get("accuracy")
+        measured = (f"accuracy {_fmt(accuracy)}, " if accuracy is not None else "") + (
+            f"{_fmt(_mflops(r), '.2f')} MFLOPs (paper), {_fmt(r.mflops_all_ops, '.2f')} MFLOPs (all ops)")
+        items.append(f"<li>{_esc(_baseline_label(r))} (trial #{r.number}): {_esc(published)}; here {measured}.</li>")
+    if not items:
+        return ""
+    return ('<p class="caption">Baselines that are published models (their papers trained them on CIFAR-10; '
+            "compare their accuracy here only with this study's other trials):</p><ul>" + "".join(items) + "</ul>")
+
+
 def _failed_table(records: list[TrialRecord]) -> str:
     failed = [r for r in records if r.status == "failed"]
     if not failed:
@@ -784,6 +834,7 @@ def write_report(study: optuna.Study, out_dir: Path, png: bool | None = None) ->
         "accuracy 0. Hover a point for its MFLOPs in both conventions, parameters and per-layer choices."
         f"{front_note}{_ONE_SHOT_NOTE if retrained is not None else ''}</p>",
         rendered["accuracy_vs_mflops"],
+        _published_note(records),
         extra_scatters,
         _failed_table(records),
         "<h2>2. Hypervolume</h2>",

@@ -212,11 +212,12 @@ def sample_hyperparameters(trial: Any, settings: Settings) -> dict[str, Any]:
 
 
 def baseline_architectures(space: SearchSpace) -> dict[str, Architecture]:
-    """Uniform configurations of the space, one per distinct architecture. Only candidates of
-    the space can be trials of its study, so the dense model is a baseline where ``dense``
-    is a choice (vgg_mixed); elsewhere P = 1 or G = 1 is the dense-equivalent baseline."""
+    """Uniform configurations and named baselines (published models) of the space, one per
+    distinct architecture. Only candidates of the space can be trials of its study, so the
+    dense model is a baseline where ``dense`` is a choice (vgg_mixed); elsewhere P = 1 or
+    G = 1 is the dense-equivalent baseline."""
     result: dict[str, Architecture] = {}
-    for value in space.uniform_values():
+    for value in space.baseline_values():
         arch = space.uniform(value)
         if space.contains(arch) and arch not in result.values():
             result[value] = arch

@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from models import Architecture, LayerSlot, LayerSpec, get_model_family
+from models import Architecture, ArchitectureError, LayerSlot, LayerSpec, get_model_family
+from models.architecture import check_hetconv_nesting
 
 __all__ = ["SearchSpace", "SpaceError", "TrialLike"]
 
@@ -48,6 +49,9 @@ class SearchSpace:
     slots: tuple[LayerSlot, ...]
     choices: tuple[tuple[LayerSpec, ...], ...]
     default_type: str  # what a bare number means in ``uniform``: "hetconv" (part) or "flgc" (groups)
+    # Named baselines (published models) that are candidates of this space at this width:
+    # (name, one spec per slot). Not part of the fingerprint: they do not change the space.
+    named: tuple[tuple[str, tuple[LayerSpec, ...]], ...] = ()
 
     @classmethod
     def from_choices(
@@ -59,8 +63,12 @@ class SearchSpace:
         num_classes: int,
         default_type: str,
         choose: Any,
+        baselines: Mapping[str, Any] | None = None,
     ) -> SearchSpace:
-        """Build a space by calling ``choose(slot) -> list[LayerSpec]`` for every searchable layer."""
+        """Build a space by calling ``choose(slot) -> list[LayerSpec]`` for every searchable layer.
+
+        ``baselines`` maps a name to ``spec_of(slot) -> LayerSpec``; a baseline is kept only
+        where every one of its choices is legal in the space at this width."""
         slots = tuple(get_model_family(model).slots(width))
         choices = []
         for slot in slots:
@@ -70,7 +78,18 @@ class SearchSpace:
             for spec in legal:
                 spec.check(slot)
             choices.append(legal)
-        return cls(name, description, model, float(width), num_classes, slots, tuple(choices), default_type)
+        try:  # refused for the whole space, before a trial samples such a mix
+            check_hetconv_nesting(spec for legal in choices for spec in legal)
+        except ArchitectureError as err:
+            raise SpaceError(f"space {name}: {err}") from None
+        named = []
+        for label, spec_of in (baselines or {}).items():
+            specs = tuple(spec_of(slot) for slot in slots)
+            if all(spec in options for spec, options in zip(specs, choices)):
+                named.append((label, specs))
+        return cls(
+            name, description, model, float(width), num_classes, slots, tuple(choices), default_type, tuple(named)
+        )
 
     # -- candidates ---------------------------------------------------------------------
 
@@ -117,6 +136,11 @@ class SearchSpace:
         common = set(self.choices[0]).intersection(*map(set, self.choices[1:]))
         return ["dense"] + [self._uniform_name(s) for s in self.choices[0] if s in common and s.type != "dense"]
 
+    def baseline_values(self) -> list[str]:
+        """What ``--baselines`` queues: the uniform values, then the space's named baselines
+        (published models such as ``flgc-paper``); each is a value :meth:`uniform` accepts."""
+        return [*self.uniform_values(), *(label for label, _ in self.named)]
+
     def _uniform_name(self, spec: LayerSpec) -> str:
         if spec.type == self.default_type and spec.balanced:
             return str(spec.part if spec.type == "hetconv" else spec.groups)
@@ -124,21 +148,25 @@ class SearchSpace:
 
     def uniform(self, value: str | int) -> Architecture:
         """Every searchable layer at the same choice: ``4`` (the space's own layer type) or a
-        label such as ``hetconv:4``; ``dense`` is the dense model."""
+        label such as ``hetconv:4``; ``dense`` is the dense model; a named baseline of the
+        space (``flgc-paper``) is that published model."""
         text = str(value).strip()
         if text == "dense":
             return self.dense()
+        named = dict(self.named)
+        if text in named:
+            return Architecture(self.model, self.width, self.num_classes, named[text])
         if text.isdigit():
             text = f"{self.default_type}:{text}"
         try:
             spec = LayerSpec.from_label(text)
         except ValueError:
             raise SpaceError(
-                f"{value!r} is not a uniform value of space {self.name}; legal: {', '.join(self.uniform_values())}"
+                f"{value!r} is not a uniform value of space {self.name}; legal: {', '.join(self.baseline_values())}"
             ) from None
         for slot, options in zip(self.slots, self.choices):
             if spec not in options:
-                legal = ", ".join(self.uniform_values())
+                legal = ", ".join(self.baseline_values())
                 raise SpaceError(
                     f"{value} is not a legal uniform value of space {self.name} "
                     f"(not a choice of layer {slot.name}); legal: {legal}"

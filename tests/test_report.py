@@ -248,7 +248,11 @@ def test_html_is_self_contained_with_every_section(populated, tmp_path):
     # figures: one plot per section (1 scatter, hypervolume, heatmap, curves)
     assert text.count("Plotly.newPlot(") == 4
     assert '"shape":"hv"' in text and "circle-open" in text and '"symbol":"x"' in text
-    assert "uniform baselines" in text and '"P4"' in text and '"dense"' in text
+    assert '"P4"' in text and '"dense"' in text
+    # the uniform P baselines are the HetConv paper's models, with the FLOPs convention it uses
+    assert "baselines (published models: see below)" in text
+    assert "the HetConv paper&#x27;s VGG-16 with P = 4" in text or "the HetConv paper's VGG-16 with P = 4" in text
+    assert "compare with MFLOPs (paper)" in text and "P = 16" in text
 
 
 def test_hypervolume_in_header_matches_brute_force(populated, tmp_path):
@@ -308,6 +312,24 @@ def test_edge_cases_write_a_report(tmp_path, space, case):
     if case != "one_trial":
         assert "No Pareto configuration yet" in text
     assert files.pngs == [] and files.png_notice is None
+
+
+def test_flgc_paper_baseline_is_labelled_with_its_convention(tmp_path):
+    """A named baseline of mbv2_flgc: labelled by name, described as the FLGC paper's model,
+    its figure's convention (all ops) named; a non-published uniform baseline is not."""
+    space = get_space("mbv2_flgc", width=WIDTH)
+    assert report_module.published_model(space.uniform("flgc-paper")).startswith("the FLGC paper's MobileNetV2")
+    assert report_module.published_model(space.uniform("8")) is None  # all 33 convs grouped: not the paper's
+    study = new_study(tmp_path, name="mbv2")
+    for minute, (value, acc) in enumerate((("flgc-paper", 0.8), ("8", 0.7))):
+        arch, mflops = space.uniform(value), 5.0 - minute
+        user_attrs = {"status": "ok", "architecture": arch.to_json(), "mflops": mflops, "mflops_all_ops": mflops + 1,
+                      "params": 1000, "curve": curve(acc), "epochs_run": 3, "baseline": value}  # fmt: skip
+        add(study, TrialState.COMPLETE, [acc, mflops], user_attrs, 2 * minute)
+    text = write_report(reload(study), tmp_path / "out", png=False).html.read_text(encoding="utf-8")
+    assert '"flgc-paper"' in text and '"G8"' in text
+    assert "62.6 MFLOPs" in text and "compare with MFLOPs (all ops)" in text
+    assert "HetConv paper" not in text
 
 
 def test_extra_objectives_add_a_scatter(tmp_path, space):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
 import optuna
 import pytest
 
-from models import Architecture, LayerSpec, get_model_family, validate
+from models import Architecture, ArchitectureError, LayerSpec, get_model_family, validate
 from spaces import SearchSpace, SpaceError, get_space, space_names
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -130,10 +131,44 @@ def test_uniform():
     assert get_space("mbv2_flgc").uniform_values() == ["dense", "1", "2", "4", "8"]  # 24-channel layers stop 16
 
 
+def test_flgc_paper_baseline():
+    """The FLGC paper's MobileNetV2: G = 8 on the 17 projection convs, expansions dense (G = 1)."""
+    space = get_space("mbv2_flgc")
+    arch = space.uniform("flgc-paper")
+    assert space.contains(arch) and "flgc-paper" in space.baseline_values()
+    assert "flgc-paper" not in space.uniform_values()  # not a uniform model
+    specs = dict(zip((slot.name for slot in space.slots), arch.layers))
+    assert sum(name.endswith("_project") for name in specs) == 17
+    for name, spec in specs.items():
+        assert spec == (LayerSpec.flgc(8) if name.endswith("_project") else LayerSpec.flgc(1)), name
+    assert "flgc-paper" not in get_space("vgg_flgc").baseline_values()  # a space owns its baselines
+    with pytest.raises(SpaceError, match="flgc-paper"):
+        space.uniform("flgc-papers")  # the error lists it among the legal values
+
+
+def test_baselines_queue_the_published_model():
+    """--baselines queues what baseline_architectures returns: flgc-paper included, distinct."""
+    from search.study import baseline_architectures
+
+    space = get_space("mbv2_flgc", width=0.25)
+    queued = baseline_architectures(space)
+    assert queued["flgc-paper"] == space.uniform("flgc-paper")
+    assert len(set(queued.values())) == len(queued)
+
+
+def test_named_baseline_dropped_where_illegal():
+    """A named baseline that is not a candidate of the space at this width is not offered."""
+    from spaces.builtin import flgc_groups
+
+    baselines = {"g32": lambda slot: LayerSpec.flgc(32), "g2": lambda slot: LayerSpec.flgc(2)}
+    space = SearchSpace.from_choices("t", "t", "mobilenetv2", 0.25, 10, "flgc", flgc_groups, baselines)
+    assert space.baseline_values()[-1:] == ["g2"]  # 8-channel layers cannot take 32 groups
+
+
 def test_uniform_values_are_all_legal_uniforms():
     for name in BUILTIN:
         space = get_space(name)
-        for value in space.uniform_values():
+        for value in space.baseline_values():
             validate(space.uniform(value))
 
 
@@ -305,3 +340,53 @@ def test_missing_space_file(tmp_path):
     with pytest.raises(SpaceError) as err:
         get_space(str(tmp_path / "absent.yaml"))
     assert "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- HetConv nesting
+
+
+def _pair_counts(n: int, p1: int, p2: int, strided: bool) -> list[list[int]]:
+    """Channels shared by filter group a of a HetConv layer (part p1) and input group b of the
+    next one (part p2): the whole connection structure between the two, up to relabelling."""
+    counts = [[0] * p2 for _ in range(p1)]
+    for j in range(n):
+        a, b = (j % p1, j % p2) if strided else (j // (n // p1), j // (n // p2))
+        counts[a][b] += 1
+    return counts
+
+
+def _same_up_to_relabelling(x: list[list[int]], y: list[list[int]]) -> bool:
+    rows, cols = range(len(x)), range(len(x[0]))
+    return any(
+        all(x[r][c] == y[pr[r]][pc[c]] for r in rows for c in cols)
+        for pr in itertools.permutations(rows)
+        for pc in itertools.permutations(cols)
+    )
+
+
+@pytest.mark.parametrize("p1,p2", [(2, 4), (4, 2), (2, 6), (3, 6), (2, 3), (4, 6), (6, 4)])
+def test_block_layout_is_the_papers_only_for_nested_parts(p1, p2):
+    """Brute force over relabellings: two connected layers in the block form equal the paper's
+    strided form up to a channel permutation exactly when the parts nest, which is the rule
+    the space and the architecture check enforce."""
+    n = 12
+    equal = _same_up_to_relabelling(_pair_counts(n, p1, p2, False), _pair_counts(n, p1, p2, True))
+    nested = p1 % p2 == 0 or p2 % p1 == 0
+    assert equal == nested
+    # width 0.75: 48..384 channels, which 3 and 6 divide
+    arch = Architecture("vgg16", 0.75, 10, (LayerSpec.hetconv(p1), LayerSpec.hetconv(p2)) + (LayerSpec.dense(),) * 10)
+    if nested:
+        validate(arch)
+    else:
+        with pytest.raises(ArchitectureError, match="do not nest") as err:
+            validate(arch)
+        assert "\n" not in str(err.value)
+
+
+def test_space_mixing_parts_that_do_not_nest_is_refused(tmp_path):
+    path = tmp_path / "mix.yaml"
+    path.write_text('model: vgg16\nwidth: 0.75\nchoices: [dense, "hetconv:2", "hetconv:4"]\nlayers:\n  conv13: ["hetconv:3"]\n')
+    with pytest.raises(SpaceError) as err:
+        get_space(str(path))
+    message = str(err.value)
+    assert "2 and 3 do not nest" in message and "powers of two" in message and "\n" not in message
