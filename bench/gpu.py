@@ -83,20 +83,21 @@ def with_layers(model: nn.Module, old: types.SimpleNamespace) -> nn.Module:
     return model
 
 
-def set_hetconv_form(model: nn.Module, form: str) -> nn.Module:
+def _copy_setting(model: nn.Module, layer_type: type, name: str, value: object) -> nn.Module:
+    """A copy of ``model`` with ``name = value`` on every layer of ``layer_type``."""
     model = copy.deepcopy(model)
     for m in model.modules():
-        if isinstance(m, HetConv2d):
-            m.training_form = form
+        if isinstance(m, layer_type):
+            setattr(m, name, value)
     return model
+
+
+def set_hetconv_form(model: nn.Module, form: str) -> nn.Module:
+    return _copy_setting(model, HetConv2d, "training_form", form)
 
 
 def set_reassign_every(model: nn.Module, k: int) -> nn.Module:
-    model = copy.deepcopy(model)
-    for m in model.modules():
-        if isinstance(m, FLGConv2d):
-            m.reassign_every = k
-    return model
+    return _copy_setting(model, FLGConv2d, "reassign_every", k)
 
 
 def train_step(model: nn.Module, batch: int, device: torch.device, lr: float = 1e-3):

@@ -155,7 +155,9 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _run_in_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def run_in_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``python run_search.py ARGS`` in this process (``run_search.main``) in ``cwd``, with
+    stdout and stderr captured."""
     import run_search
 
     out, err = io.StringIO(), io.StringIO()
@@ -250,7 +252,7 @@ def _run_case(case: Case, folder: Path, template: Path | None, subprocesses: boo
     db = folder / "results" / "studies.db"
     before = study_snapshot(db) if template is not None else None
     start = time.monotonic()
-    proc = (_run if subprocesses else _run_in_process)(args, cwd=folder)
+    proc = (_run if subprocesses else run_in_process)(args, cwd=folder)
     seconds = time.monotonic() - start
     after = study_snapshot(db) if template is not None and db.is_file() else None
     return Outcome(args, proc.returncode, proc.stdout, proc.stderr, before, after, seconds, folder)
@@ -260,7 +262,7 @@ def _make_template(base: Path) -> Path:
     """The shared prepared study: a real tiny search into a template results folder."""
     cwd, template = base / "template_run", base / "template_results"
     cwd.mkdir()
-    proc = _run_in_process(["search", *TEMPLATE_ARGS, "--results-dir", str(template)], cwd=cwd)
+    proc = run_in_process(["search", *TEMPLATE_ARGS, "--results-dir", str(template)], cwd=cwd)
     assert proc.returncode == 0, f"template search failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     snapshot = study_snapshot(template / "studies.db")
     assert snapshot["studies"] == [STUDY] and snapshot["trials"] == {STUDY: 1}, snapshot

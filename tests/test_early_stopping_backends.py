@@ -6,7 +6,7 @@
 2. Ray backend: the real scheduler class from ``_make_scheduler`` on the same peers and the
    same candidate values gives the same decisions.
 3. Every sampler of the tool keeps working on a study that holds PRUNED trials.
-4. End to end, both backends (real training on ``digits``, ``--epochs 4 --eta 2``, so the
+4. End to end, both backends (real training on ``digits``, ``--epochs 3 --eta 2``, so the
    rungs are 1 and 2): early-stopped trials are PRUNED, recorded consistently, spend budget,
    and never reach pareto.csv nor the exported configs.  Both searches start in the
    background when the module starts, so they overlap with the fast tests.
@@ -341,7 +341,8 @@ def test_samplers_work_with_pruned_trials(sampler_name):
 # =============================================================================================
 # 4. End to end
 # =============================================================================================
-E2E_ARGS = ["--preset", "quick", "--epochs", "4", "--early-stop", "mo-asha", "--min-epochs", "1", "--eta", "2",
+E2E_EPOCHS = 3  # rungs at 1 and 2 epochs below it (--min-epochs 1, --eta 2)
+E2E_ARGS = ["--preset", "quick", "--epochs", str(E2E_EPOCHS), "--early-stop", "mo-asha", "--min-epochs", "1", "--eta", "2",
             "--budget", "6", "--no-report", "--quiet"]  # fmt: skip
 E2E_RUNGS = (1, 2)
 E2E_TIMEOUT = 420
@@ -465,7 +466,7 @@ def test_end_to_end(backend, e2e_searches):
     for t in complete:
         attrs = t.user_attrs
         assert attrs["status"] == "ok" and "stopped_at_rung" not in attrs
-        assert attrs["epochs_run"] == 4 and len(attrs["curve"]) == 4
+        assert attrs["epochs_run"] == E2E_EPOCHS and len(attrs["curve"]) == E2E_EPOCHS
         assert all(rung_attr(r) in attrs for r in E2E_RUNGS), (t.number, sorted(attrs))
 
     # report and export (from the storage, as `run_search.py report/export` do)

@@ -19,12 +19,9 @@ real subprocesses for a smaller table). Three parts:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import io
 import json
 import math
-import os
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -43,7 +40,7 @@ import run_search  # noqa: E402
 from search import commands  # noqa: E402
 from search.settings import NUMBERS, Number, mask_url, url_secrets  # noqa: E402
 from pg_server import postgres_url  # noqa: E402,F401  (the session fixture)
-from test_bad_input import STUDY, study_snapshot  # noqa: E402
+from test_bad_input import STUDY, run_in_process, study_snapshot  # noqa: E402
 
 TINY = ["--preset", "quick", "--epochs", "1", "--threads", "1", "--budget", "1", "--no-report", "--quiet"]
 PASSWORD = "S3cr3t-pw_7f2a"  # noqa: S105  (a test value, grepped for in every output)
@@ -65,15 +62,8 @@ class Result:
 
 
 def cli(argv: list[str], cwd: Path) -> Result:
-    out, err = io.StringIO(), io.StringIO()
-    before = os.getcwd()
-    os.chdir(cwd)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = run_search.main(list(argv))
-    finally:
-        os.chdir(before)
-    return Result(code, out.getvalue(), err.getvalue())
+    proc = run_in_process(argv, cwd)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
 def tree(folder: Path) -> set[str]:
