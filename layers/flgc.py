@@ -37,7 +37,9 @@ __all__ = [
     "device_balanced_assignment",
     "device_balanced_assignments",
     "is_stable_assignment",
+    "one_hot",
     "param_groups_without_logit_decay",
+    "straight_through_one_hot",
 ]
 
 
@@ -192,15 +194,15 @@ def device_balanced_assignments(
     return results
 
 
-def _one_hot(index: torch.Tensor, classes: int, dtype: torch.dtype) -> torch.Tensor:
+def one_hot(index: torch.Tensor, classes: int, dtype: torch.dtype) -> torch.Tensor:
     """``F.one_hot`` without its range check, which waits on the GPU."""
     return (index[:, None] == torch.arange(classes, device=index.device)).to(dtype)
 
 
-def _straight_through_one_hot(logits: torch.Tensor, hard_index: torch.Tensor) -> torch.Tensor:
+def straight_through_one_hot(logits: torch.Tensor, hard_index: torch.Tensor) -> torch.Tensor:
     """One-hot of ``hard_index`` in the forward pass, gradient of softmax(logits) backward."""
     soft = logits.softmax(dim=1)
-    hard = _one_hot(hard_index, logits.shape[1], soft.dtype)
+    hard = one_hot(hard_index, logits.shape[1], soft.dtype)
     return hard + soft - soft.detach()
 
 
@@ -321,7 +323,7 @@ class FLGConv2d(nn.Module):
                 in_groups, out_groups = self.in_logits.argmax(dim=1), self.out_logits.argmax(dim=1)
             dtype = self.weight.dtype
             mask = (out_groups[:, None] == in_groups[None, :]).to(dtype)
-            b_in, b_out = _one_hot(in_groups, self.groups, dtype), _one_hot(out_groups, self.groups, dtype)
+            b_in, b_out = one_hot(in_groups, self.groups, dtype), one_hot(out_groups, self.groups, dtype)
             hard = (in_groups, out_groups, mask, b_in, b_out)
         self._hard = (key, hard)
         return hard

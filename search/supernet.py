@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from layers import create_conv2d, hetconv_block_mask
-from layers.flgc import _one_hot, _straight_through_one_hot, device_balanced_assignment
+from layers.flgc import one_hot, straight_through_one_hot, device_balanced_assignment
 from models import Architecture, LayerSlot, LayerSpec, build_model, mark_searchable, searchable_layers
 from spaces import SearchSpace, SpaceError
 
@@ -115,11 +115,11 @@ class SuperConv2d(nn.Module):
             out_groups, in_groups = self._groups(spec)
             g = str(spec.groups)
             if self.training:
-                b_out = _straight_through_one_hot(self.out_logits[g], out_groups)
-                b_in = _straight_through_one_hot(self.in_logits[g], in_groups)
+                b_out = straight_through_one_hot(self.out_logits[g], out_groups)
+                b_in = straight_through_one_hot(self.in_logits[g], in_groups)
             else:
-                b_out = _one_hot(out_groups, spec.groups, self.weight.dtype)
-                b_in = _one_hot(in_groups, spec.groups, self.weight.dtype)
+                b_out = one_hot(out_groups, spec.groups, self.weight.dtype)
+                b_in = one_hot(in_groups, spec.groups, self.weight.dtype)
             mask = b_out @ b_in.t()
             weight = self.weight * mask[:, :, None, None].to(self.weight.dtype)
             return F.conv2d(x, weight, None, self.stride, self.padding)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from layers import FLGConv2d, balanced_assignment, create_conv2d, device_balanced_assignment, param_groups_without_logit_decay
-from layers.flgc import _straight_through_one_hot, default_rounds, device_balanced_assignments
+from layers.flgc import straight_through_one_hot, default_rounds, device_balanced_assignments
 
 DTYPE = torch.float64
 
@@ -461,8 +461,8 @@ def test_device_assignment_keeps_previous_when_rounds_do_not_settle():
 
 def reference_masked_weight(layer: FLGConv2d) -> torch.Tensor:
     """The straight-through masked weight built op by op (the form before the fused one)."""
-    b_out = _straight_through_one_hot(layer.out_logits, layer.output_groups())
-    b_in = _straight_through_one_hot(layer.in_logits, layer.input_groups())
+    b_out = straight_through_one_hot(layer.out_logits, layer.output_groups())
+    b_in = straight_through_one_hot(layer.in_logits, layer.input_groups())
     return layer.weight * (b_out @ b_in.t())[:, :, None, None]
 
 
