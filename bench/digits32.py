@@ -8,7 +8,7 @@
   candidates consistently at all (on ``digits`` it was 0.08: noise). Unlike
   ``bench/one_shot.py --retest`` it needs no supernet.
 
-``--recipe key=value`` overrides a field of :class:`search.digits32.Digits32Recipe`
+``--recipe key=value`` overrides a field of :class:`search.evaluation.digits32.Digits32Recipe`
 (calibration only; the shipped task is the default recipe). Results are appended to
 ``--out`` (CSV), one row per training run.
 
@@ -35,7 +35,7 @@ RETEST_SEED_OFFSET = 7_919  # the second training of a candidate
 
 def _recipe(overrides: list[str]):
     """The default recipe with ``key=value`` overrides (tuples as ``low,high``)."""
-    import search.digits32 as d32
+    import search.evaluation.digits32 as d32
 
     changes = {}
     fields = {f.name: f for f in dataclasses.fields(d32.Digits32Recipe)}
@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from scipy import stats
 
-    import search.digits32 as d32
-    from search.evaluate import evaluate
+    import search.evaluation.digits32 as d32
+    from search.evaluation.evaluate import evaluate
     from spaces import get_space
 
     torch.set_num_threads(args.threads)

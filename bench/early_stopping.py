@@ -112,7 +112,7 @@ def rows_of(study, mode: str, seed: int) -> list[dict[str, Any]]:
     """CSV rows of a finished study: every finished trial in order of completion."""
     from optuna.trial import TrialState
 
-    from search.front import hypervolume_over_trials
+    from search.reporting.front import hypervolume_over_trials
     from search.storage import load_records, study_objectives
 
     records = load_records(study)
@@ -143,7 +143,7 @@ def rows_of(study, mode: str, seed: int) -> list[dict[str, Any]]:
 def warm_up(args: argparse.Namespace) -> None:
     """Load the data and train one cheap model for one epoch, so that the first timed run does
     not pay the process's one-time costs (thread pools, first kernels) alone."""
-    from search.evaluate import evaluate, get_dataset
+    from search.evaluation.evaluate import evaluate, get_dataset
     from spaces import get_space
 
     training = settings_for(args, 0, "none", Path("unused")).training
@@ -155,8 +155,8 @@ def warm_up(args: argparse.Namespace) -> None:
 def run_search(args: argparse.Namespace, seed: int, mode: str, work_dir: Path) -> Run:
     from optuna.trial import TrialState
 
-    from search.cost import architecture_cost
-    from search.optuna_driver import run_optuna_search
+    from search.evaluation.cost import architecture_cost
+    from search.backends.optuna_driver import run_optuna_search
 
     results_dir = work_dir / f"{mode}-seed{seed}"
     # Both modes of a seed sample largely the same candidates: without this the second run

@@ -3,12 +3,12 @@
 
 For each space, on this device, at ``--batch``:
 
-1. the per-layer table is built (``search.latency.LatencyTable.build``: every searchable
+1. the per-layer table is built (``search.evaluation.latency.LatencyTable.build``: every searchable
    layer in every choice, deployed alone, then calibrated on the whole dense and uniform
    models), timed;
 2. ``--candidates`` random candidates of the space (seeded) and its uniform configurations
    are each predicted from the table and **measured twice** as whole deployed models
-   (``search.latency.model_latency_ms``, what ``--latency measured`` does), the two
+   (``search.evaluation.latency.model_latency_ms``, what ``--latency measured`` does), the two
    measurements at different times so that their disagreement shows the noise floor.
 
 Reported per space, over the random candidates only (the uniform ones calibrated the table):
@@ -51,8 +51,8 @@ import torch
 from scipy import stats
 
 from bench._timing import default_out, environment, load_warning, print_table, setup_threads, write_csv
-from search.cost import architecture_cost
-from search.latency import LatencyTable, model_latency_ms
+from search.evaluation.cost import architecture_cost
+from search.evaluation.latency import LatencyTable, model_latency_ms
 from spaces import SearchSpace, get_space
 
 CSV_COLUMNS = ("space", "candidate", "arch", "mflops", "predicted_ms", "measured_ms", "error_pct", "m1_ms", "m2_ms")

@@ -20,7 +20,7 @@ Inference at batch 1 and 64 (``torch.inference_mode()``); ``--train-step`` adds 
 step (forward + cross-entropy + backward + SGD) at batch 64 for dense, training forms and
 standard grouped convs. Every form in both memory formats; ratios are against the dense model
 of the same family and width, batch and mode in its faster format, measured round-robin in the
-same run. ``mflops`` is the paper count of the trained model (search.cost); ``executed_mflops``
+same run. ``mflops`` is the paper count of the trained model (search.evaluation.cost); ``executed_mflops``
 what the deployed module runs (ptflops on it: HetConv's split form runs its zero 1x1 block).
 
     python bench/models.py --quick
@@ -103,7 +103,7 @@ def randomize_assignments(model: nn.Module, seed: int) -> nn.Module:
 
 
 def executed_mflops(module: nn.Module) -> float:
-    from search.cost import count_cost
+    from search.evaluation.cost import count_cost
 
     return count_cost(copy.deepcopy(module).eval()).mflops
 
@@ -124,7 +124,7 @@ class Entry:
 def forms_of(
     arch: Architecture, name: str, kind: str, param: str, seed: int, weights: Path | None = None, quick: bool = False
 ) -> list[Entry]:
-    from search.cost import architecture_cost
+    from search.evaluation.cost import architecture_cost
 
     torch.manual_seed(seed)
     model = randomize_assignments(build_model(arch), seed)
@@ -183,7 +183,7 @@ def builtin_entries(model: str, args) -> list[Entry]:
 def read_configs(paths: list[str]) -> list[tuple[Path, Architecture]]:
     """The exported configs that load (others are skipped with a message: e.g. the
     ``*.retrain.json`` summaries beside them in a pareto folder)."""
-    from search.retrain import load_config
+    from search.artifacts.retrain import load_config
 
     configs = []
     for text in paths:

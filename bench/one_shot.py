@@ -5,26 +5,26 @@ number of training epochs?
 
 For each seed (0 .. ``--seeds``-1), in-process, real training on ``digits``:
 
-1. **Supernet.** ``search.supernet.train_supernet`` for ``--supernet-epochs`` epochs (the
-   initialisation seeded too), saved where ``search.one_shot`` looks for it, so that step 3
+1. **Supernet.** ``search.strategies.supernet.train_supernet`` for ``--supernet-epochs`` epochs (the
+   initialisation seeded too), saved where ``search.backends.one_shot`` looks for it, so that step 3
    reuses this very supernet instead of training another one.
 2. **Ranking.** ``--candidates`` uniformly random architectures of the space (own seeded
-   generator, duplicates redrawn): one-shot score (``search.supernet.score``: inherited
+   generator, duplicates redrawn): one-shot score (``search.strategies.supernet.score``: inherited
    weights, BN recalibrated, validation accuracy) and stand-alone validation accuracy
-   (``search.evaluate.evaluate`` with ``--epochs``, the same validation split). Kendall tau
+   (``search.evaluation.evaluate.evaluate`` with ``--epochs``, the same validation split). Kendall tau
    and Spearman rho between them (``scipy.stats``). Both are rank correlations: 1 = the
    supernet orders the candidates exactly like training does, 0 = no better than chance.
 3. **Budget comparison at equal training epochs.**
-   - one-shot: ``search.one_shot.run_one_shot_search`` with ``--search-candidates`` scored
+   - one-shot: ``search.backends.one_shot.run_one_shot_search`` with ``--search-candidates`` scored
      candidates (NSGA-II) and ``--retrain-top K``; its cost in training epochs is
      ``supernet_epochs * (2 + num_random)`` (one sandwich step trains the largest, the
      smallest and ``num_random`` = 2 random sub-networks: each supernet epoch counts as that
      many sub-network epochs) plus the epochs of the K retrains. Scoring is not counted in
      epochs (it trains nothing); its seconds are reported.
-   - train-each: ``search.optuna_driver.run_optuna_search`` (``--sampler``, default TPE) with
+   - train-each: ``search.backends.optuna_driver.run_optuna_search`` (``--sampler``, default TPE) with
      ``budget = one-shot epochs // --epochs`` trials, in its own temporary storage.
    - compared: the hypervolume (study reference point: accuracy 0, the dense model's MFLOPs;
-     ``search.front.front_hypervolume``) of the **retrained** one-shot configurations (the
+     ``search.reporting.front.front_hypervolume``) of the **retrained** one-shot configurations (the
      ordinary study the one-shot search fills; stand-alone accuracies, same fidelity as
      train-each) against the train-each front. The hypervolume of the one-shot *scores*
      (``hv_one_shot_scores``) is reported for reference only: another fidelity, not comparable.
@@ -125,7 +125,7 @@ def train_each_settings(args: argparse.Namespace, seed: int, budget: int, result
 
 
 def num_random_default() -> int:
-    from search.supernet import train_supernet
+    from search.strategies.supernet import train_supernet
 
     return int(inspect.signature(train_supernet).parameters["num_random"].default)
 
@@ -137,9 +137,9 @@ def train_and_save_supernet(args: argparse.Namespace, settings, space, data, see
     """Train the supernet of one seed and save it where ``run_one_shot_search`` reuses it."""
     import torch
 
-    from search.one_shot import _supernet_path
-    from search.supernet import Supernet, save_supernet, train_supernet
-    from search.train import resolve_device
+    from search.backends.one_shot import _supernet_path
+    from search.strategies.supernet import Supernet, save_supernet, train_supernet
+    from search.evaluation.train import resolve_device
 
     torch.manual_seed(seed)  # the initial weights too (Supernet() draws from the global RNG)
     supernet = Supernet(space)
@@ -173,10 +173,10 @@ def random_candidates(supernet, count: int, seed: int) -> list:
 
 def rank_candidates(args: argparse.Namespace, supernet, data, training, seed: int) -> list[dict[str, Any]]:
     """One-shot score and stand-alone accuracy of ``--candidates`` random architectures."""
-    from search.cost import architecture_cost
-    from search.evaluate import evaluate
-    from search.supernet import score
-    from search.train import resolve_device
+    from search.evaluation.cost import architecture_cost
+    from search.evaluation.evaluate import evaluate
+    from search.strategies.supernet import score
+    from search.evaluation.train import resolve_device
 
     rows = []
     candidates = random_candidates(supernet, args.candidates, seed)
@@ -227,7 +227,7 @@ def correlations(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def _hypervolume(study) -> tuple[float, dict[str, float]]:
-    from search.front import front_hypervolume
+    from search.reporting.front import front_hypervolume
     from search.storage import load_records, study_objectives
 
     reference = {k: float(v) for k, v in dict(study.user_attrs["reference_point"]).items()}
@@ -245,8 +245,8 @@ def compare_budgets(args: argparse.Namespace, seed: int, settings, supernet: dic
     """The one-shot search (reusing the seed's supernet) against train-each at equal epochs."""
     import optuna
 
-    from search.one_shot import run_one_shot_search
-    from search.optuna_driver import run_optuna_search
+    from search.backends.one_shot import run_one_shot_search
+    from search.backends.optuna_driver import run_optuna_search
     from search.storage import open_storage
 
     started = time.perf_counter()
@@ -285,7 +285,7 @@ def compare_budgets(args: argparse.Namespace, seed: int, settings, supernet: dic
 def run_seed(args: argparse.Namespace, seed: int, work_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     import torch
 
-    from search.evaluate import get_dataset
+    from search.evaluation.evaluate import get_dataset
     from spaces import get_space
 
     torch.set_num_threads(args.threads)  # the one-shot code path does not apply --threads itself

@@ -10,7 +10,7 @@ from typing import Any
 
 from spaces import get_space, space_names
 
-from .cost import architecture_cost, cheapest_and_dearest
+from search.evaluation.cost import architecture_cost, cheapest_and_dearest
 
 __all__ = [
     "check_device_available",
@@ -85,7 +85,7 @@ def print_table(rows: list[dict[str, Any]], as_json: bool = False, out=sys.stdou
 def check_output_dir(results_dir: str) -> None:
     """``--results-dir`` must be a folder, or creatable as one (checked before a storage is
     opened, so a run that cannot write its outputs never creates a study)."""
-    from .errors import UserError
+    from search.errors import UserError
 
     try:
         _check_output_dir(Path(results_dir))
@@ -94,7 +94,7 @@ def check_output_dir(results_dir: str) -> None:
 
 
 def _check_output_dir(path: Path) -> None:
-    from .errors import UserError
+    from search.errors import UserError
 
     results_dir = str(path)
     if path.exists():
@@ -114,8 +114,8 @@ def check_device_available(name: str) -> None:
     """The device exists here: a missing GPU index would otherwise fail every trial."""
     import torch
 
-    from .errors import UserError
-    from .train import resolve_device
+    from search.errors import UserError
+    from search.evaluation.train import resolve_device
 
     try:
         device = resolve_device(name)
@@ -131,8 +131,8 @@ def check_search(settings) -> None:
     """Everything about a search that can be checked before a storage or the disk is touched:
     the options (Settings validates itself), the device, the space (and its file), the results
     folder and an explicit storage URL. The data are checked next, by loading them."""
-    from .data import num_classes_of
-    from .storage import check_storage_url
+    from search.evaluation.data import num_classes_of
+    from search.storage import check_storage_url
 
     check_device_available(settings.training.device)
     get_space(settings.space, width=settings.width, num_classes=num_classes_of(settings.training.dataset))
@@ -142,9 +142,9 @@ def check_search(settings) -> None:
 
 def _open_existing_study(name: str, storage_url: str | None, results_dir: str):
     """A study that must exist (never creates a file, a folder or a study)."""
-    from .errors import UserError
-    from .settings import Settings, check_study_name, mask_url
-    from .storage import find_study, open_storage
+    from search.errors import UserError
+    from search.settings import Settings, check_study_name, mask_url
+    from search.storage import find_study, open_storage
 
     check_study_name(name, "--study")
     url = storage_url or Settings(results_dir=results_dir).storage_url
@@ -160,8 +160,8 @@ def _open_existing_study(name: str, storage_url: str | None, results_dir: str):
 
 def write_outputs(study, study_dir: Path, out=sys.stderr) -> None:
     """Report and export of a study, both from the storage."""
-    from .export import export_pareto
-    from .report import write_report
+    from search.reporting.export import export_pareto
+    from search.reporting.report import write_report
 
     files = write_report(study, study_dir)
     configs = export_pareto(study, study_dir / "pareto")
@@ -178,10 +178,10 @@ def search(settings, write_report: bool = True) -> None:
 
 def run_search(settings, write_report: bool = True) -> None:
     """The search itself, once :func:`check_search` has passed."""
-    from .workers import packed_workers
+    from search.backends.workers import packed_workers
 
     if settings.strategy == "one-shot":
-        from .one_shot import one_shot_study_name, run_one_shot_search
+        from search.backends.one_shot import one_shot_study_name, run_one_shot_search
 
         study = run_one_shot_search(settings)
         if write_report:  # the one-shot study (both fronts), then the retrained trials' own study
@@ -190,15 +190,15 @@ def run_search(settings, write_report: bool = True) -> None:
             write_outputs(retrained, settings.study_dir)
         return
     elif settings.backend == "ray":
-        from .ray_driver import run_ray_search
+        from search.backends.ray_driver import run_ray_search
 
         study = run_ray_search(settings)
     elif settings.worker_index is None and (workers := packed_workers(settings)) > 1:
-        from .workers import run_workers
+        from search.backends.workers import run_workers
 
         study = run_workers(settings.replace(workers=workers))
     else:
-        from .optuna_driver import run_optuna_search
+        from search.backends.optuna_driver import run_optuna_search
 
         study = run_optuna_search(settings)
     if write_report:
@@ -206,7 +206,7 @@ def run_search(settings, write_report: bool = True) -> None:
 
 
 def report(name: str, storage_url: str | None, results_dir: str) -> None:
-    from .report import write_report
+    from search.reporting.report import write_report
 
     check_output_dir(results_dir)
     study = _open_existing_study(name, storage_url, results_dir)
@@ -217,7 +217,7 @@ def report(name: str, storage_url: str | None, results_dir: str) -> None:
 
 
 def export(name: str, storage_url: str | None, results_dir: str) -> None:
-    from .export import export_pareto
+    from search.reporting.export import export_pareto
 
     check_output_dir(results_dir)
     study = _open_existing_study(name, storage_url, results_dir)
@@ -228,7 +228,7 @@ def export(name: str, storage_url: str | None, results_dir: str) -> None:
 
 
 def retrain(config: str, epochs: int | None, device: str | None, data_dir: str | None) -> None:
-    from .retrain import retrain_config
+    from search.artifacts.retrain import retrain_config
 
     summary = retrain_config(config, epochs=epochs, device=device, data_dir=data_dir)
     print(
@@ -238,8 +238,8 @@ def retrain(config: str, epochs: int | None, device: str | None, data_dir: str |
 
 
 def deploy_config(config: str, weights: str | None, onnx: bool, hetconv_form: str, flgc_form: str, batch: int) -> None:
-    from .deployment import export_deployed
-    from .settings import check_number
+    from search.artifacts.deployment import export_deployed
+    from search.settings import check_number
 
     check_number("batch", batch)
     summary = export_deployed(config, weights=weights, onnx=onnx, hetconv_form=hetconv_form, flgc_form=flgc_form, batch=batch)

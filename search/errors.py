@@ -5,9 +5,9 @@ from __future__ import annotations
 from models import ArchitectureError
 from spaces import SpaceError
 
-from .data import DataError
-from .settings import SettingsError
-from .storage import StorageError, StudyMismatch
+from search.evaluation.data import DataError
+from search.settings import SettingsError
+from search.storage import StorageError, StudyMismatch
 
 __all__ = ["USER_ERRORS", "SearchAborted", "UserError"]
 

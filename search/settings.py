@@ -161,7 +161,7 @@ NUMBERS: dict[str, Number] = {
 
 
 def _datasets() -> tuple[str, ...]:
-    from .data import DATASETS
+    from search.evaluation.data import DATASETS
 
     return DATASETS
 
@@ -403,9 +403,9 @@ class Settings:
         """The early-stopping rule of this run, or None."""
         if not self.stops_early:
             return None
-        from .early_stopping import MultiObjectiveASHA
+        from search.strategies.early_stopping import MultiObjectiveASHA
 
-        from .data import num_classes_of
+        from search.evaluation.data import num_classes_of
 
         senses = [OBJECTIVE_SENSES[o] for o in self.objectives]
         return MultiObjectiveASHA(self.min_epochs, self.eta, self.training.epochs, senses,

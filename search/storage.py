@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from models import Architecture
 
-from .settings import OBJECTIVE_SENSES, mask_url, scrub, url_secrets
+from search.settings import OBJECTIVE_SENSES, mask_url, scrub, url_secrets
 
 __all__ = [
     "OBJECTIVE_SENSES",

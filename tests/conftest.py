@@ -20,7 +20,7 @@ def _one_torch_thread():
 
 # Files whose tests start Ray clusters: run them one after another on one pytest-xdist
 # worker (two clusters at once on a 2-core machine starve each other's raylets).
-_RAY_FILES = {"test_ray.py", "test_early_stopping_backends.py"}
+_RAY_FILES = {"test_ray_search.py", "test_early_stopping_backends.py"}
 
 
 @pytest.hookimpl(tryfirst=True)

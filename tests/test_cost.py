@@ -1,4 +1,4 @@
-"""Tests for search/cost.py: ptflops hooks vs closed forms, dense models vs MACs by hand.
+"""Tests for search/evaluation/cost.py: ptflops hooks vs closed forms, dense models vs MACs by hand.
 
 Expected counts are computed here from DESIGN.md sections 3-6 (layer shapes written out
 below), never from the model code.
@@ -16,7 +16,7 @@ from torch import nn
 from layers import FLGConv2d, HetConv2d
 from models import Architecture, LayerSpec, build_model, get_model_family
 from models.mobilenetv2 import InvertedResidual
-from search.cost import architecture_cost, count_cost, count_params, slot_macs
+from search.evaluation.cost import architecture_cost, count_cost, count_params, slot_macs
 from spaces import get_space
 
 

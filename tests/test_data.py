@@ -1,4 +1,4 @@
-"""Tests for search/data.py: real torchvision loading on tiny files, digits, BatchLoader.
+"""Tests for search/evaluation/data.py: real torchvision loading on tiny files, digits, BatchLoader.
 
 No test needs the network: CIFAR files are written in torchvision's pickle format into
 tmp_path, and only the md5 check is bypassed (file existence is still checked).
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import torchvision.datasets.cifar as tv_cifar
-from search.data import DATASETS, BatchLoader, DataError, Dataset, load_dataset
+from search.evaluation.data import DATASETS, BatchLoader, DataError, Dataset, load_dataset
 
 CIFAR10_TRAIN_PER_BATCH = 4  # 5 batches -> 20 training images
 CIFAR10_TEST = 6

@@ -27,7 +27,7 @@ from torch import nn
 
 from layers import ChannelGather, ConvSum, FLGConv2d, GroupSplitConv, HetConv2d
 from models import Architecture, LayerSpec, build_model, count_gathers, deploy
-from search.cost import count_params
+from search.evaluation.cost import count_params
 from spaces import get_space, space_names
 
 REPO = Path(__file__).resolve().parents[1]
@@ -496,7 +496,7 @@ def test_deployed_parameters_equal_effective_parameters(case):
 @pytest.mark.parametrize("case", ["vgg_hetconv/uniform/4", "vgg_mixed/random/2"])
 def test_hetconv_split_extra_parameters_are_exactly_the_baked_zero_blocks(case):
     """count_params is the effective count; HetConv's split form stores its 1x1 block diagonal
-    as zeros (N*M/P per layer, search/cost.py says so): that and nothing else is the difference.
+    as zeros (N*M/P per layer, search/evaluation/cost.py says so): that and nothing else is the difference.
     The dense form stores whole KxK kernels."""
     model = trained_like(architecture_of(case))
     deployed = deploy(model, hetconv_form="split")
@@ -542,7 +542,7 @@ def test_onnx_export_of_a_deployed_model(tmp_path):
 
 
 def write_config(path: Path, arch: Architecture) -> Path:
-    from search.export import CONFIG_FORMAT
+    from search.reporting.export import CONFIG_FORMAT
     from search.settings import TrainingSettings
 
     config = {

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-import search.digits32 as d32
-from search.data import DATASETS, load_dataset, num_classes_of
+import search.evaluation.digits32 as d32
+from search.evaluation.data import DATASETS, load_dataset, num_classes_of
 
 SMALL = dataclasses.replace(d32.RECIPE, train=300, val=300, test=100)
 

@@ -1,4 +1,4 @@
-"""Tests for search.early_stopping (multi-objective asynchronous successive halving)."""
+"""Tests for search.strategies.early_stopping (multi-objective asynchronous successive halving)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import random
 import numpy as np
 import pytest
 
-import search.early_stopping as es
-from search.early_stopping import MultiObjectiveASHA, RungResult, peers_from_attrs, rung_attr
+import search.strategies.early_stopping as es
+from search.strategies.early_stopping import MultiObjectiveASHA, RungResult, peers_from_attrs, rung_attr
 
 
 # ---------------------------------------------------------------------------

@@ -32,14 +32,14 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from search.cost import architecture_cost
-from search.early_stopping import rung_attr
-from search.optuna_driver import _rung_callback, make_sampler
-from search.front import pareto_records
+from search.evaluation.cost import architecture_cost
+from search.strategies.early_stopping import rung_attr
+from search.backends.optuna_driver import _rung_callback, make_sampler
+from search.reporting.front import pareto_records
 from search.settings import Settings, TrainingSettings
 from search.storage import load_records, study_objectives
-from search.study import count_finished, open_search
-from search.train import EpochRecord
+from search.backends.study import count_finished, open_search
+from search.evaluation.train import EpochRecord
 from spaces import get_space
 
 pytestmark = [
@@ -147,7 +147,7 @@ def constructed(tmp_path_factory):
 
 def _costs(arch) -> dict[str, float]:
     """The costs ``evaluate_candidate`` hands to the epoch callback."""
-    from search.cost import architecture_cost
+    from search.evaluation.cost import architecture_cost
 
     cost = architecture_cost(arch)
     return {"mflops": cost.mflops, "params": float(cost.params)}
@@ -199,7 +199,7 @@ class FakeTrial:
 def test_ray_scheduler_matches_the_optuna_decisions(constructed):
     from ray.tune.schedulers import TrialScheduler
 
-    from search.ray_driver import _make_scheduler
+    from search.backends.ray_driver import _make_scheduler
 
     _, context, mflops = constructed
     scheduler = _make_scheduler(context)  # the 8 peers come from the storage
@@ -229,7 +229,7 @@ def test_tie_break_is_the_same_in_both_backends(tmp_path):
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
 
-    from search.ray_driver import _make_scheduler
+    from search.backends.ray_driver import _make_scheduler
 
     context = open_search(_settings(tmp_path))
     context.study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, values=[0.6, 10.0],
@@ -250,7 +250,7 @@ def test_retry_is_not_stopped_by_its_own_failed_original(tmp_path):
     heartbeat retry); the retry trains the same candidate with the same seed, so it reaches
     rung 1 with exactly the values its failed original recorded there. Failed trials are no
     peers, so the retry is not stopped by its own ghost."""
-    from search.study import fail_and_requeue
+    from search.backends.study import fail_and_requeue
 
     context = open_search(_settings(tmp_path))
     study = context.study
@@ -432,8 +432,8 @@ def e2e_searches(request, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["optuna", "ray"])
 def test_end_to_end(backend, e2e_searches):
-    from search.export import export_pareto
-    from search.report import write_report
+    from search.reporting.export import export_pareto
+    from search.reporting.report import write_report
 
     search = e2e_searches[backend]
     code, _, err, seconds = search.result()

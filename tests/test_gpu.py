@@ -25,7 +25,7 @@ from layers import FLGConv2d, HetConv2d
 from models import build_model
 from models.deploy import deploy
 from search.settings import Settings, SettingsError, TrainingSettings
-from search.workers import DEFAULT_TRIALS_PER_GPU, packed_workers
+from search.backends.workers import DEFAULT_TRIALS_PER_GPU, packed_workers
 from spaces import get_space, space_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,8 +113,8 @@ def test_training_step_never_synchronises(name, tmp_path):
     """The real step (loader, autocast, model, fused SGD, scaler, NaN watch) under CUDA's
     sync-debug mode "error". The first step runs before: HetConv's ``auto`` form times
     itself once per shape, the one place a step may wait (documented)."""
-    from search.data import load_dataset
-    from search.train import NonFiniteWatch, prepare_training, training_step
+    from search.evaluation.data import load_dataset
+    from search.evaluation.train import NonFiniteWatch, prepare_training, training_step
 
     space = get_space(name, width=0.25)
     data = load_dataset("digits", tmp_path)

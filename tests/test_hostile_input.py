@@ -4,7 +4,7 @@ line (no traceback), before anything is written: the study is unchanged, no stor
 or output file appears. Passwords of storage URLs never appear in anything the tool prints
 or writes.
 
-In-process calls cost milliseconds (tests/test_bad_input.py proves the same contract through
+In-process calls cost milliseconds (tests/test_bad_input_cli.py proves the same contract through
 real subprocesses for a smaller table). Three parts:
 
 - ``NUMERIC``: generated from the parser itself: every numeric option of every command gets
@@ -40,7 +40,7 @@ import run_search  # noqa: E402
 from search import commands  # noqa: E402
 from search.settings import NUMBERS, Number, mask_url, url_secrets  # noqa: E402
 from pg_server import postgres_url  # noqa: E402,F401  (the session fixture)
-from test_bad_input import STUDY, run_in_process, study_snapshot  # noqa: E402
+from test_bad_input_cli import STUDY, run_in_process, study_snapshot  # noqa: E402
 
 TINY = ["--preset", "quick", "--epochs", "1", "--threads", "1", "--budget", "1", "--no-report", "--quiet"]
 PASSWORD = "S3cr3t-pw_7f2a"  # noqa: S105  (a test value, grepped for in every output)
@@ -519,7 +519,7 @@ def test_random_config_recipes_are_accepted_or_one_line_errors(training, seed, t
     (Through load_config, the check ``retrain`` and ``deploy`` run before any work.)"""
     from models import ArchitectureError
     from search.errors import UserError
-    from search.retrain import load_config
+    from search.artifacts.retrain import load_config
 
     path = tmp_path_factory.mktemp("fuzz_config") / "c.json"
     try:

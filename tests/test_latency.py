@@ -22,7 +22,7 @@ import torch
 from optuna.trial import TrialState
 
 from _studies import load
-from search.latency import LatencyTable, device_key, measure_latency, model_latency_ms
+from search.evaluation.latency import LatencyTable, device_key, measure_latency, model_latency_ms
 from spaces import get_space
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +89,7 @@ def test_prediction_is_fixed_part_plus_the_chosen_layers(space, table):
 
 
 def test_calibration_line():
-    from search.latency import _fit_line
+    from search.evaluation.latency import _fit_line
 
     assert _fit_line([1.0, 2.0, 3.0], [3.0, 5.0, 7.0]) == pytest.approx((1.0, 2.0))
     assert _fit_line([2.0], [5.0]) == (3.0, 1.0)  # one point: unit scale through it

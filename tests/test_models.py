@@ -24,7 +24,7 @@ from models import (
     validate,
 )
 from models.mobilenetv2 import InvertedResidual
-from search.cost import architecture_cost
+from search.evaluation.cost import architecture_cost
 from spaces import get_space, space_names
 
 

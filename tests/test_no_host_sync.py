@@ -81,7 +81,7 @@ def test_hetconv_forms_and_free_flgc_on_meta(form):
 
 
 def test_non_finite_watch_looks_every_few_steps_and_keeps_seeing_a_nan():
-    from search.train import NonFiniteWatch
+    from search.evaluation.train import NonFiniteWatch
 
     watch = NonFiniteWatch(torch.device("cpu"), every=4)
     running = torch.zeros(())

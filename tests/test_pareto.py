@@ -1,4 +1,4 @@
-"""Tests for search.pareto against brute-force reference implementations."""
+"""Tests for search.reporting.pareto against brute-force reference implementations."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from search.pareto import (
+from search.reporting.pareto import (
     crowding_distance,
     dominates,
     hypervolume,

@@ -3,7 +3,7 @@ in subprocesses, real (tiny) training on the offline digits data.
 
 Each "machine" is a separate ``run_search.py`` process with its own results folder; they
 share nothing but the storage URL. The budget must come out exact (slots are taken under a
-PostgreSQL advisory lock, search/budget.py).
+PostgreSQL advisory lock, search/backends/budget.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Tests for search/report.py on real SQLite studies built without training.
+"""Tests for search/reporting/report.py on real SQLite studies built without training.
 
 Trials are added with ``optuna.trial.create_trial`` carrying the user attributes the tool
-writes (``search.evaluate.result_attributes`` plus status / baseline / fail_reason), with
+writes (``search.evaluation.evaluate.result_attributes`` plus status / baseline / fail_reason), with
 real architectures of the ``vgg_hetconv`` space. The expected Pareto front is computed here
 by brute force from the raw Optuna trials, not with the project's Pareto code.
 """
@@ -19,15 +19,15 @@ import pytest
 from optuna.trial import TrialState
 
 from models import Architecture
-from search import report as report_module
-from search.report import ReportFiles, trials_frame, write_report
+from search.reporting import report as report_module
+from search.reporting.report import ReportFiles, trials_frame, write_report
 from search.storage import load_records
 from spaces import get_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 WIDTH = 0.25
-DENSE_MFLOPS = 19.924362  # search.cost.architecture_cost(space.dense()) at width 0.25 (test_cost checks costs)
+DENSE_MFLOPS = 19.924362  # search.evaluation.cost.architecture_cost(space.dense()) at width 0.25 (test_cost checks costs)
 DENSE_PARAMS = 939898
 SECTION_HEADINGS = (
     "1. Accuracy vs MFLOPs",

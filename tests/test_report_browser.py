@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from search.optuna_driver import run_optuna_search
-from search.report import write_report
+from search.backends.optuna_driver import run_optuna_search
+from search.reporting.report import write_report
 from search.settings import Settings, TrainingSettings
 
 ARTIFACTS = Path(__file__).parent / "artifacts"

@@ -148,7 +148,7 @@ def test_flgc_paper_baseline():
 
 def test_baselines_queue_the_published_model():
     """--baselines queues what baseline_architectures returns: flgc-paper included, distinct."""
-    from search.study import baseline_architectures
+    from search.backends.study import baseline_architectures
 
     space = get_space("mbv2_flgc", width=0.25)
     queued = baseline_architectures(space)

@@ -1,4 +1,4 @@
-"""Tests for search/supernet.py: an activated supernet computes exactly what the stand-alone
+"""Tests for search/strategies/supernet.py: an activated supernet computes exactly what the stand-alone
 model with the inherited weights computes; BN recalibration; sandwich training; save/load."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from torch import nn
 
 from layers import FLGConv2d, HetConv2d, param_groups_without_logit_decay
 from models import LayerSlot, LayerSpec, build_model, searchable_layers
-from search.cost import slot_macs
-from search.data import load_dataset
+from search.evaluation.cost import slot_macs
+from search.evaluation.data import load_dataset
 from search.settings import TrainingSettings
-from search.supernet import (
+from search.strategies.supernet import (
     SuperConv2d,
     Supernet,
 
@@ -26,7 +26,7 @@ from search.supernet import (
     score,
     train_supernet,
 )
-from search.train import TrialFailed
+from search.evaluation.train import TrialFailed
 from spaces import SpaceError, get_space
 
 SPACES = ["vgg_hetconv", "vgg_flgc", "mbv2_flgc", "vgg_mixed"]

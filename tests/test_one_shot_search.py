@@ -1,4 +1,4 @@
-"""End-to-end tests of ``--strategy one-shot`` (search/one_shot.py, search/supernet.py).
+"""End-to-end tests of ``--strategy one-shot`` (search/backends/one_shot.py, search/strategies/supernet.py).
 
 The real CLI (``python run_search.py ...``) in subprocesses, real supernet training and real
 retraining on the offline ``digits`` data set, width 0.25, one epoch, ``--threads 1``:
@@ -63,7 +63,7 @@ def complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def one_shot_front(study: optuna.Study):
-    from search.front import pareto_records
+    from search.reporting.front import pareto_records
     from search.storage import load_records, study_objectives
 
     return pareto_records(load_records(study), study_objectives(study))
@@ -135,7 +135,7 @@ def test_first_one_shot_search(first_run):
         assert t.user_attrs["one_shot_score"] == pytest.approx(source.values[0])
         assert t.user_attrs["epochs_run"] == 1
 
-    # The supernet: search/one_shot.py's docstring says <results-dir>/<study>/supernet/, and
+    # The supernet: search/backends/one_shot.py's docstring says <results-dir>/<study>/supernet/, and
     # _supernet_path uses settings.study_dir of the ORDINARY study's settings, so it is under
     # D/vgg_hetconv-digits/supernet/ (not D/vgg_hetconv-digits-oneshot/supernet/).
     files = first_run["supernets"]
@@ -206,8 +206,8 @@ def test_rerun_reuses_the_supernet_and_retrains_nothing_twice(first_run, second_
 
 
 def test_score_is_deterministic_and_independent_of_the_previous_candidate(first_run):
-    from search.data import load_dataset
-    from search.supernet import load_supernet, score
+    from search.evaluation.data import load_dataset
+    from search.strategies.supernet import load_supernet, score
     from spaces import get_space
 
     assert first_run["supernets"], describe(first_run["proc"])
@@ -239,7 +239,7 @@ def test_score_is_deterministic_and_independent_of_the_previous_candidate(first_
 @pytest.fixture
 def fake_training(monkeypatch):
     """Stand-ins for supernet training and scoring that record the torch thread count."""
-    import search.supernet as supernet_module
+    import search.strategies.supernet as supernet_module
 
     seen: dict[str, list[int]] = {"train": [], "score": []}
 
@@ -265,7 +265,7 @@ def _settings(tmp_path: Path, **changes):
 
 
 def test_threads_option_applies_to_supernet_training_and_scoring(tmp_path, fake_training):
-    from search.one_shot import run_one_shot_search
+    from search.backends.one_shot import run_one_shot_search
 
     torch.set_num_threads(2)
     run_one_shot_search(_settings(tmp_path, budget=2))
@@ -273,7 +273,7 @@ def test_threads_option_applies_to_supernet_training_and_scoring(tmp_path, fake_
 
 
 def test_one_shot_study_does_not_mix_scores_of_two_supernets(tmp_path, fake_training):
-    from search.one_shot import run_one_shot_search
+    from search.backends.one_shot import run_one_shot_search
     from search.storage import StudyMismatch
 
     run_one_shot_search(_settings(tmp_path, budget=2, supernet_epochs=1))

@@ -28,12 +28,12 @@ import pytest
 from optuna.trial import TrialState
 
 from models import Architecture, validate
-from search.candidate import CONSTRAINT_KEY, evaluate_candidate
-from search.cost import architecture_cost, cheapest_and_dearest
-from search.evaluate import evaluate
+from search.evaluation.candidate import CONSTRAINT_KEY, evaluate_candidate
+from search.evaluation.cost import architecture_cost, cheapest_and_dearest
+from search.evaluation.evaluate import evaluate
 from search.settings import TUNABLE, Settings, TrainingSettings
-from search.study import baseline_architectures
-from search.train import TrialFailed
+from search.backends.study import baseline_architectures
+from search.evaluation.train import TrialFailed
 from spaces import get_space
 from _studies import load, storage_url
 
@@ -319,7 +319,7 @@ def test_rerun_with_the_same_budget_adds_nothing(runner, continued, first_run):
 
 # ------------------------------------------------------------------------------- 4. refusals
 # Refused runs (a changed protocol, width or objectives against this study, bad options) are
-# the table of tests/test_bad_input.py, on a study made the same way.
+# the table of tests/test_bad_input_cli.py, on a study made the same way.
 
 
 # ------------------------------------------------------------------------------- 5. FLOPs ceiling

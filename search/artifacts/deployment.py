@@ -12,8 +12,8 @@ import torch
 
 from models import Architecture, build_model, count_gathers, deploy
 
-from .errors import SearchAborted, UserError
-from .retrain import check_writable, load_config
+from search.errors import SearchAborted, UserError
+from search.artifacts.retrain import check_writable, load_config
 
 __all__ = ["check_onnx_extra", "export_deployed", "load_weights"]
 

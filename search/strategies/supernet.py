@@ -40,10 +40,10 @@ from layers.flgc import one_hot, straight_through_one_hot, device_balanced_assig
 from models import Architecture, LayerSlot, LayerSpec, build_model, mark_searchable, searchable_layers
 from spaces import SearchSpace, SpaceError
 
-from .cost import slot_macs
-from .data import BatchLoader, Dataset
-from .settings import TrainingSettings
-from .train import NonFiniteWatch, TrialFailed, evaluate_loader, lr_at, prepare_training
+from search.evaluation.cost import slot_macs
+from search.evaluation.data import BatchLoader, Dataset
+from search.settings import TrainingSettings
+from search.evaluation.train import NonFiniteWatch, TrialFailed, evaluate_loader, lr_at, prepare_training
 
 __all__ = [
     "SuperConv2d",

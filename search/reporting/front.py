@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .pareto import hypervolume, hypervolume_history, pareto_mask
-from .storage import OBJECTIVE_SENSES, TrialRecord, load_records, study_objectives
+from search.reporting.pareto import hypervolume, hypervolume_history, pareto_mask
+from search.storage import OBJECTIVE_SENSES, TrialRecord, load_records, study_objectives
 
 __all__ = ["front_hypervolume", "front_summary", "hypervolume_over_trials", "objective_matrix", "pareto_records"]
 

@@ -1,4 +1,4 @@
-"""The Ray Tune backend (search/ray_driver.py) end to end, on this CPU-only machine.
+"""The Ray Tune backend (search/backends/ray_driver.py) end to end, on this CPU-only machine.
 
 1. a local run through the CLI writes the same study as the Optuna backend, and re-running
    with a larger budget continues it;
@@ -48,7 +48,7 @@ IN_PROCESS_RAY_ENV = {
     "RAY_DEDUP_LOGS": "0",
     "RAY_AUTH_MODE": "disabled",
 }
-# Trial attributes that both backends write (search/evaluate.py result_attributes).
+# Trial attributes that both backends write (search/evaluation/evaluate.py result_attributes).
 SHARED_TRIAL_ATTRS = {"architecture", "mflops", "mflops_all_ops", "params", "curve", "status", "seed", "device", "epochs_run"}
 RAY_TRIAL_ATTRS = {"ray_node_id", "ray_gpu_ids"}
 
@@ -56,7 +56,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.excep
 
 
 def say(text: str) -> None:
-    print(f"\n[test_ray] {text}", flush=True)
+    print(f"\n[test_ray_search] {text}", flush=True)
 
 
 # ----------------------------------------------------------------------------- processes
@@ -301,7 +301,7 @@ def two_node_cluster(in_process_ray: str):
 def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path: Path, two_node_cluster) -> None:
     import ray
 
-    from search.ray_driver import run_ray_search
+    from search.backends.ray_driver import run_ray_search
 
     node_ids = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
     assert len(node_ids) == 2
@@ -341,7 +341,7 @@ def ray_with_logical_gpus(in_process_ray: str):
 def test_fractional_logical_gpus_pack_two_trials_per_gpu(tmp_path: Path, ray_with_logical_gpus) -> None:
     import ray
 
-    from search.ray_driver import run_ray_search
+    from search.backends.ray_driver import run_ray_search
 
     settings = _quick_settings(tmp_path, epochs=2, budget=4, max_concurrent=4, gpus_per_trial=0.5, cpus_per_trial=0.5,
                                early_stop="none")  # every trial trains to the end: 4 complete  # fmt: skip

@@ -2,7 +2,7 @@
 
 Ray schedules the trials; Optuna (through Ray's ``OptunaSearch``) samples them and the study
 in the Optuna storage stays the single source of truth, so the dashboard, ``report`` and
-``export`` work unchanged. Every trial runs the shared :func:`search.candidate.evaluate_candidate`
+``export`` work unchanged. Every trial runs the shared :func:`search.evaluation.candidate.evaluate_candidate`
 and sends its :class:`Outcome` back in its last report; the driver writes it into the study.
 
 Resuming: the study, not Ray's experiment folder, says what is done. Re-running the same
@@ -23,15 +23,15 @@ from optuna.trial import TrialState
 
 from spaces import SearchSpace
 
-from .cost import architecture_cost
-from .candidate import Outcome, evaluate_candidate, latency_function, record_outcome
-from .errors import SearchAborted
-from .early_stopping import RungResult, peers_from_attrs, rung_attr
-from .front import front_summary
-from .progress import Progress
-from .settings import Settings, mask_url
-from .storage import OBJECTIVE_SENSES
-from .study import (
+from search.evaluation.cost import architecture_cost
+from search.evaluation.candidate import Outcome, evaluate_candidate, latency_function, record_outcome
+from search.errors import SearchAborted
+from search.strategies.early_stopping import RungResult, peers_from_attrs, rung_attr
+from search.reporting.front import front_summary
+from search.backends.progress import Progress
+from search.settings import Settings, mask_url
+from search.storage import OBJECTIVE_SENSES
+from search.backends.study import (
     SearchContext,
     count_finished,
     enqueue_baselines,
@@ -42,7 +42,7 @@ from .study import (
     trial_seed,
     write_run_json,
 )
-from .train import EpochRecord
+from search.evaluation.train import EpochRecord
 
 __all__ = ["recover_orphaned_trials", "run_ray_search"]
 
@@ -111,7 +111,7 @@ def _train_candidate(config: dict[str, Any], space: SearchSpace, settings: Setti
 
 
 def _make_scheduler(context: SearchContext):
-    """A Ray TrialScheduler running the shared early-stopping rule (search/early_stopping.py)."""
+    """A Ray TrialScheduler running the shared early-stopping rule (search/strategies/early_stopping.py)."""
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
     settings = context.settings
@@ -223,7 +223,7 @@ def _make_searcher(context: SearchContext, progress: Progress, done: list[int], 
 
 
 def _sampler(settings: Settings, study: optuna.Study) -> optuna.samplers.BaseSampler:
-    from .optuna_driver import make_sampler
+    from search.backends.optuna_driver import make_sampler
 
     return make_sampler(settings.sampler, settings.seed + len(study.get_trials(deepcopy=False)))
 

@@ -20,10 +20,10 @@ import torch
 from models import Architecture
 from spaces import SearchSpace
 
-from .cost import architecture_cost
-from .evaluate import evaluate, release_memory, result_attributes
-from .settings import Settings
-from .train import EpochRecord, TrialFailed
+from search.evaluation.cost import architecture_cost
+from search.evaluation.evaluate import evaluate, release_memory, result_attributes
+from search.settings import Settings
+from search.evaluation.train import EpochRecord, TrialFailed
 
 # Called after every epoch with the epoch and the candidate's costs; True stops the training.
 CostedEpochCallback = Callable[[EpochRecord, dict[str, float]], bool | None]
@@ -128,8 +128,8 @@ def latency_function(settings: Settings, space: SearchSpace) -> Callable[[Archit
     """How this run gets a candidate's latency (None when latency is not an objective)."""
     if "latency_ms" not in settings.objectives:
         return None
-    from .latency import LatencyTable, model_latency_ms
-    from .train import resolve_device
+    from search.evaluation.latency import LatencyTable, model_latency_ms
+    from search.evaluation.train import resolve_device
 
     device = resolve_device(settings.training.device)
     batch = settings.latency_batch

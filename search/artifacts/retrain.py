@@ -11,10 +11,10 @@ import torch
 
 from models import Architecture, ArchitectureError, validate
 
-from .cost import architecture_cost
-from .errors import UserError
-from .evaluate import evaluate
-from .settings import NUMBERS, SettingsError, TrainingSettings, check_number
+from search.evaluation.cost import architecture_cost
+from search.errors import UserError
+from search.evaluation.evaluate import evaluate
+from search.settings import NUMBERS, SettingsError, TrainingSettings, check_number
 
 __all__ = ["check_writable", "config_training", "load_config", "retrain_config"]
 
@@ -64,7 +64,7 @@ def config_training(config: dict[str, Any], path: Path, **overrides: Any) -> Tra
         raise UserError(f"{where[:-1]} is malformed: {err}") from None
     except SettingsError as err:
         raise UserError(str(err)) from None
-    from .data import num_classes_of
+    from search.evaluation.data import num_classes_of
 
     classes = Architecture.from_json(config["architecture"]).num_classes
     if classes != num_classes_of(result.dataset):
@@ -94,7 +94,7 @@ def retrain_config(
     check_writable(path)
     arch = Architecture.from_json(config["architecture"])
     training = config_training(config, path, epochs=epochs, device=device, data_dir=data_dir)
-    from .commands import check_device_available
+    from search.commands import check_device_available
 
     check_device_available(training.device)
     weights = path.with_suffix(".pt")

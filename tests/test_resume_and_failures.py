@@ -34,18 +34,18 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-import search.candidate
-import search.evaluate
-import search.optuna_driver
+import search.evaluation.candidate
+import search.evaluation.evaluate
+import search.backends.optuna_driver
 import search.storage
-from search.budget import take_slot
-from search.candidate import evaluate_candidate
+from search.backends.budget import take_slot
+from search.evaluation.candidate import evaluate_candidate
 from search.errors import SearchAborted
-from search.evaluate import evaluate
-from search.optuna_driver import run_optuna_search
+from search.evaluation.evaluate import evaluate
+from search.backends.optuna_driver import run_optuna_search
 from search.settings import Settings, TrainingSettings
 from search.storage import open_storage
-from search.study import count_finished, open_search, trial_seed
+from search.backends.study import count_finished, open_search, trial_seed
 from spaces import get_space
 from _studies import load, storage_url
 
@@ -320,16 +320,16 @@ def test_checkpoint_resume_gives_the_same_result(space, tmp_path):
 
 @pytest.fixture
 def release_spy(monkeypatch):
-    """Counts calls of the release_memory the candidate path uses (search.candidate imports
-    it from search.evaluate by name, so the name to patch is search.candidate.release_memory)."""
+    """Counts calls of the release_memory the candidate path uses (search.evaluation.candidate imports
+    it from search.evaluation.evaluate by name, so the name to patch is search.evaluation.candidate.release_memory)."""
     calls: list[tuple] = []
-    real = search.candidate.release_memory
+    real = search.evaluation.candidate.release_memory
 
     def spy(*args, **kwargs):
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(search.candidate, "release_memory", spy)
+    monkeypatch.setattr(search.evaluation.candidate, "release_memory", spy)
     return calls
 
 
@@ -337,7 +337,7 @@ def test_exception_in_training_is_a_failed_outcome(space, tmp_path, monkeypatch,
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(search.evaluate, "train_model", boom)
+    monkeypatch.setattr(search.evaluation.evaluate, "train_model", boom)
     arch = space.uniform("4")
     outcome = evaluate_candidate(arch, {}, quick_settings(tmp_path), seed=3, number=5)
     assert outcome.state == "failed"
@@ -371,7 +371,7 @@ def _oom_run(space, tmp_path, monkeypatch, release_spy) -> tuple[Any, list[weakr
     whether that model was already gone when release_memory ran."""
     models: list[weakref.ref] = []
     dead_at_release: list[bool] = []
-    real_build = search.evaluate.build_model
+    real_build = search.evaluation.evaluate.build_model
 
     def build(arch):
         model = real_build(arch)
@@ -381,15 +381,15 @@ def _oom_run(space, tmp_path, monkeypatch, release_spy) -> tuple[Any, list[weakr
     def oom(model, *args, **kwargs):
         raise torch.OutOfMemoryError(OOM_MESSAGE)
 
-    real_spy = search.candidate.release_memory
+    real_spy = search.evaluation.candidate.release_memory
 
     def spy(*args, **kwargs):
         dead_at_release.append(all(ref() is None for ref in models))
         return real_spy(*args, **kwargs)
 
-    monkeypatch.setattr(search.evaluate, "build_model", build)
-    monkeypatch.setattr(search.evaluate, "train_model", oom)
-    monkeypatch.setattr(search.candidate, "release_memory", spy)
+    monkeypatch.setattr(search.evaluation.evaluate, "build_model", build)
+    monkeypatch.setattr(search.evaluation.evaluate, "train_model", oom)
+    monkeypatch.setattr(search.evaluation.candidate, "release_memory", spy)
     outcome = evaluate_candidate(space.uniform("2"), {}, quick_settings(tmp_path), seed=0, number=2)
     return outcome, models, dead_at_release
 
@@ -417,7 +417,7 @@ def _flaky_training(monkeypatch, fail_calls: Callable[[int], bool]) -> list[int]
     """Patch training so that call number i (0-based) raises RuntimeError('boom') when
     ``fail_calls(i)``; the others train for real."""
     calls: list[int] = []
-    real = search.evaluate.train_model
+    real = search.evaluation.evaluate.train_model
 
     def train(*args, **kwargs):
         calls.append(len(calls))
@@ -425,7 +425,7 @@ def _flaky_training(monkeypatch, fail_calls: Callable[[int], bool]) -> list[int]
             raise RuntimeError("boom")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(search.evaluate, "train_model", train)
+    monkeypatch.setattr(search.evaluation.evaluate, "train_model", train)
     return calls
 
 
@@ -488,15 +488,15 @@ def test_a_trial_finished_by_another_worker_is_counted(tmp_path, monkeypatch):
     open_search(settings)  # creates the study, as `--workers` does before starting workers
     other = optuna.load_study(study_name=settings.study, storage=settings.storage_url)
     running = other.ask()  # worker 1's trial
-    real = search.optuna_driver.take_slot
+    real = search.backends.optuna_driver.take_slot
 
     def worker_1_finishes_first(study, url, budget, count):
-        monkeypatch.setattr(search.optuna_driver, "take_slot", real)
+        monkeypatch.setattr(search.backends.optuna_driver, "take_slot", real)
         running.set_user_attr("status", "ok")
         other.tell(running, [0.5, 5.0])
         return real(study, url, budget, count)
 
-    monkeypatch.setattr(search.optuna_driver, "take_slot", worker_1_finishes_first)
+    monkeypatch.setattr(search.backends.optuna_driver, "take_slot", worker_1_finishes_first)
     study = run_optuna_search(settings)
     states = [t.state.name for t in study.get_trials()]
     assert count_finished(study) == 1, f"budget 1, finished {count_finished(study)}: {states}"

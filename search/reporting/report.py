@@ -34,9 +34,9 @@ from plotly.subplots import make_subplots
 
 from models import Architecture, LayerSpec, get_model_family
 
-from .front import front_hypervolume, hypervolume_over_trials, pareto_records
-from .pareto import pareto_mask
-from .storage import OBJECTIVE_SENSES, STATUSES, TrialRecord, load_records, study_objectives
+from search.reporting.front import front_hypervolume, hypervolume_over_trials, pareto_records
+from search.reporting.pareto import pareto_mask
+from search.storage import OBJECTIVE_SENSES, STATUSES, TrialRecord, load_records, study_objectives
 
 __all__ = ["ReportFiles", "layer_code", "layer_value", "trials_frame", "write_report"]
 

@@ -23,11 +23,11 @@ from optuna.trial import TrialState
 from models import Architecture
 from spaces import SearchSpace, get_space
 
-from .candidate import latency_function
-from .cost import architecture_cost, cheapest_and_dearest
-from .evaluate import get_dataset
-from .settings import TUNABLE, Settings, SettingsError, mask_url, scrub, url_secrets
-from .storage import OBJECTIVE_SENSES, StudyMismatch, find_study, open_storage
+from search.evaluation.candidate import latency_function
+from search.evaluation.cost import architecture_cost, cheapest_and_dearest
+from search.evaluation.evaluate import get_dataset
+from search.settings import TUNABLE, Settings, SettingsError, mask_url, scrub, url_secrets
+from search.storage import OBJECTIVE_SENSES, StudyMismatch, find_study, open_storage
 
 __all__ = [
     "SearchContext",

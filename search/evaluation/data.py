@@ -10,7 +10,7 @@ Four data sets are supported:
   which makes it a real, offline data set for quick CPU runs and tests. It is upsampled
   to 3x32x32 so that the CIFAR architectures run on it unchanged.
 * ``digits32``: a harder offline proxy generated from the same glyphs
-  (:mod:`search.digits32`), with a fixed train/validation/test split by source glyph;
+  (:mod:`search.evaluation.digits32`), with a fixed train/validation/test split by source glyph;
   ``val_size`` re-splits its train + validation images at random instead.
 
 Images are kept as uint8 tensors (CIFAR-10 is 150 MB that way) so the whole set can live
@@ -107,7 +107,7 @@ def load_dataset(
         num_classes, hflip = num_classes_of(key), False  # a mirrored digit is a different glyph
         default_val = int(round(_DIGITS_VAL_FRACTION * len(pool_y)))
     elif key == "digits32":
-        from .digits32 import load_digits32
+        from search.evaluation.digits32 import load_digits32
 
         (train_x, train_y), (val_x, val_y), (test_x, test_y) = load_digits32(data_dir)
         pool_x, pool_y = torch.cat([train_x, val_x]), torch.cat([train_y, val_y])

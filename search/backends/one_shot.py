@@ -1,7 +1,7 @@
 """``--strategy one-shot``: train one weight-sharing supernet, then score thousands of
 candidates in seconds each, then retrain the top of the one-shot front from scratch.
 
-1. The supernet of the space (:mod:`search.supernet`) is trained once with the sandwich
+1. The supernet of the space (:mod:`search.strategies.supernet`) is trained once with the sandwich
    rule and in-place distillation, saved under ``<results-dir>/<study>/supernet/`` and reused
    by later searches of the same space and settings.
 2. A separate study, ``<study>-oneshot``, holds the one-shot scores (user attribute
@@ -23,15 +23,15 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from .candidate import CONSTRAINT_KEY
-from .cost import architecture_cost
-from .errors import SearchAborted
-from .front import front_summary, pareto_records
-from .progress import Progress
-from .settings import Settings
-from .storage import StudyMismatch, load_records, study_objectives
-from .study import count_finished, open_search, write_run_json
-from .train import TrialFailed, resolve_device
+from search.evaluation.candidate import CONSTRAINT_KEY
+from search.evaluation.cost import architecture_cost
+from search.errors import SearchAborted
+from search.reporting.front import front_summary, pareto_records
+from search.backends.progress import Progress
+from search.settings import Settings
+from search.storage import StudyMismatch, load_records, study_objectives
+from search.backends.study import count_finished, open_search, write_run_json
+from search.evaluation.train import TrialFailed, resolve_device
 
 __all__ = ["one_shot_study_name", "run_one_shot_search"]
 
@@ -52,7 +52,7 @@ def _supernet_path(settings: Settings, fingerprint: dict) -> Path:
 
 
 def _trained_supernet(settings: Settings, space, data, progress: Progress):
-    from .supernet import Supernet, load_supernet, save_supernet, train_supernet
+    from search.strategies.supernet import Supernet, load_supernet, save_supernet, train_supernet
 
     path = _supernet_path(settings, space.fingerprint())
     if path.exists():
@@ -94,7 +94,7 @@ def _spread(records: list, k: int) -> list:
 
 def run_one_shot_search(settings: Settings) -> optuna.Study:
     """Supernet, one-shot study up to ``budget`` scored candidates, then ``--retrain-top``."""
-    from .supernet import score
+    from search.strategies.supernet import score
 
     if "latency_ms" in settings.objectives:
         raise SearchAborted("--strategy one-shot supports the accuracy, mflops and params objectives")
@@ -115,7 +115,7 @@ def run_one_shot_search(settings: Settings) -> optuna.Study:
     study.set_user_attr("supernet", supernet_name)
     study.set_user_attr("fidelity", "one-shot")
     study.set_user_attr("retrained_study", standalone.study.study_name)
-    from .evaluate import get_dataset
+    from search.evaluation.evaluate import get_dataset
 
     data = get_dataset(settings.training)
     supernet, path = _trained_supernet(settings, context.space, data, Progress(settings.budget, 0, quiet=settings.quiet))
@@ -123,7 +123,7 @@ def run_one_shot_search(settings: Settings) -> optuna.Study:
     write_run_json(context, {"strategy": "one-shot", "supernet": str(path)})
     device = resolve_device(settings.training.device)
     supernet.to(device)
-    from .optuna_driver import make_sampler
+    from search.backends.optuna_driver import make_sampler
 
     sampler = make_sampler(settings.sampler, settings.seed + len(study.get_trials(deepcopy=False)))
     study = optuna.load_study(study_name=study.study_name, storage=context.storage, sampler=sampler)
@@ -161,7 +161,7 @@ def run_one_shot_search(settings: Settings) -> optuna.Study:
 
 def _retrain_top(settings: Settings, study: optuna.Study, standalone, progress: Progress) -> None:
     """Queue the top of the one-shot front into the ordinary study and train them from scratch."""
-    from .optuna_driver import run_optuna_search
+    from search.backends.optuna_driver import run_optuna_search
 
     front = pareto_records(load_records(study), study_objectives(study))
     chosen = _spread(front, settings.retrain_top)

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models import Architecture, ArchitectureError, LayerSpec, build_model, validate
-from search.cost import count_cost, slot_macs
+from search.evaluation.cost import count_cost, slot_macs
 from spaces import get_space, space_names
 
 SPACES = ("vgg_hetconv", "vgg_flgc", "mbv2_flgc", "vgg_mixed")

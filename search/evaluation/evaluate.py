@@ -14,10 +14,10 @@ import torch
 
 from models import Architecture, build_model
 
-from .cost import Cost, count_cost
-from .data import Dataset, load_dataset
-from .settings import TrainingSettings
-from .train import EpochCallback, EpochRecord, resolve_device, train_model
+from search.evaluation.cost import Cost, count_cost
+from search.evaluation.data import Dataset, load_dataset
+from search.settings import TrainingSettings
+from search.evaluation.train import EpochCallback, EpochRecord, resolve_device, train_model
 
 __all__ = ["TrialResult", "evaluate", "get_dataset", "release_memory", "result_attributes"]
 

@@ -11,13 +11,13 @@ included, ``n`` results in all).  It continues iff its position in
 ``= max(1, ceil(n / eta))``.
 
 The ranking is the NSGA-II one instead of a single metric: first the Pareto
-rank from :func:`search.pareto.non_dominated_sort` on the rung objectives (for
+rank from :func:`search.reporting.pareto.non_dominated_sort` on the rung objectives (for
 example ``(accuracy at the rung, MFLOPs)``), then, inside a front, the crowding
-distance from :func:`search.pareto.crowding_distance` computed within that
+distance from :func:`search.reporting.pareto.crowding_distance` computed within that
 front, largest first (``inf`` extremes first), and finally the trial key as a
 deterministic tie-break (ints before strings, each in natural order).  With
 ``tie_break="hypervolume"`` the exclusive hypervolume contribution
-(:func:`search.pareto.hypervolume_contributions` within the front, against
+(:func:`search.reporting.pareto.hypervolume_contributions` within the front, against
 ``reference``) is used before the crowding distance.  So a cheap, low-accuracy
 trial that lies on the front (and, being the cheapest, is an extreme with
 infinite crowding) is kept, where a single-metric scheduler would stop it.
@@ -71,7 +71,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from search.pareto import crowding_distance, hypervolume_contributions, non_dominated_sort
+from search.reporting.pareto import crowding_distance, hypervolume_contributions, non_dominated_sort
 
 __all__ = [
     "RungResult",

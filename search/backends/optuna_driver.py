@@ -17,15 +17,15 @@ import optuna
 from optuna.trial import TrialState
 
 
-from .budget import Heartbeat, budget_lock, take_slot
-from .early_stopping import peers_from_attrs, rung_attr
-from .candidate import CostedEpochCallback, Outcome, evaluate_candidate, record_outcome
-from .errors import SearchAborted
-from .front import front_summary
-from .progress import Progress
-from .settings import Settings, mask_url
-from .train import EpochRecord
-from .study import (
+from search.backends.budget import Heartbeat, budget_lock, take_slot
+from search.strategies.early_stopping import peers_from_attrs, rung_attr
+from search.evaluation.candidate import CostedEpochCallback, Outcome, evaluate_candidate, record_outcome
+from search.errors import SearchAborted
+from search.reporting.front import front_summary
+from search.backends.progress import Progress
+from search.settings import Settings, mask_url
+from search.evaluation.train import EpochRecord
+from search.backends.study import (
     SearchContext,
     count_finished,
     enqueue_baselines,

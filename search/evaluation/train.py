@@ -27,8 +27,8 @@ from torch import nn
 
 from layers import param_groups_without_logit_decay
 
-from .data import BatchLoader, Dataset
-from .settings import TrainingSettings
+from search.evaluation.data import BatchLoader, Dataset
+from search.settings import TrainingSettings
 
 __all__ = [
     "CHECK_EVERY",

@@ -2,7 +2,7 @@
 K of them per GPU.
 
 Each worker is an ordinary Optuna-backend search on the same storage (budget slots are
-taken under a lock, see :mod:`search.budget`). On a machine with several GPUs worker i sees
+taken under a lock, see :mod:`search.backends.budget`). On a machine with several GPUs worker i sees
 only GPU ``i mod n_gpus``, so trials share a GPU only as packing asks.
 
 Packing: one CIFAR-sized trial leaves most of a modern GPU idle (its steps are bound by
@@ -21,8 +21,8 @@ import sys
 
 import optuna
 
-from .errors import SearchAborted
-from .settings import Settings, SettingsError
+from search.errors import SearchAborted
+from search.settings import Settings, SettingsError
 
 __all__ = ["DEFAULT_TRIALS_PER_GPU", "packed_workers", "run_workers"]
 
@@ -55,8 +55,8 @@ def packed_workers(settings: Settings, gpus: int | None = None) -> int:
 def _worker(settings: Settings, gpu: int | None) -> None:
     if gpu is not None:  # before anything touches CUDA in this process
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    from .optuna_driver import run_optuna_search
-    from .quiet import quiet_libraries
+    from search.backends.optuna_driver import run_optuna_search
+    from search.quiet import quiet_libraries
 
     quiet_libraries()
 
@@ -70,7 +70,7 @@ def _worker(settings: Settings, gpu: int | None) -> None:
 def run_workers(settings: Settings) -> optuna.Study:
     import torch
 
-    from .study import open_search, write_run_json
+    from search.backends.study import open_search, write_run_json
 
     # Create (or check) the study once here, so workers never race to create it.
     write_run_json(open_search(settings, heartbeat=False), {"workers": settings.workers})
@@ -94,7 +94,7 @@ def run_workers(settings: Settings) -> optuna.Study:
     failed = [i for i, p in enumerate(processes) if p.exitcode != 0]
     if failed:
         raise SearchAborted(f"worker(s) {', '.join(map(str, failed))} stopped with an error; the study is kept")
-    from .storage import find_study, open_storage
+    from search.storage import find_study, open_storage
 
     study = find_study(open_storage(settings.storage_url), settings.study)
     assert study is not None  # open_search created it
