@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """Command line of the search tool: arguments -> settings -> the command. Nothing else.
 
-    python run_search.py --space vgg_hetconv --budget 50        # search (the default command)
-    python run_search.py --preset quick                          # a real search in minutes on a CPU
-    python run_search.py spaces                                  # list spaces
-    python run_search.py flops --space vgg_hetconv --uniform all # count uniform models
-    python run_search.py report --study NAME                     # regenerate report from storage
-    python run_search.py export --study NAME                     # export Pareto-optimal configs
-    python run_search.py retrain results/STUDY/pareto/trial_12.json
-    python run_search.py deploy results/STUDY/pareto/trial_12.json --onnx
+python run_search.py --space vgg_hetconv --budget 50        # search (the default command)
+python run_search.py --preset quick                          # a real search in minutes on a CPU
+python run_search.py spaces                                  # list spaces
+python run_search.py flops --space vgg_hetconv --uniform all # count uniform models
+python run_search.py report --study NAME                     # regenerate report from storage
+python run_search.py export --study NAME                     # export Pareto-optimal configs
+python run_search.py retrain results/STUDY/pareto/trial_12.json
+python run_search.py deploy results/STUDY/pareto/trial_12.json --onnx
 """
 
 from __future__ import annotations
@@ -34,7 +34,10 @@ def say(line: str, secrets: list[str] | None = None) -> None:
     from search.settings import scrub
 
     # Control characters (also those str.splitlines breaks at) are shown escaped: one line.
-    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in scrub(line, secrets or [])) + "\n"
+    text = (
+        "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in scrub(line, secrets or []))
+        + "\n"
+    )
     encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
     sys.stderr.write(text.encode(encoding, "backslashreplace").decode(encoding))
     sys.stderr.flush()
@@ -55,7 +58,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_width(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--width", type=_n("width"), default=None, help="width multiplier of the model (default: the space's, 1.0)")
+    parser.add_argument(
+        "--width", type=_n("width"), default=None, help="width multiplier of the model (default: the space's, 1.0)"
+    )
 
 
 def _add_search_options(parser: argparse.ArgumentParser) -> None:
@@ -63,69 +68,176 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
 
     d = TrainingSettings()
     g = parser.add_argument_group("what to search")
-    g.add_argument("--space", default="vgg_hetconv", help="built-in space name or a .yaml/.json space file (default: vgg_hetconv)")
-    g.add_argument("--budget", type=_n("budget"), default=50, help="finished trials in the study; re-running continues up to it (default: 50)")
-    g.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="quick: digits, width 0.25, 5 epochs, batch 64 (a real search in minutes on a CPU); "
-                        "cifar: CIFAR-10, width 1, 15 epochs (for GPUs). Explicit options override it")
+    g.add_argument(
+        "--space", default="vgg_hetconv", help="built-in space name or a .yaml/.json space file (default: vgg_hetconv)"
+    )
+    g.add_argument(
+        "--budget",
+        type=_n("budget"),
+        default=50,
+        help="finished trials in the study; re-running continues up to it (default: 50)",
+    )
+    g.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="quick: digits, width 0.25, 5 epochs, batch 64 (a real search in minutes on a CPU); "
+        "cifar: CIFAR-10, width 1, 15 epochs (for GPUs). Explicit options override it",
+    )
     _add_width(g)
-    g.add_argument("--objectives", default="accuracy,mflops",
-                   help="comma-separated, accuracy plus any of mflops, params, latency (default: accuracy,mflops)")
-    g.add_argument("--latency", default="measured", help="latency objective: measured (time each deployed candidate) "
-                   "or table (per-layer lookup table, built once per device and cached) (default: measured)")
-    g.add_argument("--latency-batch", type=_n("latency_batch"), default=1, help="batch size of the latency objective (default: 1)")
-    g.add_argument("--max-mflops", type=_n("max_mflops"), default=None, help="FLOPs ceiling: candidates above it are not trained")
-    g.add_argument("--tune", default="", help=f"also sweep training hyperparameters: comma-separated from {', '.join(TUNABLE)}")
-    g.add_argument("--baselines", action="store_true", help="queue the uniform configurations of the space as ordinary trials")
-    g.add_argument("--strategy", default="train-each",
-                   help="train-each (train every candidate) or one-shot (a weight-sharing supernet scores candidates "
-                        "in seconds; then --retrain-top trains the best from scratch) (default: train-each)")
-    g.add_argument("--retrain-top", type=_n("retrain_top"), default=3, help="one-shot: configurations of the front retrained from scratch (default: 3)")
-    g.add_argument("--supernet-epochs", type=_n("supernet_epochs"), default=None, help="one-shot: supernet training epochs (default: 4 x --epochs)")
-    g.add_argument("--early-stop", default="auto",
-                   help="mo-asha: stop trials that cannot reach the front, at rungs; none: train every trial to the "
-                        "end; auto: mo-asha when --epochs is above --min-epochs (default: auto)")
+    g.add_argument(
+        "--objectives",
+        default="accuracy,mflops",
+        help="comma-separated, accuracy plus any of mflops, params, latency (default: accuracy,mflops)",
+    )
+    g.add_argument(
+        "--latency",
+        default="measured",
+        help="latency objective: measured (time each deployed candidate) "
+        "or table (per-layer lookup table, built once per device and cached) (default: measured)",
+    )
+    g.add_argument(
+        "--latency-batch", type=_n("latency_batch"), default=1, help="batch size of the latency objective (default: 1)"
+    )
+    g.add_argument(
+        "--max-mflops", type=_n("max_mflops"), default=None, help="FLOPs ceiling: candidates above it are not trained"
+    )
+    g.add_argument(
+        "--tune", default="", help=f"also sweep training hyperparameters: comma-separated from {', '.join(TUNABLE)}"
+    )
+    g.add_argument(
+        "--baselines", action="store_true", help="queue the uniform configurations of the space as ordinary trials"
+    )
+    g.add_argument(
+        "--strategy",
+        default="train-each",
+        help="train-each (train every candidate) or one-shot (a weight-sharing supernet scores candidates "
+        "in seconds; then --retrain-top trains the best from scratch) (default: train-each)",
+    )
+    g.add_argument(
+        "--retrain-top",
+        type=_n("retrain_top"),
+        default=3,
+        help="one-shot: configurations of the front retrained from scratch (default: 3)",
+    )
+    g.add_argument(
+        "--supernet-epochs",
+        type=_n("supernet_epochs"),
+        default=None,
+        help="one-shot: supernet training epochs (default: 4 x --epochs)",
+    )
+    g.add_argument(
+        "--early-stop",
+        default="auto",
+        help="mo-asha: stop trials that cannot reach the front, at rungs; none: train every trial to the "
+        "end; auto: mo-asha when --epochs is above --min-epochs (default: auto)",
+    )
     g.add_argument("--min-epochs", type=_n("min_epochs"), default=1, help="first rung of --early-stop (default: 1)")
-    g.add_argument("--eta", type=_n("eta"), default=3, help="--early-stop keeps the best 1/eta at each rung (default: 3)")
+    g.add_argument(
+        "--eta", type=_n("eta"), default=3, help="--early-stop keeps the best 1/eta at each rung (default: 3)"
+    )
 
     g = parser.add_argument_group("data and training")
     g.add_argument("--dataset", default=None, help=f"cifar10, cifar100, digits or digits32 (default: {d.dataset})")
     g.add_argument("--data-dir", default=None, help=f"where the CIFAR files are or go (default: {d.data_dir})")
-    g.add_argument("--epochs", type=_n("epochs"), default=None, help=f"training epochs per candidate (default: {d.epochs})")
+    g.add_argument(
+        "--epochs", type=_n("epochs"), default=None, help=f"training epochs per candidate (default: {d.epochs})"
+    )
     g.add_argument("--batch-size", type=_n("batch_size"), default=None, help=f"(default: {d.batch_size})")
     g.add_argument("--lr", type=_n("lr"), default=None, help=f"peak learning rate (default: {d.lr})")
     g.add_argument("--momentum", type=_n("momentum"), default=None, help=f"Nesterov momentum (default: {d.momentum})")
-    g.add_argument("--weight-decay", type=_n("weight_decay"), default=None, help=f"(default: {d.weight_decay}; never on FLGC logits)")
-    g.add_argument("--label-smoothing", type=_n("label_smoothing"), default=None, help=f"(default: {d.label_smoothing})")
-    g.add_argument("--warmup-epochs", type=_n("warmup_epochs"), default=None, help=f"linear warm-up before the cosine decay (default: {d.warmup_epochs})")
-    g.add_argument("--val-size", type=_n("val_size"), default=None, help="validation images held out of the training set (default: 5000 CIFAR, 20%% digits)")
-    g.add_argument("--split-seed", type=_n("split_seed"), default=None, help=f"seed of the train/validation split (default: {d.split_seed})")
+    g.add_argument(
+        "--weight-decay",
+        type=_n("weight_decay"),
+        default=None,
+        help=f"(default: {d.weight_decay}; never on FLGC logits)",
+    )
+    g.add_argument(
+        "--label-smoothing", type=_n("label_smoothing"), default=None, help=f"(default: {d.label_smoothing})"
+    )
+    g.add_argument(
+        "--warmup-epochs",
+        type=_n("warmup_epochs"),
+        default=None,
+        help=f"linear warm-up before the cosine decay (default: {d.warmup_epochs})",
+    )
+    g.add_argument(
+        "--val-size",
+        type=_n("val_size"),
+        default=None,
+        help="validation images held out of the training set (default: 5000 CIFAR, 20%% digits)",
+    )
+    g.add_argument(
+        "--split-seed",
+        type=_n("split_seed"),
+        default=None,
+        help=f"seed of the train/validation split (default: {d.split_seed})",
+    )
     g.add_argument("--device", default=None, help="auto (CUDA if present), cpu, cuda, cuda:1 ... (default: auto)")
     g.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     g.add_argument("--threads", type=_n("threads"), default=None, help="torch CPU threads per trial (default: torch's)")
 
     g = parser.add_argument_group("driver and storage")
-    g.add_argument("--sampler", default=None, help=f"{', '.join(SAMPLERS)} (default: tpe; nsga2 with --strategy one-shot)")
-    g.add_argument("--seed", type=_n("seed"), default=0, help="seed of the sampler and of every trial's training (default: 0)")
+    g.add_argument(
+        "--sampler", default=None, help=f"{', '.join(SAMPLERS)} (default: tpe; nsga2 with --strategy one-shot)"
+    )
+    g.add_argument(
+        "--seed", type=_n("seed"), default=0, help="seed of the sampler and of every trial's training (default: 0)"
+    )
     g.add_argument("--backend", default="optuna", help="optuna (one machine) or ray (cluster) (default: optuna)")
     g.add_argument("--study-name", default=None, help="(default: <space>-<dataset>)")
-    g.add_argument("--max-failures", type=_n("max_failures"), default=5, help="stop after this many failed trials in a row (default: 5)")
-    g.add_argument("--workers", type=_n("workers"), default=1, help="worker processes on this machine, one study (default: 1)")
-    g.add_argument("--trials-per-gpu", type=_n("trials_per_gpu"), default=None,
-                   help="on CUDA: trials trained at once per GPU, one worker process each (default: 4 where "
-                        "--workers is 1, the Optuna backend trains each candidate and --device is auto or cuda; else 1)")
-    g.add_argument("--checkpoint-every", type=_n("checkpoint_every"), default=0,
-                   help="save a trial's training state every K epochs; a retried trial resumes from it (default: off)")
+    g.add_argument(
+        "--max-failures",
+        type=_n("max_failures"),
+        default=5,
+        help="stop after this many failed trials in a row (default: 5)",
+    )
+    g.add_argument(
+        "--workers", type=_n("workers"), default=1, help="worker processes on this machine, one study (default: 1)"
+    )
+    g.add_argument(
+        "--trials-per-gpu",
+        type=_n("trials_per_gpu"),
+        default=None,
+        help="on CUDA: trials trained at once per GPU, one worker process each (default: 4 where "
+        "--workers is 1, the Optuna backend trains each candidate and --device is auto or cuda; else 1)",
+    )
+    g.add_argument(
+        "--checkpoint-every",
+        type=_n("checkpoint_every"),
+        default=0,
+        help="save a trial's training state every K epochs; a retried trial resumes from it (default: off)",
+    )
     g.add_argument("--no-report", action="store_true", help="do not write the report and exports at the end")
     g.add_argument("--quiet", action="store_true", help="no progress lines")
 
     g = parser.add_argument_group("ray backend (--backend ray)")
-    g.add_argument("--address", default=None, help="join this Ray cluster ('auto' or HEAD:6379); default: start a local Ray")
-    g.add_argument("--ray-storage", default=None, help="Ray's results folder or URI, shared by all nodes (default: <results-dir>/<study>/ray)")
-    g.add_argument("--cpus-per-trial", type=_n("cpus_per_trial"), default=1.0, help="CPUs Ray reserves per trial (default: 1)")
-    g.add_argument("--gpus-per-trial", type=_n("gpus_per_trial"), default=None, help="GPUs per trial, fractional packs trials (default: 1 if the cluster has GPUs, else 0)")
-    g.add_argument("--max-concurrent", type=_n("max_concurrent"), default=None, help="trials running at once (default: as resources allow)")
-    g.add_argument("--ray-retries", type=_n("ray_retries"), default=2, help="Ray-level retries of a crashed trial (default: 2)")
+    g.add_argument(
+        "--address", default=None, help="join this Ray cluster ('auto' or HEAD:6379); default: start a local Ray"
+    )
+    g.add_argument(
+        "--ray-storage",
+        default=None,
+        help="Ray's results folder or URI, shared by all nodes (default: <results-dir>/<study>/ray)",
+    )
+    g.add_argument(
+        "--cpus-per-trial", type=_n("cpus_per_trial"), default=1.0, help="CPUs Ray reserves per trial (default: 1)"
+    )
+    g.add_argument(
+        "--gpus-per-trial",
+        type=_n("gpus_per_trial"),
+        default=None,
+        help="GPUs per trial, fractional packs trials (default: 1 if the cluster has GPUs, else 0)",
+    )
+    g.add_argument(
+        "--max-concurrent",
+        type=_n("max_concurrent"),
+        default=None,
+        help="trials running at once (default: as resources allow)",
+    )
+    g.add_argument(
+        "--ray-retries", type=_n("ray_retries"), default=2, help="Ray-level retries of a crashed trial (default: 2)"
+    )
     _add_common(parser)
 
 
@@ -134,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="run_search.py",
         description="Per-layer search of FLGC groups and HetConv parts; Pareto front of accuracy vs MFLOPs.",
         epilog="Without a command, the options are those of 'search' (the default): see every search option "
-               "with 'run_search.py search --help', and a command's own with 'run_search.py COMMAND --help'.",
+        "with 'run_search.py search --help', and a command's own with 'run_search.py COMMAND --help'.",
     )
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
@@ -153,8 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     spaces.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_width(spaces)
 
-    for name, text in (("report", "write report.html, trials.csv, pareto.csv from the storage"),
-                       ("export", "write one JSON config per Pareto-optimal trial")):
+    for name, text in (
+        ("report", "write report.html, trials.csv, pareto.csv from the storage"),
+        ("export", "write one JSON config per Pareto-optimal trial"),
+    ):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("--study", required=True, help="study name (see the dashboard or run.json)")
         _add_common(cmd)
@@ -167,17 +281,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     deploy = sub.add_parser("deploy", help="export an exported config's inference model (TorchScript, ONNX)")
     deploy.add_argument("config", help="an exported JSON config")
-    deploy.add_argument("--weights", default=None, help="state dict to load (default: the .pt 'retrain' saved beside the config)")
+    deploy.add_argument(
+        "--weights", default=None, help="state dict to load (default: the .pt 'retrain' saved beside the config)"
+    )
     deploy.add_argument("--onnx", action="store_true", help="also export ONNX (needs the onnx and onnxscript packages)")
-    deploy.add_argument("--hetconv-form", default="auto", choices=("auto", "split", "dense"),
-                        help="HetConv as grouped KxK + 1x1 (split), one KxK conv (dense), or per layer the faster "
-                             "of the two on this machine (auto) (default: auto)")
-    deploy.add_argument("--flgc-form", default="auto", choices=("auto", "grouped", "dense"),
-                        help="FLGC as a grouped conv with its permutations folded (grouped), one conv with zeros "
-                             "outside the groups (dense), or per layer whichever makes the model faster on this "
-                             "machine once unfoldable channel gathers are counted (auto) (default: auto)")
-    deploy.add_argument("--batch", type=_n("batch"), default=1,
-                        help="batch size the auto forms are timed at: the batch you will serve (default: 1)")
+    deploy.add_argument(
+        "--hetconv-form",
+        default="auto",
+        choices=("auto", "split", "dense"),
+        help="HetConv as grouped KxK + 1x1 (split), one KxK conv (dense), or per layer the faster "
+        "of the two on this machine (auto) (default: auto)",
+    )
+    deploy.add_argument(
+        "--flgc-form",
+        default="auto",
+        choices=("auto", "grouped", "dense"),
+        help="FLGC as a grouped conv with its permutations folded (grouped), one conv with zeros "
+        "outside the groups (dense), or per layer whichever makes the model faster on this "
+        "machine once unfoldable channel gathers are counted (auto) (default: auto)",
+    )
+    deploy.add_argument(
+        "--batch",
+        type=_n("batch"),
+        default=1,
+        help="batch size the auto forms are timed at: the batch you will serve (default: 1)",
+    )
     return parser
 
 
@@ -186,27 +314,65 @@ def settings_from_args(args: argparse.Namespace):
     from search.settings import PRESETS, Settings, TrainingSettings
 
     preset = PRESETS.get(args.preset or "", {})
-    training_keys = ("dataset", "data_dir", "epochs", "batch_size", "lr", "momentum", "weight_decay",
-                     "label_smoothing", "warmup_epochs", "val_size", "split_seed", "device", "threads")
-    training = {k: getattr(args, k) if getattr(args, k) is not None else preset[k]
-                for k in training_keys if getattr(args, k) is not None or k in preset}
+    training_keys = (
+        "dataset",
+        "data_dir",
+        "epochs",
+        "batch_size",
+        "lr",
+        "momentum",
+        "weight_decay",
+        "label_smoothing",
+        "warmup_epochs",
+        "val_size",
+        "split_seed",
+        "device",
+        "threads",
+    )
+    training = {
+        k: getattr(args, k) if getattr(args, k) is not None else preset[k]
+        for k in training_keys
+        if getattr(args, k) is not None or k in preset
+    }
     training["amp"] = not args.no_amp
     width = args.width if args.width is not None else preset.get("width")
     split = lambda text: tuple(x.strip() for x in text.split(",") if x.strip())  # noqa: E731
     return Settings(
-        space=args.space, budget=args.budget, width=width, training=TrainingSettings(**training),
-        tune=split(args.tune), objectives=split(args.objectives),
-        sampler=args.sampler or ("nsga2" if args.strategy == "one-shot" else "tpe"), seed=args.seed,
-        backend=args.backend, results_dir=args.results_dir, storage=args.storage, study_name=args.study_name,
-        max_mflops=args.max_mflops, baselines=args.baselines, preset=args.preset,
-        max_failures=args.max_failures, quiet=args.quiet, ray_address=args.address, ray_storage=args.ray_storage,
-        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
-        ray_retries=args.ray_retries, workers=args.workers, trials_per_gpu=args.trials_per_gpu,
+        space=args.space,
+        budget=args.budget,
+        width=width,
+        training=TrainingSettings(**training),
+        tune=split(args.tune),
+        objectives=split(args.objectives),
+        sampler=args.sampler or ("nsga2" if args.strategy == "one-shot" else "tpe"),
+        seed=args.seed,
+        backend=args.backend,
+        results_dir=args.results_dir,
+        storage=args.storage,
+        study_name=args.study_name,
+        max_mflops=args.max_mflops,
+        baselines=args.baselines,
+        preset=args.preset,
+        max_failures=args.max_failures,
+        quiet=args.quiet,
+        ray_address=args.address,
+        ray_storage=args.ray_storage,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        max_concurrent=args.max_concurrent,
+        ray_retries=args.ray_retries,
+        workers=args.workers,
+        trials_per_gpu=args.trials_per_gpu,
         checkpoint_every=args.checkpoint_every,
-        early_stop=args.early_stop, min_epochs=args.min_epochs, eta=args.eta, latency=args.latency,
-        latency_batch=args.latency_batch, strategy=args.strategy, retrain_top=args.retrain_top,
+        early_stop=args.early_stop,
+        min_epochs=args.min_epochs,
+        eta=args.eta,
+        latency=args.latency,
+        latency_batch=args.latency_batch,
+        strategy=args.strategy,
+        retrain_top=args.retrain_top,
         supernet_epochs=args.supernet_epochs,
-    )  # fmt: skip
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -56,9 +56,14 @@ def _training(args: argparse.Namespace):
 
     quick = PRESETS["quick"]
     return TrainingSettings(
-        dataset="digits32", data_dir=args.data_dir, epochs=args.epochs, batch_size=quick["batch_size"],
-        lr=args.lr or quick["lr"], warmup_epochs=quick["warmup_epochs"], threads=args.threads,
-    )  # fmt: skip
+        dataset="digits32",
+        data_dir=args.data_dir,
+        epochs=args.epochs,
+        batch_size=quick["batch_size"],
+        lr=args.lr or quick["lr"],
+        warmup_epochs=quick["warmup_epochs"],
+        threads=args.threads,
+    )
 
 
 def random_candidates(space, count: int, seed: int) -> list:
@@ -107,8 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         values = args.values.split(",") if args.values else space.uniform_values()
         runs = [(v, space.uniform(v), seed) for v in values for seed in range(args.seed_start, args.seeds)]
     else:
-        runs = [(arch.summary(), arch, i + offset) for i, arch in enumerate(random_candidates(space, args.candidates, 0))
-                for offset in (0, RETEST_SEED_OFFSET)]  # fmt: skip
+        runs = [
+            (arch.summary(), arch, i + offset)
+            for i, arch in enumerate(random_candidates(space, args.candidates, 0))
+            for offset in (0, RETEST_SEED_OFFSET)
+        ]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     new_file = not out.exists()
@@ -120,19 +128,30 @@ def main(argv: list[str] | None = None) -> int:
         for name, arch, seed in runs:
             started = time.perf_counter()
             result = evaluate(arch, training, seed=seed)
-            row = {"mode": args.mode, "space": args.space, "name": name, "seed": seed, "accuracy": round(result.accuracy, 4),
-                   "mflops": round(result.cost.mflops, 3), "seconds": round(time.perf_counter() - started, 1),
-                   "recipe": recipe_text}  # fmt: skip
+            row = {
+                "mode": args.mode,
+                "space": args.space,
+                "name": name,
+                "seed": seed,
+                "accuracy": round(result.accuracy, 4),
+                "mflops": round(result.cost.mflops, 3),
+                "seconds": round(time.perf_counter() - started, 1),
+                "recipe": recipe_text,
+            }
             writer.writerow(row)
             handle.flush()
             rows.append(row)
-            print(f"{name[:40]:40s} seed {seed:5d}: {row['accuracy']:.4f} @ {row['mflops']:.2f} MFLOPs ({row['seconds']}s)",
-                  flush=True)  # fmt: skip
+            print(
+                f"{name[:40]:40s} seed {seed:5d}: {row['accuracy']:.4f} @ {row['mflops']:.2f} MFLOPs ({row['seconds']}s)",
+                flush=True,
+            )
     if args.mode == "retest":
         first, second = [r["accuracy"] for r in rows[0::2]], [r["accuracy"] for r in rows[1::2]]
         tau = stats.kendalltau(first, second).statistic
-        print(f"retest Kendall tau over {len(first)} candidates: {tau:.3f} "
-              f"(accuracy range {min(first):.3f}-{max(first):.3f})")  # fmt: skip
+        print(
+            f"retest Kendall tau over {len(first)} candidates: {tau:.3f} "
+            f"(accuracy range {min(first):.3f}-{max(first):.3f})"
+        )
     else:
         for value in dict.fromkeys(r["name"] for r in rows):
             accs = [r["accuracy"] for r in rows if r["name"] == value]

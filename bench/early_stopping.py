@@ -98,14 +98,28 @@ def settings_for(args: argparse.Namespace, seed: int, mode: str, results_dir: Pa
 
     quick = PRESETS["quick"]
     training = TrainingSettings(
-        dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, batch_size=quick["batch_size"], lr=quick["lr"],
-        warmup_epochs=quick["warmup_epochs"], threads=args.threads, device="cpu",
-    )  # fmt: skip
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        epochs=args.epochs,
+        batch_size=quick["batch_size"],
+        lr=quick["lr"],
+        warmup_epochs=quick["warmup_epochs"],
+        threads=args.threads,
+        device="cpu",
+    )
     return Settings(
-        space=args.space, budget=args.budget, width=args.width, training=training, sampler=args.sampler, seed=seed,
-        results_dir=str(results_dir), early_stop=mode,
-        min_epochs=args.min_epochs, eta=args.eta, quiet=True,
-    )  # fmt: skip
+        space=args.space,
+        budget=args.budget,
+        width=args.width,
+        training=training,
+        sampler=args.sampler,
+        seed=seed,
+        results_dir=str(results_dir),
+        early_stop=mode,
+        min_epochs=args.min_epochs,
+        eta=args.eta,
+        quiet=True,
+    )
 
 
 def rows_of(study, mode: str, seed: int) -> list[dict[str, Any]]:
@@ -133,10 +147,16 @@ def rows_of(study, mode: str, seed: int) -> list[dict[str, Any]]:
     for r in finished:
         epochs += int(r.epochs_run if r.epochs_run is not None else len(r.curve))
         hv = hv_after.get(r.number, hv)
-        rows.append({
-            "mode": mode, "seed": seed, "trial": r.number, "epochs_cum": epochs,
-            "seconds_cum": round((r.datetime_complete - started).total_seconds(), 3), "hypervolume": hv,
-        })  # fmt: skip
+        rows.append(
+            {
+                "mode": mode,
+                "seed": seed,
+                "trial": r.number,
+                "epochs_cum": epochs,
+                "seconds_cum": round((r.datetime_complete - started).total_seconds(), 3),
+                "hypervolume": hv,
+            }
+        )
     return rows
 
 
@@ -155,8 +175,8 @@ def warm_up(args: argparse.Namespace) -> None:
 def run_search(args: argparse.Namespace, seed: int, mode: str, work_dir: Path) -> Run:
     from optuna.trial import TrialState
 
-    from search.evaluation.cost import architecture_cost
     from search.backends.optuna_driver import run_optuna_search
+    from search.evaluation.cost import architecture_cost
 
     results_dir = work_dir / f"{mode}-seed{seed}"
     # Both modes of a seed sample largely the same candidates: without this the second run
@@ -176,11 +196,16 @@ def compare(none: Run, asha: Run) -> dict[str, Any]:
     """Final hypervolumes, epochs, and the ratios of one seed (see the module docstring)."""
     target = TARGET_FRACTION * none.final_hv
     out: dict[str, Any] = {
-        "seed": none.seed, "hv_none": none.final_hv, "hv_asha": asha.final_hv,
-        "epochs_none": none.total_epochs, "epochs_asha": asha.total_epochs,
-        "seconds_none": none.total_seconds, "seconds_asha": asha.total_seconds,
-        "stopped": asha.stopped, "target": target,
-    }  # fmt: skip
+        "seed": none.seed,
+        "hv_none": none.final_hv,
+        "hv_asha": asha.final_hv,
+        "epochs_none": none.total_epochs,
+        "epochs_asha": asha.total_epochs,
+        "seconds_none": none.total_seconds,
+        "seconds_asha": asha.total_seconds,
+        "stopped": asha.stopped,
+        "target": target,
+    }
     if target <= 0:  # no front without early stopping: nothing to reach
         out.update(ratio=math.nan, ratio_seconds=math.nan, ratio_none=math.nan, reached=False, fraction=math.nan)
         return out
@@ -203,8 +228,10 @@ def _ratio_text(c: dict[str, Any]) -> str:
         return "ratio undefined (the run without early stopping has hypervolume 0)"
     if not c["reached"]:
         return f"target NOT reached: mo-asha's final front attains {c['fraction']:.1%} of the target"
-    return (f"ratio {c['ratio']:.3f} ({c['epochs_to_target']} of {c['epochs_none']} epochs; "
-            f"in seconds {c['ratio_seconds']:.3f}; none itself {c['ratio_none']:.3f})")  # fmt: skip
+    return (
+        f"ratio {c['ratio']:.3f} ({c['epochs_to_target']} of {c['epochs_none']} epochs; "
+        f"in seconds {c['ratio_seconds']:.3f}; none itself {c['ratio_none']:.3f})"
+    )
 
 
 def print_summary(comparisons: list[dict[str, Any]], out=sys.stdout) -> None:
@@ -270,17 +297,26 @@ def write_plot(path: Path, runs: list[Run]) -> tuple[Path, Path | None, str | No
         seconds = [0.0] + [r["seconds_cum"] for r in run.rows]
         hv = [0.0] + [r["hypervolume"] for r in run.rows]
         for col, x in ((1, epochs), (2, seconds)):
-            fig.add_trace(go.Scatter(x=x, y=hv, mode="lines", name=name, legendgroup=name, showlegend=col == 1,
-                                     line=line), row=1, col=col)  # fmt: skip
+            fig.add_trace(
+                go.Scatter(x=x, y=hv, mode="lines", name=name, legendgroup=name, showlegend=col == 1, line=line),
+                row=1,
+                col=col,
+            )
     for seed in seeds:  # the target of the ratio, per seed
         none = [run for run in runs if run.seed == seed and run.mode == "none"]
         if none and none[0].final_hv > 0:
-            fig.add_hline(y=TARGET_FRACTION * none[0].final_hv, line={"color": "#999999", "width": 1, "dash": "dot"},
-                          annotation_text=f"{TARGET_FRACTION:.0%} target, seed {seed}", annotation_position="bottom right")
+            fig.add_hline(
+                y=TARGET_FRACTION * none[0].final_hv,
+                line={"color": "#999999", "width": 1, "dash": "dot"},
+                annotation_text=f"{TARGET_FRACTION:.0%} target, seed {seed}",
+                annotation_position="bottom right",
+            )
     fig.update_xaxes(title_text="cumulative training epochs", row=1, col=1)
     fig.update_xaxes(title_text="seconds since the first trial started", row=1, col=2)
     fig.update_yaxes(title_text="hypervolume (accuracy × MFLOPs saved)", row=1, col=1)
-    fig.update_layout(title="Early stopping (mo-asha) against full training", height=500, width=1200, template="plotly_white")
+    fig.update_layout(
+        title="Early stopping (mo-asha) against full training", height=500, width=1200, template="plotly_white"
+    )
     html = path.with_suffix(".html")
     fig.write_html(html, include_plotlyjs="cdn")
     png = path.with_suffix(".png")
@@ -300,7 +336,9 @@ def write_plot(path: Path, runs: list[Run]) -> tuple[Path, Path | None, str | No
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", default="results/bench/early_stopping.csv", help="CSV (the plot goes beside it)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default: 3)")
     p.add_argument("--budget", type=int, default=20, help="finished trials per search (default: 20)")

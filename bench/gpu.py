@@ -40,7 +40,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench._timing import Candidate, default_out, environment, measure_round_robin, print_table, setup_threads, write_csv
+from bench._timing import (
+    Candidate,
+    default_out,
+    environment,
+    measure_round_robin,
+    print_table,
+    setup_threads,
+    write_csv,
+)
 from layers import FLGConv2d, HetConv2d
 from models import LayerSpec, build_model, deploy
 from spaces import get_space, space_names
@@ -48,16 +56,21 @@ from spaces import get_space, space_names
 ROOT = Path(__file__).resolve().parents[1]
 REASSIGN = 16  # FLGC reassign_every timed beside the default 1
 CSV_COLUMNS = ["part", "device", "space", "model_choice", "form", "batch", "ms", "ratio", "trials_per_hour", "note"]
-VALUES = {"vgg_hetconv": ["2", "4", "8", "16"], "vgg_flgc": ["2", "4", "8"], "mbv2_flgc": ["2", "4", "8"],
-          "vgg_mixed": ["hetconv:4", "flgc:4"]}  # fmt: skip
+VALUES = {
+    "vgg_hetconv": ["2", "4", "8", "16"],
+    "vgg_flgc": ["2", "4", "8"],
+    "mbv2_flgc": ["2", "4", "8"],
+    "vgg_mixed": ["hetconv:4", "flgc:4"],
+}
 
 
 def old_layers(rev: str) -> types.SimpleNamespace:
     """``FLGConv2d`` and ``HetConv2d`` as they were at git revision ``rev``."""
     found = {}
     for name, cls in (("flgc", "FLGConv2d"), ("hetconv", "HetConv2d")):
-        source = subprocess.run(["git", "show", f"{rev}:layers/{name}.py"], cwd=ROOT, capture_output=True, text=True,
-                                check=True).stdout  # fmt: skip
+        source = subprocess.run(
+            ["git", "show", f"{rev}:layers/{name}.py"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
         module = types.ModuleType(f"_old_{name}")
         module.__dict__["__package__"] = "layers"  # its relative imports (deploy only) still resolve
         exec(compile(source, f"{rev}:layers/{name}.py", "exec"), module.__dict__)
@@ -71,11 +84,26 @@ def with_layers(model: nn.Module, old: types.SimpleNamespace) -> nn.Module:
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if isinstance(child, FLGConv2d):
-                new = old.FLGConv2d(child.in_channels, child.out_channels, child.groups, child.kernel_size, child.stride,
-                                    child.padding, bias=child.bias is not None, balanced=child.balanced)  # fmt: skip
+                new = old.FLGConv2d(
+                    child.in_channels,
+                    child.out_channels,
+                    child.groups,
+                    child.kernel_size,
+                    child.stride,
+                    child.padding,
+                    bias=child.bias is not None,
+                    balanced=child.balanced,
+                )
             elif isinstance(child, HetConv2d):
-                new = old.HetConv2d(child.in_channels, child.out_channels, child.part, child.kernel_size, child.stride,
-                                    child.padding, bias=child.gwc.bias is not None)  # fmt: skip
+                new = old.HetConv2d(
+                    child.in_channels,
+                    child.out_channels,
+                    child.part,
+                    child.kernel_size,
+                    child.stride,
+                    child.padding,
+                    bias=child.gwc.bias is not None,
+                )
             else:
                 continue
             new.load_state_dict(child.state_dict())
@@ -171,11 +199,12 @@ def model_parts(args, device: torch.device, old) -> list[dict]:
             train: list[Candidate] = []
             inference: list[Candidate] = []
 
+            # the closures below run within this iteration, so the loop variables they read are current
             def timed(model: nn.Module, choice: str, form: str) -> None:
                 # every candidate a private copy: measured here, the original module timed
                 # up to 15 % apart from its deep copies on CPU
-                step = train_step(copy.deepcopy(model), batch, device)
-                train.append(Candidate(step, dict(base, part="train", model_choice=choice, form=form)))
+                step = train_step(copy.deepcopy(model), batch, device)  # noqa: B023
+                train.append(Candidate(step, dict(base, part="train", model_choice=choice, form=form)))  # noqa: B023
 
             def timed_with_old(model: nn.Module, choice: str, form: str) -> None:
                 timed(model, choice, form)
@@ -185,8 +214,12 @@ def model_parts(args, device: torch.device, old) -> list[dict]:
             torch.manual_seed(args.seed)
             dense = build_model(space.dense())
             timed(dense, "dense", "dense")
-            inference.append(Candidate(infer(copy.deepcopy(dense), batch, device),
-                                       dict(base, part="deploy", model_choice="dense", form="deployed")))  # fmt: skip
+            inference.append(
+                Candidate(
+                    infer(copy.deepcopy(dense), batch, device),
+                    dict(base, part="deploy", model_choice="dense", form="deployed"),
+                )
+            )
             for value in VALUES[name][: 2 if args.quick else None]:
                 torch.manual_seed(args.seed)
                 model = build_model(space.uniform(value))
@@ -202,8 +235,11 @@ def model_parts(args, device: torch.device, old) -> list[dict]:
                     arch = space.uniform(value)
                     free_layers = tuple(LayerSpec.flgc(s.groups, balanced=False) for s in arch.layers)
                     timed_with_old(build_model(replace(arch, layers=free_layers)), f"{value}:free", "as-trained")
-                inference.append(Candidate(infer(model, batch, device),
-                                           dict(base, part="deploy", model_choice=value, form="deployed")))  # fmt: skip
+                inference.append(
+                    Candidate(
+                        infer(model, batch, device), dict(base, part="deploy", model_choice=value, form="deployed")
+                    )
+                )
             measure(train, args, device)
             measure(inference, args, device)
             rows += rows_of(train) + rows_of(inference)
@@ -218,10 +254,31 @@ def search_part(args, device: torch.device) -> list[dict]:
     for k in args.trials_per_gpu:
         with tempfile.TemporaryDirectory() as tmp:
             pack = ["--trials-per-gpu", str(k)] if device.type == "cuda" else ["--workers", str(k)]
-            cmd = [sys.executable, str(ROOT / "run_search.py"), "--space", "vgg_hetconv", "--budget", str(args.search_trials),
-                   "--epochs", str(args.search_epochs), "--width", str(args.search_width), "--dataset", args.dataset,
-                   "--device", device.type, "--early-stop", "none", "--no-report", "--quiet", "--results-dir", tmp,
-                   "--threads", str(args.threads), *pack]  # fmt: skip
+            cmd = [
+                sys.executable,
+                str(ROOT / "run_search.py"),
+                "--space",
+                "vgg_hetconv",
+                "--budget",
+                str(args.search_trials),
+                "--epochs",
+                str(args.search_epochs),
+                "--width",
+                str(args.search_width),
+                "--dataset",
+                args.dataset,
+                "--device",
+                device.type,
+                "--early-stop",
+                "none",
+                "--no-report",
+                "--quiet",
+                "--results-dir",
+                tmp,
+                "--threads",
+                str(args.threads),
+                *pack,
+            ]
             if args.data_dir:
                 cmd += ["--data-dir", args.data_dir]
             started = time.perf_counter()
@@ -229,16 +286,33 @@ def search_part(args, device: torch.device) -> list[dict]:
             wall = time.perf_counter() - started
             note = f"wall {wall:.1f} s"
             if proc.returncode != 0:
-                rows.append(dict(part="search", device=device.type, space="vgg_hetconv", model_choice="", form=f"{k} at once",
-                                 note=f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"))  # fmt: skip
+                rows.append(
+                    dict(
+                        part="search",
+                        device=device.type,
+                        space="vgg_hetconv",
+                        model_choice="",
+                        form=f"{k} at once",
+                        note=f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}",
+                    )
+                )
                 continue
             storage = f"sqlite:///{Path(tmp) / 'studies.db'}"
             study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
             done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
             span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
-            rows.append(dict(part="search", device=device.type, space="vgg_hetconv", model_choice="uniform search",
-                             form=f"{k} at once", ms=span * 1000 / max(len(done), 1),
-                             trials_per_hour=len(done) * 3600 / span if span > 0 else float("nan"), note=note))  # fmt: skip
+            rows.append(
+                dict(
+                    part="search",
+                    device=device.type,
+                    space="vgg_hetconv",
+                    model_choice="uniform search",
+                    form=f"{k} at once",
+                    ms=span * 1000 / max(len(done), 1),
+                    trials_per_hour=len(done) * 3600 / span if span > 0 else float("nan"),
+                    note=note,
+                )
+            )
     base = next((r["trials_per_hour"] for r in rows if r.get("trials_per_hour")), None)
     for r in rows:
         r["ratio"] = r["trials_per_hour"] / base if base and r.get("trials_per_hour") else float("nan")
@@ -246,21 +320,31 @@ def search_part(args, device: torch.device) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cuda, cuda:1, cpu (default: auto)")
-    parser.add_argument("--batch-sizes", default=None, help="training and inference batches (default: 128,512; 32 with --quick)")
+    parser.add_argument(
+        "--batch-sizes", default=None, help="training and inference batches (default: 128,512; 32 with --quick)"
+    )
     parser.add_argument("--spaces", default=",".join(space_names()), help="spaces to time (default: all built-in)")
     parser.add_argument("--width", type=float, default=None, help="model width (default: 1; 0.25 with --quick)")
     parser.add_argument("--parts", default="train,deploy,search", help="train, deploy, search (default: all)")
-    parser.add_argument("--baseline-rev", default="c79171d", help="git revision whose layer code is timed beside (or 'none')")
+    parser.add_argument(
+        "--baseline-rev", default="c79171d", help="git revision whose layer code is timed beside (or 'none')"
+    )
     parser.add_argument("--trials-per-gpu", default="1,4", help="trials at once in the search part (default: 1,4)")
-    parser.add_argument("--search-trials", type=int, default=None, help="trials per search (default: 8; 4 with --quick)")
+    parser.add_argument(
+        "--search-trials", type=int, default=None, help="trials per search (default: 8; 4 with --quick)"
+    )
     parser.add_argument("--search-epochs", type=int, default=None, help="epochs per trial (default: 2; 1 with --quick)")
     parser.add_argument("--search-width", type=float, default=None, help="model width in the search (default: --width)")
     parser.add_argument("--dataset", default="digits", help="data of the search part: digits (no download) or cifar10")
     parser.add_argument("--data-dir", default=None, help="where cifar10 lies (passed to run_search.py)")
     parser.add_argument("--quick", action="store_true", help="small settings: a smoke run (CPU: about a minute)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed samples per candidate (default: 15; 5 with --quick)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed samples per candidate (default: 15; 5 with --quick)"
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per candidate (default: 3)")
     parser.add_argument("--min-sample-ms", type=float, default=20.0, help="calls per sample so that it lasts this long")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
@@ -268,7 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="CSV path (default: results/bench/gpu_<time>.csv)")
     args = parser.parse_args(argv)
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.exit(2, f"error: --device {args.device} but CUDA is not available here; use --device cpu\n")
     if device.type == "cuda":
@@ -297,8 +385,11 @@ def main(argv: list[str] | None = None) -> int:
     if "search" in parts:
         rows += search_part(args, device)
     columns = ["part", "space", "model_choice", "form", "batch", "ms", "ratio", "trials_per_hour", "note"]
-    for part, title in (("train", "training step / dense"), ("deploy", "deployed inference / dense"),
-                        ("search", "vgg_hetconv search, trials at once")):  # fmt: skip
+    for part, title in (
+        ("train", "training step / dense"),
+        ("deploy", "deployed inference / dense"),
+        ("search", "vgg_hetconv search, trials at once"),
+    ):
         selected = [r for r in rows if r["part"] == part]
         if selected:
             print_table(selected, columns, title=f"\n{title} ({device}, width {args.width})")

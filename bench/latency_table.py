@@ -57,9 +57,20 @@ from spaces import SearchSpace, get_space
 
 CSV_COLUMNS = ("space", "candidate", "arch", "mflops", "predicted_ms", "measured_ms", "error_pct", "m1_ms", "m2_ms")
 SUMMARY_COLUMNS = (
-    "space", "batch", "candidates", "median_abs_error_pct", "p90_abs_error_pct", "bias_pct", "noise_pct",
-    "kendall_table", "spearman_table", "kendall_mflops", "scale", "build_s", "measure_s",
-)  # fmt: skip
+    "space",
+    "batch",
+    "candidates",
+    "median_abs_error_pct",
+    "p90_abs_error_pct",
+    "bias_pct",
+    "noise_pct",
+    "kendall_table",
+    "spearman_table",
+    "kendall_mflops",
+    "scale",
+    "build_s",
+    "measure_s",
+)
 
 
 class _RandomChoice:
@@ -108,19 +119,33 @@ def bench_space(space: SearchSpace, args: argparse.Namespace, device: torch.devi
         m1, m2 = first[name], measure(arch)
         measured = (m1 + m2) / 2
         predicted = table.predict(arch, space.slots)
-        rows.append({
-            "space": space.name, "candidate": name, "arch": arch.summary(), "mflops": architecture_cost(arch).mflops,
-            "predicted_ms": predicted, "measured_ms": measured, "m1_ms": m1, "m2_ms": m2,
-            "error_pct": 100 * (predicted - measured) / measured, "noise_pct": 100 * abs(m1 - m2) / measured,
-        })  # fmt: skip
-        print(f"  {space.name} {name:>11}: predicted {predicted:8.3f} ms, measured {m1:8.3f} / {m2:8.3f} ms", flush=True)
+        rows.append(
+            {
+                "space": space.name,
+                "candidate": name,
+                "arch": arch.summary(),
+                "mflops": architecture_cost(arch).mflops,
+                "predicted_ms": predicted,
+                "measured_ms": measured,
+                "m1_ms": m1,
+                "m2_ms": m2,
+                "error_pct": 100 * (predicted - measured) / measured,
+                "noise_pct": 100 * abs(m1 - m2) / measured,
+            }
+        )
+        print(
+            f"  {space.name} {name:>11}: predicted {predicted:8.3f} ms, measured {m1:8.3f} / {m2:8.3f} ms", flush=True
+        )
     # The uniform configurations calibrate the table: judge it on the random ones only.
     judged = [r for r in rows if r["candidate"].startswith("random")]
     errors = [r["error_pct"] for r in judged]
     predicted, measured, mflops = ([r[k] for r in judged] for k in ("predicted_ms", "measured_ms", "mflops"))
     summary = {
-        "space": space.name, "batch": args.batch, "candidates": len(judged),
-        "fixed_ms": table.fixed_ms, "scale": table.scale,
+        "space": space.name,
+        "batch": args.batch,
+        "candidates": len(judged),
+        "fixed_ms": table.fixed_ms,
+        "scale": table.scale,
         "median_abs_error_pct": statistics.median(abs(e) for e in errors),
         "p90_abs_error_pct": _percentile([abs(e) for e in errors], 0.9),
         "bias_pct": statistics.median(errors),
@@ -128,8 +153,9 @@ def bench_space(space: SearchSpace, args: argparse.Namespace, device: torch.devi
         "kendall_table": stats.kendalltau(predicted, measured).statistic,
         "spearman_table": stats.spearmanr(predicted, measured).statistic,
         "kendall_mflops": stats.kendalltau(mflops, measured).statistic,
-        "build_s": build_s, "measure_s": statistics.median(measure_s),
-    }  # fmt: skip
+        "build_s": build_s,
+        "measure_s": statistics.median(measure_s),
+    }
     return rows, summary
 
 
@@ -137,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--spaces", default="vgg_hetconv,vgg_flgc,mbv2_flgc", help="spaces (default: all built-in but mixed)")
+    parser.add_argument(
+        "--spaces", default="vgg_hetconv,vgg_flgc,mbv2_flgc", help="spaces (default: all built-in but mixed)"
+    )
     parser.add_argument("--width", type=float, default=1.0, help="width multiplier (default: 1.0)")
     parser.add_argument("--batch", type=int, default=1, help="latency batch, as --latency-batch (default: 1)")
     parser.add_argument("--candidates", type=int, default=30, help="random candidates per space (default: 30)")
@@ -156,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     env = environment()
-    print(f"latency-table benchmark on {device}: torch {env['torch']}, {env['threads']} threads, batch {args.batch}", flush=True)
+    print(
+        f"latency-table benchmark on {device}: torch {env['torch']}, {env['threads']} threads, batch {args.batch}",
+        flush=True,
+    )
     if warning := load_warning():
         print(warning, file=sys.stderr, flush=True)
 
@@ -167,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         summaries.append(summary)
     print_table(summaries, SUMMARY_COLUMNS, title="\nprediction error of the latency table (errors in %)")
     out = write_csv(rows, Path(args.out) if args.out else default_out("latency_table"), CSV_COLUMNS)
-    out.with_suffix(".json").write_text(json.dumps({"environment": env, "args": vars(args), "summary": summaries}, indent=1))
+    out.with_suffix(".json").write_text(
+        json.dumps({"environment": env, "args": vars(args), "summary": summaries}, indent=1)
+    )
     print(f"\n{len(rows)} rows written to {out} (summary: {out.with_suffix('.json')})")
     return 0
 

@@ -76,14 +76,38 @@ GROUPS = (2, 4, 8, 16)
 QUICK_SHAPES = [VGG_SHAPES[1], VGG_SHAPES[3], MBV2_SHAPES[1]]
 
 CSV_COLUMNS = [
-    "kind", "form", "shape", "param", "batch", "flops_ratio", "latency_ratio", "latency_ms", "memory_format",
-    "mode", "fastest_format", "reference_ms", "executed_flops_ratio", "mflops", "source", "kernel",
-    "rel_error", "samples", "calls_per_sample",
-]  # fmt: skip
+    "kind",
+    "form",
+    "shape",
+    "param",
+    "batch",
+    "flops_ratio",
+    "latency_ratio",
+    "latency_ms",
+    "memory_format",
+    "mode",
+    "fastest_format",
+    "reference_ms",
+    "executed_flops_ratio",
+    "mflops",
+    "source",
+    "kernel",
+    "rel_error",
+    "samples",
+    "calls_per_sample",
+]
 TABLE_COLUMNS = [
-    "shape", "kind", "param", "form", "batch", "memory_format", "ms_nchw", "ms_channels_last",
-    "flops_ratio", "latency_ratio",
-]  # fmt: skip
+    "shape",
+    "kind",
+    "param",
+    "form",
+    "batch",
+    "memory_format",
+    "ms_nchw",
+    "ms_channels_last",
+    "flops_ratio",
+    "latency_ratio",
+]
 
 
 class LoopReferenceHetConv(nn.Module):
@@ -99,8 +123,9 @@ class LoopReferenceHetConv(nn.Module):
         with torch.no_grad():
             small = layer.pointwise_weight()
             self.big = [layer.gwc.weight[i : i + 1].clone() for i in range(n)]
-            self.rest = [torch.cat([torch.arange(0, g * self.per_in), torch.arange((g + 1) * self.per_in, m)])
-                         for g in range(p)]  # fmt: skip
+            self.rest = [
+                torch.cat([torch.arange(0, g * self.per_in), torch.arange((g + 1) * self.per_in, m)]) for g in range(p)
+            ]
             self.small = [small[i : i + 1, self.rest[i // self.per_out]].clone() for i in range(n)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -151,9 +176,17 @@ def layer_forms(cin: int, cout: int, k: int, parts, groups, seed: int):
             ("flgc", param, "training_form", flgc, 1 / g, 1.0, True, None),
             ("flgc", param, "deployed_folded", deployed[1], 1 / g, 1 / g, False, None),
             ("flgc", param, "deployed_gathers", deployed, 1 / g, 1 / g, False, flgc),
-            ("flgc", param, "standard_group_conv", nn.Conv2d(cin, cout, k, padding=k // 2, groups=g, bias=False),
-             1 / g, 1 / g, True, None),
-        ]  # fmt: skip
+            (
+                "flgc",
+                param,
+                "standard_group_conv",
+                nn.Conv2d(cin, cout, k, padding=k // 2, groups=g, bias=False),
+                1 / g,
+                1 / g,
+                True,
+                None,
+            ),
+        ]
     return forms
 
 
@@ -186,12 +219,20 @@ def bench_shape(shape, args, formats, parts, groups) -> list[dict]:
                 else:
                     fn = train_step_fn(module, x, fmt, input_grad=True)
                 row = {
-                    "kind": kind, "form": form if mode == "inference" else f"train_step:{form}",
-                    "shape": label, "param": param, "batch": batch, "flops_ratio": flops,
-                    "executed_flops_ratio": executed, "memory_format": fmt, "mode": mode,
-                    "mflops": dense_macs * flops / 1e6, "source": source, "kernel": k,
+                    "kind": kind,
+                    "form": form if mode == "inference" else f"train_step:{form}",
+                    "shape": label,
+                    "param": param,
+                    "batch": batch,
+                    "flops_ratio": flops,
+                    "executed_flops_ratio": executed,
+                    "memory_format": fmt,
+                    "mode": mode,
+                    "mflops": dense_macs * flops / 1e6,
+                    "source": source,
+                    "kernel": k,
                     "rel_error": errors.get((kind, param, form), math.nan),
-                }  # fmt: skip
+                }
                 repeats = min(3, args.repeats) if form == "loop_reference" else None
                 candidates.append(Candidate(fn, row, repeats=repeats))
         measure_round_robin(candidates, args.repeats, args.warmup)
@@ -245,8 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     groups = _ints(args.groups, (4,) if args.quick else GROUPS)
     shapes = select_shapes(args.shapes, args.quick)
     env = environment()
-    print(f"layer benchmark: torch {env['torch']}, {env['threads']} threads, {args.repeats} repeats "
-          f"(medians; ratios within this run only)", flush=True)  # fmt: skip
+    print(
+        f"layer benchmark: torch {env['torch']}, {env['threads']} threads, {args.repeats} repeats "
+        f"(medians; ratios within this run only)",
+        flush=True,
+    )
     warning = load_warning()
     if warning:
         print(warning, file=sys.stderr, flush=True)

@@ -61,14 +61,42 @@ from layers import ChannelGather, FLGConv2d, HetConv2d
 from models import Architecture, LayerSpec, build_model, count_gathers, deploy, get_model_family
 
 CSV_COLUMNS = [
-    "model", "kind", "form", "shape", "param", "batch", "mflops", "flops_ratio", "latency_ratio", "latency_ms",
-    "memory_format", "explicit_gathers", "mode", "fastest_format", "reference_ms", "executed_mflops", "width",
-    "note", "samples", "calls_per_sample",
-]  # fmt: skip
+    "model",
+    "kind",
+    "form",
+    "shape",
+    "param",
+    "batch",
+    "mflops",
+    "flops_ratio",
+    "latency_ratio",
+    "latency_ms",
+    "memory_format",
+    "explicit_gathers",
+    "mode",
+    "fastest_format",
+    "reference_ms",
+    "executed_mflops",
+    "width",
+    "note",
+    "samples",
+    "calls_per_sample",
+]
 TABLE_COLUMNS = [
-    "shape", "model", "kind", "param", "form", "batch", "memory_format", "ms_nchw", "ms_channels_last", "mflops",
-    "flops_ratio", "latency_ratio", "explicit_gathers",
-]  # fmt: skip
+    "shape",
+    "model",
+    "kind",
+    "param",
+    "form",
+    "batch",
+    "memory_format",
+    "ms_nchw",
+    "ms_channels_last",
+    "mflops",
+    "flops_ratio",
+    "latency_ratio",
+    "explicit_gathers",
+]
 
 
 def strip_gathers(model: nn.Module) -> nn.Module:
@@ -111,9 +139,21 @@ def executed_mflops(module: nn.Module) -> float:
 class Entry:
     """One model form to time."""
 
-    def __init__(self, model: str, kind: str, shape: str, param: str, form: str, module: nn.Module,
-                 mflops: float, width: float, trains: bool, executed: float | None = None, note: str = "",
-                 num_classes: int = 10) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: str,
+        kind: str,
+        shape: str,
+        param: str,
+        form: str,
+        module: nn.Module,
+        mflops: float,
+        width: float,
+        trains: bool,
+        executed: float | None = None,
+        note: str = "",
+        num_classes: int = 10,
+    ) -> None:
         self.num_classes = num_classes
         self.model, self.kind, self.shape, self.param, self.form = model, kind, shape, param, form
         self.module, self.mflops, self.width, self.trains, self.note = module, mflops, width, trains, note
@@ -133,32 +173,53 @@ def forms_of(
     model.eval()
     shape = f"{arch.model}@{arch.width:g}" + (f"/{arch.num_classes}cls" if arch.num_classes != 10 else "")
     mflops = architecture_cost(arch).mflops
-    common = dict(model=name, kind=kind, shape=shape, param=param, mflops=mflops, width=arch.width,
-                  num_classes=arch.num_classes)  # fmt: skip
+    common = dict(
+        model=name, kind=kind, shape=shape, param=param, mflops=mflops, width=arch.width, num_classes=arch.num_classes
+    )
     if kind == "dense":
         return [Entry(form="dense", module=model, trains=True, executed=mflops, **common)]
     entries = [Entry(form="training_form", module=model, trains=True, **common)]
     has_hetconv = any(isinstance(m, HetConv2d) and m.part > 1 for m in model.modules())
     has_flgc = any(isinstance(m, FLGConv2d) and m.balanced for m in model.modules())
     split = deploy(model, hetconv_form="split")
-    entries.append(Entry(form="deployed_split" if has_hetconv else "deployed_folded", module=split, trains=False,
-                         executed=executed_mflops(split), **common))  # fmt: skip
+    entries.append(
+        Entry(
+            form="deployed_split" if has_hetconv else "deployed_folded",
+            module=split,
+            trains=False,
+            executed=executed_mflops(split),
+            **common,
+        )
+    )
     if has_hetconv:
         dense_form = deploy(model, hetconv_form="dense")
-        entries.append(Entry(form="deployed_dense", module=dense_form, trains=False,
-                             executed=executed_mflops(dense_form), **common))  # fmt: skip
+        entries.append(
+            Entry(
+                form="deployed_dense", module=dense_form, trains=False, executed=executed_mflops(dense_form), **common
+            )
+        )
     if has_flgc:
         if kind == "flgc" and not quick:
             unfolded = deploy(model, fold=False)
-            entries.append(Entry(form="deployed_unfolded", module=unfolded, trains=False,
-                                 executed=executed_mflops(unfolded), **common))  # fmt: skip
+            entries.append(
+                Entry(
+                    form="deployed_unfolded",
+                    module=unfolded,
+                    trains=False,
+                    executed=executed_mflops(unfolded),
+                    **common,
+                )
+            )
         # Per layer grouped or dense, whichever makes the whole model faster (chosen at batch 64).
         example = torch.randn(64, 3, 32, 32).contiguous(memory_format=torch.channels_last)
         auto = deploy(model, hetconv_form="auto", flgc_form="auto", example_input=example)
         entries.append(Entry(form="deployed_auto", module=auto, trains=False, executed=executed_mflops(auto), **common))
         standard = strip_gathers(split)
-        entries.append(Entry(form="standard_group_conv", module=standard, trains=True,
-                             executed=executed_mflops(standard), **common))  # fmt: skip
+        entries.append(
+            Entry(
+                form="standard_group_conv", module=standard, trains=True, executed=executed_mflops(standard), **common
+            )
+        )
     return entries
 
 
@@ -198,7 +259,9 @@ def read_configs(paths: list[str]) -> list[tuple[Path, Architecture]]:
 def config_entries(path: Path, arch: Architecture, seed: int) -> list[Entry]:
     weights = path.with_suffix(".pt")
     try:
-        return forms_of(arch, path.stem, "config", _compact(arch.summary()), seed, weights if weights.exists() else None)
+        return forms_of(
+            arch, path.stem, "config", _compact(arch.summary()), seed, weights if weights.exists() else None
+        )
     except RuntimeError as err:  # weights that do not fit the architecture
         print(f"skipping {path}: {str(err).splitlines()[0]}", file=sys.stderr)
         return []
@@ -238,13 +301,20 @@ def measure(entries: list[Entry], args, formats: list[str]) -> list[dict]:
                     else:
                         fn = train_step_fn(e.module, x, fmt, target=target % e.num_classes)
                     row = {
-                        "model": e.model, "kind": e.kind,
+                        "model": e.model,
+                        "kind": e.kind,
                         "form": e.form if mode == "inference" else f"train_step:{e.form}",
-                        "shape": e.shape, "param": e.param, "batch": batch, "mflops": e.mflops,
+                        "shape": e.shape,
+                        "param": e.param,
+                        "batch": batch,
+                        "mflops": e.mflops,
                         "executed_mflops": e.executed if e.executed is not None else math.nan,
-                        "explicit_gathers": e.gathers, "memory_format": fmt, "mode": mode, "width": e.width,
+                        "explicit_gathers": e.gathers,
+                        "memory_format": fmt,
+                        "mode": mode,
+                        "width": e.width,
                         "note": e.note,
-                    }  # fmt: skip
+                    }
                     candidates.append(Candidate(fn, row))
             measure_round_robin(candidates, args.repeats, args.warmup)
             for c in candidates:
@@ -261,8 +331,12 @@ def add_best_rows(rows: list[dict]) -> list[dict]:
     best = []
     keys = {(r["model"], r["param"], r["shape"], r["batch"], r["mode"]) for r in rows if r["form"] == "deployed_dense"}
     for key in sorted(keys, key=str):
-        same = [r for r in rows if (r["model"], r["param"], r["shape"], r["batch"], r["mode"]) == key
-                and r["form"] in ("deployed_split", "deployed_dense")]  # fmt: skip
+        same = [
+            r
+            for r in rows
+            if (r["model"], r["param"], r["shape"], r["batch"], r["mode"]) == key
+            and r["form"] in ("deployed_split", "deployed_dense")
+        ]
         winner = min(same, key=lambda r: r["latency_ms"])
         best.append({**winner, "form": "deployed_best", "note": winner["form"]})
     return rows + best
@@ -275,7 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     add_common_arguments(parser, "models")
     parser.add_argument("--width", type=float, default=1.0, help="width of the built-in models (default: 1.0)")
     parser.add_argument(
-        "--models", default="vgg16,mobilenetv2", help="built-in models (default: vgg16,mobilenetv2; 'none': configs only)"
+        "--models",
+        default="vgg16,mobilenetv2",
+        help="built-in models (default: vgg16,mobilenetv2; 'none': configs only)",
     )
     parser.add_argument("--parts", default=None, help="uniform HetConv parts for VGG (default: 2,4,8; --quick: 4)")
     parser.add_argument("--groups", default=None, help="uniform FLGC groups (default: 2,4,8; --quick: 4)")
@@ -299,8 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_threads(args.threads)
     formats = parse_formats(args.formats)
     env = environment()
-    print(f"model benchmark: torch {env['torch']}, {env['threads']} threads, {args.repeats} repeats "
-          f"(medians; ratios within this run only)", flush=True)  # fmt: skip
+    print(
+        f"model benchmark: torch {env['torch']}, {env['threads']} threads, {args.repeats} repeats "
+        f"(medians; ratios within this run only)",
+        flush=True,
+    )
     warning = load_warning()
     if warning:
         print(warning, file=sys.stderr, flush=True)

@@ -77,17 +77,34 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CSV_COLUMNS = (
-    "seed", "candidate", "arch", "mflops", "one_shot_score", "standalone_accuracy", "standalone_retest",
-    "score_seconds", "train_seconds",
-)  # fmt: skip
+    "seed",
+    "candidate",
+    "arch",
+    "mflops",
+    "one_shot_score",
+    "standalone_accuracy",
+    "standalone_retest",
+    "score_seconds",
+    "train_seconds",
+)
 # The random candidates must not be the sub-networks the supernet trained on first (its
 # sandwich sampler uses torch.Generator().manual_seed(seed)): another stream.
 CANDIDATE_SEED_OFFSET = 1_000_003
 RETEST_SEED_OFFSET = 7_919  # another training seed for the retest of the same candidate
 MEDIAN_KEYS = (
-    "kendall_tau", "spearman", "kendall_retest", "kendall_tau_mean", "standalone_range",
-    "hv_one_shot_retrained", "hv_train_each", "hv_one_shot_scores", "epochs_one_shot", "epochs_train_each", "seconds_one_shot", "seconds_train_each",
-)  # fmt: skip
+    "kendall_tau",
+    "spearman",
+    "kendall_retest",
+    "kendall_tau_mean",
+    "standalone_range",
+    "hv_one_shot_retrained",
+    "hv_train_each",
+    "hv_one_shot_scores",
+    "epochs_one_shot",
+    "epochs_train_each",
+    "seconds_one_shot",
+    "seconds_train_each",
+)
 
 
 # ----------------------------------------------------------------------------- settings
@@ -99,29 +116,49 @@ def training_for(args: argparse.Namespace):
 
     quick = PRESETS["quick"]
     return TrainingSettings(
-        dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, batch_size=quick["batch_size"], lr=quick["lr"],
-        warmup_epochs=quick["warmup_epochs"], threads=args.threads, device=args.device,
-    )  # fmt: skip
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        epochs=args.epochs,
+        batch_size=quick["batch_size"],
+        lr=quick["lr"],
+        warmup_epochs=quick["warmup_epochs"],
+        threads=args.threads,
+        device=args.device,
+    )
 
 
 def one_shot_settings(args: argparse.Namespace, seed: int, results_dir: Path):
     from search.settings import Settings
 
     return Settings(
-        space=args.space, budget=args.search_candidates, width=args.width, training=training_for(args),
-        sampler="nsga2", seed=seed, results_dir=str(results_dir), strategy="one-shot",
-        retrain_top=args.retrain_top, supernet_epochs=args.supernet_epochs, quiet=True,
-    )  # fmt: skip
+        space=args.space,
+        budget=args.search_candidates,
+        width=args.width,
+        training=training_for(args),
+        sampler="nsga2",
+        seed=seed,
+        results_dir=str(results_dir),
+        strategy="one-shot",
+        retrain_top=args.retrain_top,
+        supernet_epochs=args.supernet_epochs,
+        quiet=True,
+    )
 
 
 def train_each_settings(args: argparse.Namespace, seed: int, budget: int, results_dir: Path):
     from search.settings import Settings
 
     return Settings(
-        space=args.space, budget=budget, width=args.width, training=training_for(args), sampler=args.sampler,
-        seed=seed, results_dir=str(results_dir), quiet=True,
+        space=args.space,
+        budget=budget,
+        width=args.width,
+        training=training_for(args),
+        sampler=args.sampler,
+        seed=seed,
+        results_dir=str(results_dir),
+        quiet=True,
         early_stop="none",  # budget = epochs // --epochs trials holds only if every trial trains to the end
-    )  # fmt: skip
+    )
 
 
 def num_random_default() -> int:
@@ -138,8 +175,8 @@ def train_and_save_supernet(args: argparse.Namespace, settings, space, data, see
     import torch
 
     from search.backends.one_shot import _supernet_path
-    from search.strategies.supernet import Supernet, save_supernet, train_supernet
     from search.evaluation.train import resolve_device
+    from search.strategies.supernet import Supernet, save_supernet, train_supernet
 
     torch.manual_seed(seed)  # the initial weights too (Supernet() draws from the global RNG)
     supernet = Supernet(space)
@@ -149,12 +186,24 @@ def train_and_save_supernet(args: argparse.Namespace, settings, space, data, see
     seconds = time.perf_counter() - started
     supernet.to("cpu")
     path = _supernet_path(settings, space.fingerprint())
-    save_supernet(supernet, path, {"space": space.fingerprint(), "training": training.to_json(), "history": history,
-                                   "seconds": seconds, "written_by": "bench/one_shot.py"})  # fmt: skip
+    save_supernet(
+        supernet,
+        path,
+        {
+            "space": space.fingerprint(),
+            "training": training.to_json(),
+            "history": history,
+            "seconds": seconds,
+            "written_by": "bench/one_shot.py",
+        },
+    )
     last = history[-1] if history else {}
-    return supernet, {"supernet_seconds": seconds, "supernet_path": str(path),
-                      "supernet_val_largest": last.get("val_accuracy_largest"),
-                      "supernet_val_smallest": last.get("val_accuracy_smallest")}  # fmt: skip
+    return supernet, {
+        "supernet_seconds": seconds,
+        "supernet_path": str(path),
+        "supernet_val_largest": last.get("val_accuracy_largest"),
+        "supernet_val_smallest": last.get("val_accuracy_smallest"),
+    }
 
 
 def random_candidates(supernet, count: int, seed: int) -> list:
@@ -175,16 +224,25 @@ def rank_candidates(args: argparse.Namespace, supernet, data, training, seed: in
     """One-shot score and stand-alone accuracy of ``--candidates`` random architectures."""
     from search.evaluation.cost import architecture_cost
     from search.evaluation.evaluate import evaluate
-    from search.strategies.supernet import score
     from search.evaluation.train import resolve_device
+    from search.strategies.supernet import score
 
     rows = []
     candidates = random_candidates(supernet, args.candidates, seed)
     for i, arch in enumerate(candidates):
         started = time.perf_counter()
         one_shot = score(supernet, arch, data, device=resolve_device(args.device), seed=seed)
-        rows.append({"seed": seed, "candidate": i, "arch": arch.summary(), "mflops": architecture_cost(arch).mflops,
-                     "one_shot_score": one_shot, "score_seconds": time.perf_counter() - started, "_arch": arch})  # fmt: skip
+        rows.append(
+            {
+                "seed": seed,
+                "candidate": i,
+                "arch": arch.summary(),
+                "mflops": architecture_cost(arch).mflops,
+                "one_shot_score": one_shot,
+                "score_seconds": time.perf_counter() - started,
+                "_arch": arch,
+            }
+        )
     for row in rows:
         arch = row.pop("_arch")
         result = evaluate(arch, training, seed=seed * 100_003 + row["candidate"])
@@ -194,8 +252,11 @@ def rank_candidates(args: argparse.Namespace, supernet, data, training, seed: in
             again = evaluate(arch, training, seed=seed * 100_003 + row["candidate"] + RETEST_SEED_OFFSET)
             row["standalone_retest"] = again.accuracy
             retest = f" (again: {again.accuracy:.4f})"
-        print(f"  candidate {row['candidate']}: score {row['one_shot_score']:.4f}, stand-alone "
-              f"{result.accuracy:.4f}{retest} @ {row['mflops']:.2f} MFLOPs ({result.train_seconds:.1f}s)", flush=True)  # fmt: skip
+        print(
+            f"  candidate {row['candidate']}: score {row['one_shot_score']:.4f}, stand-alone "
+            f"{result.accuracy:.4f}{retest} @ {row['mflops']:.2f} MFLOPs ({result.train_seconds:.1f}s)",
+            flush=True,
+        )
     return rows
 
 
@@ -216,8 +277,13 @@ def correlations(rows: list[dict[str, Any]]) -> dict[str, float]:
     scores = [r["one_shot_score"] for r in rows]
     first = [r["standalone_accuracy"] for r in rows]
     tau, tau_p, rho, rho_p = _rank_correlation(scores, first)
-    out = {"kendall_tau": tau, "kendall_p": tau_p, "spearman": rho, "spearman_p": rho_p,
-           "standalone_range": max(first) - min(first) if first else math.nan}  # fmt: skip
+    out = {
+        "kendall_tau": tau,
+        "kendall_p": tau_p,
+        "spearman": rho,
+        "spearman_p": rho_p,
+        "standalone_range": max(first) - min(first) if first else math.nan,
+    }
     if rows and all("standalone_retest" in r for r in rows):
         again = [r["standalone_retest"] for r in rows]
         out["kendall_retest"], _, out["spearman_retest"], _ = _rank_correlation(first, again)
@@ -241,7 +307,9 @@ def _epochs(study) -> int:
     return sum(int(t.user_attrs.get("epochs_run") or 0) for t in trials)
 
 
-def compare_budgets(args: argparse.Namespace, seed: int, settings, supernet: dict[str, Any], work_dir: Path) -> dict[str, Any]:
+def compare_budgets(
+    args: argparse.Namespace, seed: int, settings, supernet: dict[str, Any], work_dir: Path
+) -> dict[str, Any]:
     """The one-shot search (reusing the seed's supernet) against train-each at equal epochs."""
     import optuna
 
@@ -257,10 +325,17 @@ def compare_budgets(args: argparse.Namespace, seed: int, settings, supernet: dic
     hv_scores, _ = _hypervolume(one_shot_study)
     retrain_epochs = _epochs(retrained_study)
     retrained = len(retrained_study.get_trials(deepcopy=False))
-    retrain_seconds = sum(float(t.user_attrs.get("train_seconds") or 0) for t in retrained_study.get_trials(deepcopy=False))
-    score_seconds = sum(float(t.user_attrs.get("score_seconds") or 0) for t in one_shot_study.get_trials(deepcopy=False))
-    reused = all(t.user_attrs.get("supernet") == Path(supernet["supernet_path"]).name
-                 for t in one_shot_study.get_trials(deepcopy=False) if t.state.name == "COMPLETE")  # fmt: skip
+    retrain_seconds = sum(
+        float(t.user_attrs.get("train_seconds") or 0) for t in retrained_study.get_trials(deepcopy=False)
+    )
+    score_seconds = sum(
+        float(t.user_attrs.get("score_seconds") or 0) for t in one_shot_study.get_trials(deepcopy=False)
+    )
+    reused = all(
+        t.user_attrs.get("supernet") == Path(supernet["supernet_path"]).name
+        for t in one_shot_study.get_trials(deepcopy=False)
+        if t.state.name == "COMPLETE"
+    )
     epochs_one_shot = args.supernet_epochs * (2 + num_random_default()) + retrain_epochs
 
     budget = max(1, epochs_one_shot // args.epochs)
@@ -271,15 +346,25 @@ def compare_budgets(args: argparse.Namespace, seed: int, settings, supernet: dic
     if reference_train_each != reference:
         raise RuntimeError(f"the two studies have different reference points: {reference} vs {reference_train_each}")
     return {
-        "hv_one_shot_retrained": hv_retrained, "hv_train_each": hv_train_each, "hv_one_shot_scores": hv_scores,
+        "hv_one_shot_retrained": hv_retrained,
+        "hv_train_each": hv_train_each,
+        "hv_one_shot_scores": hv_scores,
         "hv_ratio": hv_retrained / hv_train_each if hv_train_each > 0 else math.nan,
-        "epochs_one_shot": epochs_one_shot, "epochs_supernet_counted": epochs_one_shot - retrain_epochs,
-        "epochs_retrained": retrain_epochs, "retrained": retrained, "epochs_train_each": _epochs(train_each),
-        "budget_train_each": budget, "scored_candidates": settings.budget, "supernet_reused": reused,
-        "seconds_one_shot": supernet["supernet_seconds"] + search_seconds, "seconds_scoring": score_seconds,
-        "seconds_retraining": retrain_seconds, "seconds_one_shot_search": search_seconds,
-        "seconds_train_each": train_each_seconds, "reference_point": reference,
-    }  # fmt: skip
+        "epochs_one_shot": epochs_one_shot,
+        "epochs_supernet_counted": epochs_one_shot - retrain_epochs,
+        "epochs_retrained": retrain_epochs,
+        "retrained": retrained,
+        "epochs_train_each": _epochs(train_each),
+        "budget_train_each": budget,
+        "scored_candidates": settings.budget,
+        "supernet_reused": reused,
+        "seconds_one_shot": supernet["supernet_seconds"] + search_seconds,
+        "seconds_scoring": score_seconds,
+        "seconds_retraining": retrain_seconds,
+        "seconds_one_shot_search": search_seconds,
+        "seconds_train_each": train_each_seconds,
+        "reference_point": reference,
+    }
 
 
 def run_seed(args: argparse.Namespace, seed: int, work_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -294,17 +379,27 @@ def run_seed(args: argparse.Namespace, seed: int, work_dir: Path) -> tuple[list[
     space = get_space(args.space, width=args.width, num_classes=data.num_classes)
     began = time.perf_counter()
     supernet, info = train_and_save_supernet(args, settings, space, data, seed)
-    print(f"seed {seed}: supernet trained in {info['supernet_seconds']:.0f}s "
-          f"(val. largest {info['supernet_val_largest']}, smallest {info['supernet_val_smallest']})", flush=True)  # fmt: skip
+    print(
+        f"seed {seed}: supernet trained in {info['supernet_seconds']:.0f}s "
+        f"(val. largest {info['supernet_val_largest']}, smallest {info['supernet_val_smallest']})",
+        flush=True,
+    )
     started = time.perf_counter()
     rows = rank_candidates(args, supernet, data, settings.training, seed)
     ranking_seconds = time.perf_counter() - started
     del supernet
     summary = {"seed": seed, **correlations(rows), "candidates": len(rows), "seconds_ranking": ranking_seconds, **info}
-    retest = (f"; stand-alone vs its retest {summary['kendall_retest']:.3f}, one-shot vs the mean of both "
-              f"{summary['kendall_tau_mean']:.3f}" if "kendall_retest" in summary else "")  # fmt: skip
-    print(f"seed {seed}: Kendall tau {summary['kendall_tau']:.3f}, Spearman {summary['spearman']:.3f} "
-          f"over {len(rows)} candidates{retest} ({ranking_seconds:.0f}s)", flush=True)  # fmt: skip
+    retest = (
+        f"; stand-alone vs its retest {summary['kendall_retest']:.3f}, one-shot vs the mean of both "
+        f"{summary['kendall_tau_mean']:.3f}"
+        if "kendall_retest" in summary
+        else ""
+    )
+    print(
+        f"seed {seed}: Kendall tau {summary['kendall_tau']:.3f}, Spearman {summary['spearman']:.3f} "
+        f"over {len(rows)} candidates{retest} ({ranking_seconds:.0f}s)",
+        flush=True,
+    )
     summary.update(compare_budgets(args, seed, settings, info, work_dir))
     summary["seconds_seed"] = time.perf_counter() - began
     print(
@@ -334,10 +429,17 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         for row in rows:
-            writer.writerow({**row, "mflops": f"{row['mflops']:.6g}", "one_shot_score": f"{row['one_shot_score']:.6g}",
-                             "standalone_accuracy": f"{row['standalone_accuracy']:.6g}",
-                             "standalone_retest": f"{row['standalone_retest']:.6g}" if "standalone_retest" in row else "",
-                             "score_seconds": f"{row['score_seconds']:.3f}", "train_seconds": f"{row['train_seconds']:.3f}"})  # fmt: skip
+            writer.writerow(
+                {
+                    **row,
+                    "mflops": f"{row['mflops']:.6g}",
+                    "one_shot_score": f"{row['one_shot_score']:.6g}",
+                    "standalone_accuracy": f"{row['standalone_accuracy']:.6g}",
+                    "standalone_retest": f"{row['standalone_retest']:.6g}" if "standalone_retest" in row else "",
+                    "score_seconds": f"{row['score_seconds']:.3f}",
+                    "train_seconds": f"{row['train_seconds']:.3f}",
+                }
+            )
 
 
 def _json_safe(value: Any) -> Any:
@@ -364,21 +466,27 @@ def write_plot(path: Path, rows: list[dict[str, Any]], summaries: list[dict[str,
     for seed in sorted({r["seed"] for r in rows}):
         mine = [r for r in rows if r["seed"] == seed]
         tau = by_seed.get(seed, {}).get("kendall_tau", math.nan)
-        fig.add_trace(go.Scatter(
-            x=[r["one_shot_score"] for r in mine], y=[r["standalone_accuracy"] for r in mine], mode="markers",
-            name=f"seed {seed} (Kendall tau {tau:.2f})",
-            text=[f"candidate {r['candidate']}<br>{r['mflops']:.2f} MFLOPs<br>{r['arch']}" for r in mine],
-            hovertemplate="one-shot %{x:.4f}<br>stand-alone %{y:.4f}<br>%{text}<extra></extra>",
-            marker={"size": 9, "opacity": 0.8},
-        ))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=[r["one_shot_score"] for r in mine],
+                y=[r["standalone_accuracy"] for r in mine],
+                mode="markers",
+                name=f"seed {seed} (Kendall tau {tau:.2f})",
+                text=[f"candidate {r['candidate']}<br>{r['mflops']:.2f} MFLOPs<br>{r['arch']}" for r in mine],
+                hovertemplate="one-shot %{x:.4f}<br>stand-alone %{y:.4f}<br>%{text}<extra></extra>",
+                marker={"size": 9, "opacity": 0.8},
+            )
+        )
     med = medians(summaries)
     fig.update_layout(
         title=f"One-shot score vs stand-alone accuracy (median Kendall tau {med['kendall_tau']:.3f}, "
-              f"Spearman {med['spearman']:.3f})",
+        f"Spearman {med['spearman']:.3f})",
         xaxis_title="one-shot score (validation accuracy, inherited weights, BN recalibrated)",
         yaxis_title="stand-alone validation accuracy (trained from scratch)",
-        template="plotly_white", height=560, width=900,
-    )  # fmt: skip
+        template="plotly_white",
+        height=560,
+        width=900,
+    )
     html = path.with_suffix(".html")
     fig.write_html(html, include_plotlyjs="cdn")
     return html
@@ -403,18 +511,32 @@ def print_summary(summaries: list[dict[str, Any]]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="results/bench/one_shot.csv", help="CSV (the JSON summary and HTML plot go beside it)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--out", default="results/bench/one_shot.csv", help="CSV (the JSON summary and HTML plot go beside it)"
+    )
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default: 3)")
-    p.add_argument("--candidates", type=int, default=20, help="random candidates scored and trained per seed (default: 20)")
-    p.add_argument("--retest", action=argparse.BooleanOptionalAction, default=True,
-                   help="train every ranked candidate a second time from another seed, to measure how far "
-                        "stand-alone training agrees with itself (default: on)")  # fmt: skip
+    p.add_argument(
+        "--candidates", type=int, default=20, help="random candidates scored and trained per seed (default: 20)"
+    )
+    p.add_argument(
+        "--retest",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train every ranked candidate a second time from another seed, to measure how far "
+        "stand-alone training agrees with itself (default: on)",
+    )
     p.add_argument("--epochs", type=int, default=5, help="stand-alone training epochs (default: 5)")
     p.add_argument("--supernet-epochs", type=int, default=20, help="supernet training epochs (default: 20)")
-    p.add_argument("--search-candidates", type=int, default=300, help="candidates the one-shot search scores (default: 300)")
+    p.add_argument(
+        "--search-candidates", type=int, default=300, help="candidates the one-shot search scores (default: 300)"
+    )
     p.add_argument("--retrain-top", type=int, default=4, help="one-shot front configurations retrained (default: 4)")
-    p.add_argument("--sampler", default="tpe", help="sampler of the train-each search (default: tpe, the tool's default)")
+    p.add_argument(
+        "--sampler", default="tpe", help="sampler of the train-each search (default: tpe, the tool's default)"
+    )
     p.add_argument("--width", type=float, default=0.25, help="width multiplier (default: 0.25)")
     p.add_argument("--space", default="vgg_hetconv", help="search space (default: vgg_hetconv)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
@@ -433,8 +555,13 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()  # the benchmark prints its own summary lines
 
     try:  # refuse bad options before any training
-        if min(args.seeds, args.candidates, args.epochs, args.supernet_epochs, args.threads) < 1 or args.retrain_top < 1:
-            raise SettingsError("--seeds, --candidates, --epochs, --supernet-epochs, --threads, --retrain-top must be >= 1")
+        if (
+            min(args.seeds, args.candidates, args.epochs, args.supernet_epochs, args.threads) < 1
+            or args.retrain_top < 1
+        ):
+            raise SettingsError(
+                "--seeds, --candidates, --epochs, --supernet-epochs, --threads, --retrain-top must be >= 1"
+            )
         one_shot_settings(args, 0, Path("unused"))
         train_each_settings(args, 0, 1, Path("unused"))
     except SettingsError as err:

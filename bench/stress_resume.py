@@ -37,13 +37,32 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     results = Path(tempfile.mkdtemp(prefix="stress-"))
-    command = [sys.executable, str(ROOT / "run_search.py"), "--preset", "quick", "--epochs", "2", "--early-stop", "none", "--threads", "1",
-               "--budget", str(args.budget), "--workers", str(args.workers), "--no-report", "--quiet",
-               "--results-dir", str(results)]  # fmt: skip
+    command = [
+        sys.executable,
+        str(ROOT / "run_search.py"),
+        "--preset",
+        "quick",
+        "--epochs",
+        "2",
+        "--early-stop",
+        "none",
+        "--threads",
+        "1",
+        "--budget",
+        str(args.budget),
+        "--workers",
+        str(args.workers),
+        "--no-report",
+        "--quiet",
+        "--results-dir",
+        str(results),
+    ]
     rounds = []
     for kill in range(args.kills + 1):
         started = time.monotonic()
-        proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         if kill < args.kills:
             delay = rng.uniform(args.min_delay, args.max_delay)
             try:
@@ -58,8 +77,14 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 raise
-            rounds.append({"round": kill, "ran_to_end_s": round(time.monotonic() - started, 1), "exit": proc.returncode,
-                           "stderr_tail": stderr[-500:]})  # fmt: skip
+            rounds.append(
+                {
+                    "round": kill,
+                    "ran_to_end_s": round(time.monotonic() - started, 1),
+                    "exit": proc.returncode,
+                    "stderr_tail": stderr[-500:],
+                }
+            )
 
     import optuna
 

@@ -39,7 +39,5 @@ def create_conv2d(
     if layer_type == "hetconv":
         return HetConv2d(in_channels, out_channels, part, kernel_size, stride, padding, bias=bias)
     if layer_type == "flgc":
-        return FLGConv2d(
-            in_channels, out_channels, groups, kernel_size, stride, padding, bias=bias, balanced=balanced
-        )
+        return FLGConv2d(in_channels, out_channels, groups, kernel_size, stride, padding, bias=bias, balanced=balanced)
     raise ValueError(f"unknown layer type {layer_type!r}; expected one of {', '.join(LAYER_TYPES)}")

@@ -342,8 +342,13 @@ class FLGConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         last = self._hard
-        if (self.training and self._training_steps % self.reassign_every and last is not None
-                and last[0][-1] == self.weight.dtype and last[1][2].device == self.weight.device):  # fmt: skip
+        if (
+            self.training
+            and self._training_steps % self.reassign_every
+            and last is not None
+            and last[0][-1] == self.weight.dtype
+            and last[1][2].device == self.weight.device
+        ):
             hard = last[1]  # between reassignments: the last one, even if the logits moved
         else:
             hard = self._hard_assignment()
@@ -371,7 +376,9 @@ class FLGConv2d(nn.Module):
         in_groups, out_groups = self.input_groups(), self.output_groups()
         k, device, dtype = self.kernel_size, self.weight.device, self.weight.dtype
         if form == "dense":
-            conv = nn.Conv2d(self.in_channels, self.out_channels, k, self.stride, self.padding, bias=self.bias is not None)
+            conv = nn.Conv2d(
+                self.in_channels, self.out_channels, k, self.stride, self.padding, bias=self.bias is not None
+            )
             conv = conv.to(device, dtype)
             conv.weight.copy_(self.weight * self.connection_mask()[:, :, None, None].to(dtype))
             if self.bias is not None:
@@ -383,8 +390,15 @@ class FLGConv2d(nn.Module):
             in_order = torch.argsort(in_groups, stable=True)  # channels of group 0, then group 1 ...
             out_order = torch.argsort(out_groups, stable=True)
             per_group_in = self.in_channels // self.groups
-            conv = nn.Conv2d(self.in_channels, self.out_channels, k, self.stride, self.padding,
-                             groups=self.groups, bias=self.bias is not None).to(device, dtype)  # fmt: skip
+            conv = nn.Conv2d(
+                self.in_channels,
+                self.out_channels,
+                k,
+                self.stride,
+                self.padding,
+                groups=self.groups,
+                bias=self.bias is not None,
+            ).to(device, dtype)
             # Row j of the grouped conv is filter out_order[j], of group j // (N/G); it sees
             # that group's channels in_order[g*C/G : (g+1)*C/G].
             group_of_row = out_groups[out_order]

@@ -99,9 +99,7 @@ class HetConv2d(nn.Module):
         self.kernel_size = kernel_size
         self.stride = stride
         self.padding = kernel_size // 2 if padding is None else padding
-        self.gwc = nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride, self.padding, groups=part, bias=bias
-        )
+        self.gwc = nn.Conv2d(in_channels, out_channels, kernel_size, stride, self.padding, groups=part, bias=bias)
         if part > 1:
             self.pwc: nn.Conv2d | None = nn.Conv2d(in_channels, out_channels, 1, stride, 0, bias=False)
             self.register_buffer("mask", hetconv_block_mask(out_channels, in_channels, part)[:, :, None, None])
@@ -141,9 +139,19 @@ class HetConv2d(nn.Module):
         if x.device.type != "cuda":
             return _CPU_FORM  # meta and other devices: no timing possible or wanted
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        key = (x.device, x.dtype, torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None,
-               tuple(x.shape), channels_last, self.in_channels, self.out_channels, self.part, self.kernel_size,
-               self.stride, self.training)  # fmt: skip
+        key = (
+            x.device,
+            x.dtype,
+            torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None,
+            tuple(x.shape),
+            channels_last,
+            self.in_channels,
+            self.out_channels,
+            self.part,
+            self.kernel_size,
+            self.stride,
+            self.training,
+        )
         if key not in _FORM_CACHE:
             _FORM_CACHE[key] = self._time_forms(x)
         return _FORM_CACHE[key]
@@ -152,8 +160,15 @@ class HetConv2d(nn.Module):
         """The faster form at ``x``'s shape: forward (and backward in training), median of
         ``repeats`` after a warm-up, on copies so no gradient reaches the parameters. The
         one place this layer waits on the GPU, once per shape."""
-        probe = HetConv2d(self.in_channels, self.out_channels, self.part, self.kernel_size, self.stride,
-                          self.padding, bias=self.gwc.bias is not None).to(x.device, self.gwc.weight.dtype)  # fmt: skip
+        probe = HetConv2d(
+            self.in_channels,
+            self.out_channels,
+            self.part,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            bias=self.gwc.bias is not None,
+        ).to(x.device, self.gwc.weight.dtype)
         probe.train(self.training)
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
             probe.to(memory_format=torch.channels_last)  # the layout cuDNN will see
@@ -194,13 +209,22 @@ class HetConv2d(nn.Module):
             return ConvSum(gwc, pwc)
         if form != "dense":
             raise ValueError(f"unknown HetConv deploy form {form!r}; use split or dense")
-        dense = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                          bias=self.gwc.bias is not None)  # fmt: skip
+        dense = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            bias=self.gwc.bias is not None,
+        )
         dense = dense.to(self.gwc.weight.device, self.gwc.weight.dtype)
         weight = torch.zeros_like(dense.weight)
         per_group_in, per_group_out = self.in_channels // self.part, self.out_channels // self.part
         for g in range(self.part):
-            rows, cols = slice(g * per_group_out, (g + 1) * per_group_out), slice(g * per_group_in, (g + 1) * per_group_in)
+            rows, cols = (
+                slice(g * per_group_out, (g + 1) * per_group_out),
+                slice(g * per_group_in, (g + 1) * per_group_in),
+            )
             weight[rows, cols] = self.gwc.weight[rows]
         centre = self.kernel_size // 2
         weight[:, :, centre, centre] += pwc.weight[:, :, 0, 0]
@@ -219,8 +243,16 @@ class HetConv2d(nn.Module):
 
 def _copy_conv(conv: nn.Conv2d) -> nn.Conv2d:
     """A plain ``nn.Conv2d`` with the same configuration and weights."""
-    copy = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                     conv.dilation, conv.groups, bias=conv.bias is not None)  # fmt: skip
+    copy = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=conv.bias is not None,
+    )
     copy = copy.to(conv.weight.device, conv.weight.dtype)
     copy.load_state_dict(conv.state_dict())
     return copy

@@ -225,7 +225,11 @@ class Architecture:
             raise ArchitectureError(f"architecture is missing {sorted(missing)}")
         if not isinstance(data["layers"], list):
             raise ArchitectureError("architecture 'layers' must be a list of layer specs")
-        if not _is_int(data["num_classes"]) or isinstance(data["width"], bool) or not isinstance(data["width"], (int, float)):
+        if (
+            not _is_int(data["num_classes"])
+            or isinstance(data["width"], bool)
+            or not isinstance(data["width"], (int, float))
+        ):
             raise ArchitectureError("architecture width must be a number and num_classes an integer")
         width, num_classes = float(data["width"]), int(data["num_classes"])
         return cls(str(data["model"]), width, num_classes, tuple(LayerSpec.from_json(s) for s in data["layers"]))

@@ -160,8 +160,9 @@ def _inputs_seen(model: nn.Module, example: torch.Tensor, wanted) -> list[tuple[
     seen: dict[str, tuple[str, nn.Module, torch.Size]] = {}
     hooks = [
         m.register_forward_pre_hook(lambda m, args, name=name: seen.setdefault(name, (name, m, args[0].shape)) and None)
-        for name, m in model.named_modules() if wanted(m)
-    ]  # fmt: skip
+        for name, m in model.named_modules()
+        if wanted(m)
+    ]
     try:
         with torch.inference_mode():
             model.eval()(example)
@@ -189,8 +190,10 @@ def _fastest_hetconv_forms(model: nn.Module, example: torch.Tensor) -> dict[str,
     forms = {}
     for name, shape in _input_shapes(model, example, HetConv2d).items():
         x = _timing_input(shape, example)
-        timed = {form: _median_ms(layers[name].deploy(form).to(memory_format=torch.channels_last), x)
-                 for form in ("split", "dense")}  # fmt: skip
+        timed = {
+            form: _median_ms(layers[name].deploy(form).to(memory_format=torch.channels_last), x)
+            for form in ("split", "dense")
+        }
         forms[name] = min(timed, key=timed.get)
     return forms
 
@@ -250,8 +253,10 @@ def _fastest_flgc_forms(
     own = {}
     for name, shape in _input_shapes(model, example, FLGConv2d).items():
         x = _timing_input(shape, example)
-        own[name] = {form: _median_ms(_bare_conv(layers[name], form).to(memory_format=torch.channels_last), x)
-                     for form in ("grouped", "dense")}  # fmt: skip
+        own[name] = {
+            form: _median_ms(_bare_conv(layers[name], form).to(memory_format=torch.channels_last), x)
+            for form in ("grouped", "dense")
+        }
 
     def modelled_ms(forms: dict[str, str]) -> tuple[float, float]:
         trial = copy.deepcopy(model)
@@ -283,7 +288,9 @@ def _form(forms: dict[str, str] | str, name: str, default: str) -> str:
     return forms if isinstance(forms, str) else forms.get(name, default)
 
 
-def _convert(module: nn.Module, hetconv_forms: dict[str, str] | str, flgc_forms: dict[str, str] | str, prefix: str = "") -> None:
+def _convert(
+    module: nn.Module, hetconv_forms: dict[str, str] | str, flgc_forms: dict[str, str] | str, prefix: str = ""
+) -> None:
     for name, child in module.named_children():
         path = f"{prefix}{name}"
         if isinstance(child, HetConv2d):
@@ -346,8 +353,10 @@ def deploy(
         >>> bool(torch.allclose(net(x), deploy(net)(x), atol=1e-4))
         True
     """
-    for what, form, legal in (("hetconv_form", hetconv_form, ("split", "dense", "auto")),
-                              ("flgc_form", flgc_form, ("grouped", "dense", "auto"))):  # fmt: skip
+    for what, form, legal in (
+        ("hetconv_form", hetconv_form, ("split", "dense", "auto")),
+        ("flgc_form", flgc_form, ("grouped", "dense", "auto")),
+    ):
         if form not in legal:
             raise ValueError(f"unknown {what} {form!r}; use {', '.join(legal)}")
         if form == "auto" and example_input is None:
@@ -371,4 +380,3 @@ def deploy(
 def count_gathers(model: nn.Module) -> int:
     """Explicit channel gathers left in a deployed model (what folding could not remove)."""
     return sum(isinstance(m, ChannelGather) for m in model.modules())
-

@@ -53,12 +53,19 @@ class VGG16(nn.Module):
                 continue
             cin, cout, _ = next(shapes)
             spec = next(specs)
-            conv = create_conv2d(cin, cout, 3, 1, **spec.conv_kwargs()) if spec else nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+            conv = (
+                create_conv2d(cin, cout, 3, 1, **spec.conv_kwargs())
+                if spec
+                else nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+            )
             layers += [mark_searchable(conv) if spec else conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*layers)
         hidden = scaled_channels(512, arch.width)
         self.classifier = nn.Sequential(
-            nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, arch.num_classes)
+            nn.Linear(hidden, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, arch.num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from spaces import get_space, space_names
-
 from search.evaluation.cost import architecture_cost, cheapest_and_dearest
+from spaces import get_space, space_names
 
 __all__ = [
     "check_device_available",
@@ -122,7 +121,9 @@ def check_device_available(name: str) -> None:
     except (ValueError, RuntimeError) as err:
         raise UserError(str(err)) from None
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
+        raise UserError(
+            f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"--device {name}: MPS (Apple GPU) is not available here; use --device cpu or auto")
 
@@ -242,10 +243,14 @@ def deploy_config(config: str, weights: str | None, onnx: bool, hetconv_form: st
     from search.settings import check_number
 
     check_number("batch", batch)
-    summary = export_deployed(config, weights=weights, onnx=onnx, hetconv_form=hetconv_form, flgc_form=flgc_form, batch=batch)
+    summary = export_deployed(
+        config, weights=weights, onnx=onnx, hetconv_form=hetconv_form, flgc_form=flgc_form, batch=batch
+    )
     state = "trained weights " + summary["weights"] if summary["weights"] else "untrained weights (run 'retrain' first)"
     print(f"deployed with {state}: {summary['torchscript']}")
-    print(f"max |trained - deployed| on a random batch: {summary['max_abs_difference']:.2e}; "
-          f"explicit channel gathers left: {summary['explicit_gathers']}")  # fmt: skip
+    print(
+        f"max |trained - deployed| on a random batch: {summary['max_abs_difference']:.2e}; "
+        f"explicit channel gathers left: {summary['explicit_gathers']}"
+    )
     if "onnx" in summary:
         print(f"ONNX: {summary['onnx']}")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from models import ArchitectureError
-from spaces import SpaceError
-
 from search.evaluation.data import DataError
 from search.settings import SettingsError
 from search.storage import StorageError, StudyMismatch
+from spaces import SpaceError
 
 __all__ = ["USER_ERRORS", "SearchAborted", "UserError"]
 

@@ -213,7 +213,9 @@ def check_text(field_name: str, value: Any, optional: bool = True, limit: int = 
     if value is None and optional:
         return
     if not isinstance(value, str) or not value.strip() or len(value) > limit or any(ord(c) < 32 for c in value):
-        raise SettingsError(f"{option_name(field_name)} must be a non-empty line of text (at most {limit} characters), got {value!r:.80}")
+        raise SettingsError(
+            f"{option_name(field_name)} must be a non-empty line of text (at most {limit} characters), got {value!r:.80}"
+        )
 
 
 def check_study_name(value: Any, option: str = "--study-name") -> None:
@@ -289,7 +291,9 @@ class TrainingSettings:
         check_choice("dataset", self.dataset, where)
         check_device(self.device, where)
         if not isinstance(self.data_dir, (str, PurePath)) or not str(self.data_dir) or "\x00" in str(self.data_dir):
-            raise SettingsError(f"{where or '--'}data{'_' if where else '-'}dir must be a folder name, got {self.data_dir!r}")
+            raise SettingsError(
+                f"{where or '--'}data{'_' if where else '-'}dir must be a folder name, got {self.data_dir!r}"
+            )
         return self
 
     def to_json(self) -> dict[str, Any]:
@@ -366,7 +370,9 @@ class Settings:
         if self.study_name is not None:
             check_study_name(self.study_name)
         if self.ray_address is not None and not _RAY_ADDRESS.fullmatch(str(self.ray_address)):
-            raise SettingsError(f"--address must be auto or HOST:PORT (e.g. 10.0.0.1:6379), got {self.ray_address!r:.80}")
+            raise SettingsError(
+                f"--address must be auto or HOST:PORT (e.g. 10.0.0.1:6379), got {self.ray_address!r:.80}"
+            )
         bad = [o for o in self.objectives if o not in OBJECTIVES]
         if bad or "accuracy" not in self.objectives or len(set(self.objectives)) != len(self.objectives):
             raise SettingsError(
@@ -396,21 +402,27 @@ class Settings:
         if rule is None:
             return "early stopping off"
         rungs = ", ".join(map(str, rule.rungs))
-        return (f"early stopping mo-asha at epochs {rungs} of {self.training.epochs}, the best 1/{self.eta} go on "
-                "(--early-stop none: train every trial to the end)")  # fmt: skip
+        return (
+            f"early stopping mo-asha at epochs {rungs} of {self.training.epochs}, the best 1/{self.eta} go on "
+            "(--early-stop none: train every trial to the end)"
+        )
 
     def stopping_rule(self):
         """The early-stopping rule of this run, or None."""
         if not self.stops_early:
             return None
+        from search.evaluation.data import num_classes_of
         from search.strategies.early_stopping import MultiObjectiveASHA
 
-        from search.evaluation.data import num_classes_of
-
         senses = [OBJECTIVE_SENSES[o] for o in self.objectives]
-        return MultiObjectiveASHA(self.min_epochs, self.eta, self.training.epochs, senses,
-                                  chance_level=1 / num_classes_of(self.training.dataset),
-                                  accuracy_index=self.objectives.index("accuracy"))  # fmt: skip
+        return MultiObjectiveASHA(
+            self.min_epochs,
+            self.eta,
+            self.training.epochs,
+            senses,
+            chance_level=1 / num_classes_of(self.training.dataset),
+            accuracy_index=self.objectives.index("accuracy"),
+        )
 
     @property
     def study(self) -> str:

@@ -23,7 +23,6 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from models import Architecture
-
 from search.settings import OBJECTIVE_SENSES, mask_url, scrub, url_secrets
 
 __all__ = [
@@ -66,7 +65,9 @@ def check_storage_url(url: str, mode: str) -> None:
     exist, so a typo never starts a new study elsewhere) or ``default`` (the storage under
     ``--results-dir``, created when missing)."""
     if "://" not in url:
-        raise StorageError(f"storage {url!r} is not a URL; use e.g. sqlite:///results/studies.db or postgresql://user@host/db")
+        raise StorageError(
+            f"storage {url!r} is not a URL; use e.g. sqlite:///results/studies.db or postgresql://user@host/db"
+        )
     path = _sqlite_file(url)
     if path is None:
         return
@@ -121,7 +122,9 @@ def open_storage(url: str, heartbeat: bool = False, create: bool = True) -> optu
         return _rdb_storage(url, engine_kwargs, extra)
     except ImportError as err:
         reason = scrub(str(err), url_secrets(url))
-        raise StorageError(f"storage {shown}: a database driver is missing ({reason}); install it, e.g. psycopg2-binary") from None
+        raise StorageError(
+            f"storage {shown}: a database driver is missing ({reason}); install it, e.g. psycopg2-binary"
+        ) from None
     except Exception as err:  # noqa: BLE001  (SQLAlchemy raises many kinds; all mean "cannot use it")
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise StorageError(f"cannot open storage {shown}: {scrub(reason, url_secrets(url))[:300]}") from None
@@ -233,4 +236,3 @@ def load_records(study: optuna.Study) -> list[TrialRecord]:
 
 def study_objectives(study: optuna.Study) -> list[str]:
     return list(study.user_attrs.get("objectives", ["accuracy", "mflops"]))
-

@@ -30,9 +30,17 @@ def get_space(name: str, width: float | None = None, num_classes: int = 10) -> S
         if not 0 < width <= 4:
             raise SpaceError(f"width {width} is out of range; use a multiplier in (0, 4]")
         return SearchSpace.from_choices(
-            name, recipe.description, recipe.model, width, num_classes, recipe.default_type, recipe.choose,
+            name,
+            recipe.description,
+            recipe.model,
+            width,
+            num_classes,
+            recipe.default_type,
+            recipe.choose,
             recipe.baselines,
         )
     if Path(name).suffix in (".yaml", ".yml", ".json"):
         return load_space_file(name, width, num_classes)
-    raise SpaceError(f"unknown space {name!r}; built-in spaces: {', '.join(space_names())}, or a .yaml/.json space file")
+    raise SpaceError(
+        f"unknown space {name!r}; built-in spaces: {', '.join(space_names())}, or a .yaml/.json space file"
+    )

@@ -54,7 +54,10 @@ BUILTIN_SPACES: dict[str, BuiltinSpace] = {
     ),
     "vgg_flgc": BuiltinSpace("VGG-16, FLGC groups G in 1,2,4,...,32 per searchable conv", "vgg16", "flgc", flgc_groups),
     "mbv2_flgc": BuiltinSpace(
-        "MobileNetV2, FLGC groups G in 1,2,4,...,32 per pointwise conv", "mobilenetv2", "flgc", flgc_groups,
+        "MobileNetV2, FLGC groups G in 1,2,4,...,32 per pointwise conv",
+        "mobilenetv2",
+        "flgc",
+        flgc_groups,
         baselines={"flgc-paper": flgc_paper},
     ),
     "vgg_mixed": BuiltinSpace(

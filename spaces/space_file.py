@@ -49,7 +49,9 @@ def _read(path: Path) -> dict[str, Any]:
             raise SpaceError(f"space file {path} {'is not a file' if path.exists() else 'does not exist'}")
         size = path.stat().st_size
         if size > MAX_BYTES:
-            raise SpaceError(f"space file {path} is {size / 2**20:.1f} MiB, over the {MAX_BYTES >> 20} MiB limit; a space file is a few lines")
+            raise SpaceError(
+                f"space file {path} is {size / 2**20:.1f} MiB, over the {MAX_BYTES >> 20} MiB limit; a space file is a few lines"
+            )
         raw = path.read_bytes()
     except OSError as err:
         raise SpaceError(f"cannot read space file {path}: {err.strerror}") from None
@@ -89,7 +91,9 @@ def _specs(values: Any, where: str) -> list[LayerSpec]:
     except ArchitectureError as err:
         raise SpaceError(f"{where}: {err}") from None
     except (TypeError, ValueError, OverflowError):  # e.g. keys of mixed types in a spec mapping
-        raise SpaceError(f"{where} must be a non-empty list of choices such as [dense, 'hetconv:4', 'flgc:8']") from None
+        raise SpaceError(
+            f"{where} must be a non-empty list of choices such as [dense, 'hetconv:4', 'flgc:8']"
+        ) from None
 
 
 def load_space_file(path: str | Path, width: float | None, num_classes: int) -> SearchSpace:
@@ -140,7 +144,9 @@ def load_space_file(path: str | Path, width: float | None, num_classes: int) -> 
         return legal
 
     types = {spec.type for specs in [default or [], *per_layer.values()] for spec in specs}
-    default_type = _text(data, "default_type", path) or ("flgc" if "flgc" in types and "hetconv" not in types else "hetconv")
+    default_type = _text(data, "default_type", path) or (
+        "flgc" if "flgc" in types and "hetconv" not in types else "hetconv"
+    )
     if default_type not in ("hetconv", "flgc"):
         raise SpaceError(f"space file {path}: default_type must be hetconv or flgc, got {default_type!r}")
     try:

@@ -100,9 +100,14 @@ class _Server:
             env["HOME"] = str(self.root)
             env["USER"] = env["LOGNAME"] = self.user.pw_name
         return subprocess.run(
-            [str(self.bindir / args[0]), *args[1:]], cwd=self.root, env=env, capture_output=True, text=True,
-            timeout=timeout, **kwargs,
-        )  # fmt: skip
+            [str(self.bindir / args[0]), *args[1:]],
+            cwd=self.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **kwargs,
+        )
 
     def log_tail(self) -> str:
         try:
@@ -123,7 +128,21 @@ class _Server:
                 f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
             )
-            proc = self._run(["pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w", "-t", str(START_TIMEOUT), "start"])
+            proc = self._run(
+                [
+                    "pg_ctl",
+                    "-D",
+                    str(self.data),
+                    "-o",
+                    options,
+                    "-l",
+                    str(self.log),
+                    "-w",
+                    "-t",
+                    str(START_TIMEOUT),
+                    "start",
+                ]
+            )
             if proc.returncode == 0:
                 return
             last = f"pg_ctl start failed ({proc.returncode}): {proc.stderr.strip()}\nserver log:\n{self.log_tail()}"
@@ -136,7 +155,9 @@ class _Server:
         deadline = time.monotonic() + 60
         while True:
             try:
-                connection = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", connect_timeout=10)
+                connection = psycopg2.connect(
+                    host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", connect_timeout=10
+                )
                 break
             except psycopg2.OperationalError:
                 if time.monotonic() > deadline:
@@ -185,7 +206,9 @@ def create_database(url: str, name: str) -> str:
     from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
-    connection = psycopg2.connect(host=parsed.host, port=parsed.port, user=parsed.username, dbname="postgres", connect_timeout=10)
+    connection = psycopg2.connect(
+        host=parsed.host, port=parsed.port, user=parsed.username, dbname="postgres", connect_timeout=10
+    )
     try:
         connection.autocommit = True
         with connection.cursor() as cursor:

@@ -35,7 +35,7 @@ def test_every_builtin_space_is_covered():
     assert sorted(space_names()) == sorted(SPACES)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def space_at(name: str, width: float):
     return get_space(name, width=width)
 
@@ -99,7 +99,7 @@ def test_space_params_round_trip(name, data):
     assert space.from_params(params) == arch
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fixed_macs(model: str, width: float, num_classes: int) -> int:
     """MACs outside the searchable layers: hooked count of the dense model minus the closed form
     of its searchable layers."""

@@ -64,8 +64,14 @@ def _arch(layers: list) -> dict:
 
 
 def _config(layers: list) -> str:
-    return json.dumps({"format": "flgc-hetconv-nas/config/v1", "architecture": _arch(layers),
-                       "training": {"dataset": "digits", "epochs": 1}, "seed": 0})  # fmt: skip
+    return json.dumps(
+        {
+            "format": "flgc-hetconv-nas/config/v1",
+            "architecture": _arch(layers),
+            "training": {"dataset": "digits", "epochs": 1},
+            "seed": 0,
+        }
+    )
 
 
 HET2 = {"type": "hetconv", "part": 2}
@@ -84,29 +90,62 @@ CASES = [
     Case("tune-unknown", ("--tune", "nope"), "nope"),
     Case("latency-unknown", ("--latency", "foo"), "--latency"),
     Case("early-stop-unknown", ("--early-stop", "foo"), "foo"),
-    Case("early-stop-min-epochs-above-epochs", ("--early-stop", "mo-asha", "--min-epochs", "5", "--epochs", "3"), "--min-epochs"),
+    Case(
+        "early-stop-min-epochs-above-epochs",
+        ("--early-stop", "mo-asha", "--min-epochs", "5", "--epochs", "3"),
+        "--min-epochs",
+    ),
     Case("early-stop-eta-1", ("--early-stop", "mo-asha", "--eta", "1"), "--eta"),
     # --eta alone: only checked together with --early-stop mo-asha (see the report)
     Case("eta-1-without-early-stop", ("--eta", "1"), "--eta"),
     Case("device-cuda-on-cpu", ("--device", "cuda"), "cuda"),
     Case("max-mflops-below-cheapest", ("--max-mflops", "0.01"), "--max-mflops"),
     # -- space files
-    Case("space-file-bad-yaml", ("--space", "{dir}/bad.yaml"), "not valid YAML", files={"bad.yaml": "model: [vgg16\nchoices: [dense\n"}),
-    Case("space-file-bad-json", ("--space", "{dir}/bad.json"), "not valid JSON", files={"bad.json": '{"model": "vgg16", "choices": ['}),
-    Case("space-file-override-not-dividing", ("--space", "{dir}/override.yaml"), "conv02",
-         files={"override.yaml": 'model: vgg16\nchoices: [dense, "hetconv:2"]\nlayers:\n  conv02: ["hetconv:3"]\n'}),
-    Case("space-file-unknown-model", ("--space", "{dir}/model.yaml"), "resnet50",
-         files={"model.yaml": 'model: resnet50\nchoices: [dense, "hetconv:2"]\n'}),
-    Case("space-file-unknown-layer", ("--space", "{dir}/layer.yaml"), "conv99",
-         files={"layer.yaml": 'model: vgg16\nchoices: [dense, "hetconv:2"]\nlayers:\n  conv99: [dense]\n'}),
+    Case(
+        "space-file-bad-yaml",
+        ("--space", "{dir}/bad.yaml"),
+        "not valid YAML",
+        files={"bad.yaml": "model: [vgg16\nchoices: [dense\n"},
+    ),
+    Case(
+        "space-file-bad-json",
+        ("--space", "{dir}/bad.json"),
+        "not valid JSON",
+        files={"bad.json": '{"model": "vgg16", "choices": ['},
+    ),
+    Case(
+        "space-file-override-not-dividing",
+        ("--space", "{dir}/override.yaml"),
+        "conv02",
+        files={"override.yaml": 'model: vgg16\nchoices: [dense, "hetconv:2"]\nlayers:\n  conv02: ["hetconv:3"]\n'},
+    ),
+    Case(
+        "space-file-unknown-model",
+        ("--space", "{dir}/model.yaml"),
+        "resnet50",
+        files={"model.yaml": 'model: resnet50\nchoices: [dense, "hetconv:2"]\n'},
+    ),
+    Case(
+        "space-file-unknown-layer",
+        ("--space", "{dir}/layer.yaml"),
+        "conv99",
+        files={"layer.yaml": 'model: vgg16\nchoices: [dense, "hetconv:2"]\nlayers:\n  conv99: [dense]\n'},
+    ),
     # -- storage
     Case("storage-not-a-url", ("--storage", "notaurl"), "notaurl", absent=("notaurl",)),
     # Nothing listens on port 1: the line must say the storage cannot be opened (not blame a driver).
     Case("storage-unreachable", ("--storage", "postgresql://u@127.0.0.1:1/db"), "cannot open storage"),
-    Case("storage-unreachable-psycopg2", ("--storage", "postgresql+psycopg2://u@127.0.0.1:1/db"), "cannot open storage"),
+    Case(
+        "storage-unreachable-psycopg2", ("--storage", "postgresql+psycopg2://u@127.0.0.1:1/db"), "cannot open storage"
+    ),
     # An explicit storage's folder must exist: a typo never starts a new study elsewhere.
-    Case("storage-folder-under-a-file", ("--storage", "sqlite:///{dir}/afile/sub/studies.db"), "does not exist",
-         files={"afile": "a regular file\n"}, absent=("afile/sub",)),
+    Case(
+        "storage-folder-under-a-file",
+        ("--storage", "sqlite:///{dir}/afile/sub/studies.db"),
+        "does not exist",
+        files={"afile": "a regular file\n"},
+        absent=("afile/sub",),
+    ),
     # The password is masked in the error line (the line must show the URL as u:***@).
     Case("storage-password-masked", ("--storage", "postgresql://u:hunter2pw@127.0.0.1:1/db"), "u:***@127.0.0.1"),
     # NaN passed validation once, failed every trial and bricked the study (its protocol had NaN).
@@ -119,26 +158,70 @@ CASES = [
     # The dataset is part of the default study name, so only --study-name can point a CIFAR
     # run at the digits study; the data are loaded (and fail, offline) BEFORE the storage is
     # opened, so the data error comes first, not the study mismatch.
-    Case("study-other-dataset", ("--study-name", STUDY, "--dataset", "cifar10", "--data-dir", "{empty}"), "--dataset digits"),
+    Case(
+        "study-other-dataset",
+        ("--study-name", STUDY, "--dataset", "cifar10", "--data-dir", "{empty}"),
+        "--dataset digits",
+    ),
     # -- data
-    Case("cifar-missing-offline", ("--dataset", "cifar10", "--data-dir", "{empty}", "--results-dir", "{dir}/fresh"),
-         "--dataset digits", absent=("fresh/studies.db",)),
+    Case(
+        "cifar-missing-offline",
+        ("--dataset", "cifar10", "--data-dir", "{empty}", "--results-dir", "{dir}/fresh"),
+        "--dataset digits",
+        absent=("fresh/studies.db",),
+    ),
     # -- other commands
     Case("report-unknown-study", ("--study", "nope"), "nope", command="report"),
     Case("export-unknown-study", ("--study", "nope"), "nope", command="export"),
     Case("flops-illegal-uniform", ("--space", "vgg_hetconv", "--uniform", "3"), "3 is not", command="flops"),
-    Case("retrain-wrong-layer-count", ("{dir}/short.json",), "11 layer specs", command="retrain", files={"short.json": _config([HET2] * 11)},
-         absent=("short.pt", "short.retrain.json")),
-    Case("deploy-wrong-layer-count", ("{dir}/long.json",), "13 layer specs", command="deploy", files={"long.json": _config([HET2] * 13)},
-         absent=("long.torchscript.pt",)),
-    Case("deploy-batch-zero", ("{dir}/ok.json", "--batch", "0"), "--batch", command="deploy",
-         files={"ok.json": _config([HET2] * 12)}, absent=("ok.torchscript.pt",)),
-    Case("deploy-unknown-flgc-form", ("{dir}/ok.json", "--flgc-form", "sparse"), "--flgc-form", command="deploy",
-         files={"ok.json": _config([HET2] * 12)}, absent=("ok.torchscript.pt",)),
-    Case("retrain-not-json", ("{dir}/bad.json",), "not valid JSON", command="retrain", files={"bad.json": "{architecture: vgg16"}),
-    Case("retrain-illegal-part", ("{dir}/part3.json",), "conv02", command="retrain", files={"part3.json": _config([HET3] + [HET2] * 11)}),
+    Case(
+        "retrain-wrong-layer-count",
+        ("{dir}/short.json",),
+        "11 layer specs",
+        command="retrain",
+        files={"short.json": _config([HET2] * 11)},
+        absent=("short.pt", "short.retrain.json"),
+    ),
+    Case(
+        "deploy-wrong-layer-count",
+        ("{dir}/long.json",),
+        "13 layer specs",
+        command="deploy",
+        files={"long.json": _config([HET2] * 13)},
+        absent=("long.torchscript.pt",),
+    ),
+    Case(
+        "deploy-batch-zero",
+        ("{dir}/ok.json", "--batch", "0"),
+        "--batch",
+        command="deploy",
+        files={"ok.json": _config([HET2] * 12)},
+        absent=("ok.torchscript.pt",),
+    ),
+    Case(
+        "deploy-unknown-flgc-form",
+        ("{dir}/ok.json", "--flgc-form", "sparse"),
+        "--flgc-form",
+        command="deploy",
+        files={"ok.json": _config([HET2] * 12)},
+        absent=("ok.torchscript.pt",),
+    ),
+    Case(
+        "retrain-not-json",
+        ("{dir}/bad.json",),
+        "not valid JSON",
+        command="retrain",
+        files={"bad.json": "{architecture: vgg16"},
+    ),
+    Case(
+        "retrain-illegal-part",
+        ("{dir}/part3.json",),
+        "conv02",
+        command="retrain",
+        files={"part3.json": _config([HET3] + [HET2] * 11)},
+    ),
     Case("retrain-missing-config", ("{dir}/absent.json",), "absent.json", command="retrain", absent=("absent.pt",)),
-]  # fmt: skip
+]
 
 # Also run as real processes: a refused search option, a refused study change, the masked
 # password, and a read-only command.
@@ -176,7 +259,9 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=CASE_TIMEOUT)
     except subprocess.TimeoutExpired as err:
-        return subprocess.CompletedProcess(command, -1, str(err.stdout or ""), f"TIMEOUT after {CASE_TIMEOUT}s\n{err.stderr or ''}")
+        return subprocess.CompletedProcess(
+            command, -1, str(err.stdout or ""), f"TIMEOUT after {CASE_TIMEOUT}s\n{err.stderr or ''}"
+        )
 
 
 def study_snapshot(db: Path) -> dict:
@@ -279,7 +364,9 @@ def outcomes(tmp_path_factory) -> dict[str, Outcome]:
     results: dict[str, Outcome] = {"(template)": template}  # type: ignore[dict-item]
     with ThreadPoolExecutor(max_workers=2) as pool:
         processes = {
-            f"{id}[process]": pool.submit(_run_case, by_id[id], base / f"{id}-process", _template_for(by_id[id], template), True)
+            f"{id}[process]": pool.submit(
+                _run_case, by_id[id], base / f"{id}-process", _template_for(by_id[id], template), True
+            )
             for id in SUBPROCESS
         }
         for case in CASES:
@@ -321,7 +408,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_study_alone(case: Case, key
     assert out.returncode == 2, shown
     assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:{shown}"
     assert lines[0].startswith("error:"), shown
-    assert lines[0][len("error:"):].strip(), shown
+    assert lines[0][len("error:") :].strip(), shown
     assert case.hint in lines[0], f"hint {case.hint!r} not in the error line:{shown}"
     assert "hunter2pw" not in out.stderr + out.stdout, shown
     if out.before is not None:

@@ -54,10 +54,24 @@ def get_json(port: int, path: str, timeout: float = 10) -> dict:
 def results_dir(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("dashboard")
     d = work / "results"
-    cmd = [sys.executable, str(ROOT / "run_search.py"), "--preset", "quick", "--epochs", "1", "--threads", "1",
-           "--budget", "2", "--no-report", "--results-dir", str(d)]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "run_search.py"),
+        "--preset",
+        "quick",
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "--budget",
+        "2",
+        "--no-report",
+        "--results-dir",
+        str(d),
+    ]
+    proc = subprocess.run(
+        cmd, cwd=work, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    )
     assert proc.returncode == 0, f"search failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
     assert (d / "studies.db").exists()
     return d
@@ -68,8 +82,16 @@ def dashboard(results_dir, tmp_path_factory):
     """(port, process) of a running dashboard; terminated whatever happens."""
     port = free_port()
     log = tmp_path_factory.mktemp("dashboard_log") / "dashboard.log"
-    cmd = [*dashboard_command(), f"sqlite:///{results_dir / 'studies.db'}", "--host", HOST, "--port", str(port),
-           "--server", "wsgiref"]  # fmt: skip
+    cmd = [
+        *dashboard_command(),
+        f"sqlite:///{results_dir / 'studies.db'}",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--server",
+        "wsgiref",
+    ]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=results_dir)
     try:

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 import torchvision.datasets.cifar as tv_cifar
+
 from search.evaluation.data import DATASETS, BatchLoader, DataError, Dataset, load_dataset
 
 CIFAR10_TRAIN_PER_BATCH = 4  # 5 batches -> 20 training images
@@ -52,8 +52,10 @@ def _write_cifar10(root: Path) -> Path:
     for b in range(5):
         start = b * CIFAR10_TRAIN_PER_BATCH
         ids = range(start, start + CIFAR10_TRAIN_PER_BATCH)
-        _dump(folder / f"data_batch_{b + 1}",
-              {"data": _images(CIFAR10_TRAIN_PER_BATCH, start), "labels": [i % 10 for i in ids]})
+        _dump(
+            folder / f"data_batch_{b + 1}",
+            {"data": _images(CIFAR10_TRAIN_PER_BATCH, start), "labels": [i % 10 for i in ids]},
+        )
     _dump(folder / "test_batch", {"data": _images(CIFAR10_TEST, 100), "labels": [i % 10 for i in range(CIFAR10_TEST)]})
     _dump(folder / "batches.meta", {"label_names": [f"class{i}" for i in range(10)]})
     return folder
@@ -62,14 +64,26 @@ def _write_cifar10(root: Path) -> Path:
 def _write_cifar100(root: Path) -> Path:
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True)
-    _dump(folder / "train", {"data": _images(CIFAR100_TRAIN, 0),
-                             "fine_labels": [(7 * i) % 100 for i in range(CIFAR100_TRAIN)],
-                             "coarse_labels": [0] * CIFAR100_TRAIN})
-    _dump(folder / "test", {"data": _images(CIFAR100_TEST, 100),
-                            "fine_labels": [99 - i for i in range(CIFAR100_TEST)],
-                            "coarse_labels": [0] * CIFAR100_TEST})
-    _dump(folder / "meta", {"fine_label_names": [f"f{i}" for i in range(100)],
-                            "coarse_label_names": [f"c{i}" for i in range(20)]})
+    _dump(
+        folder / "train",
+        {
+            "data": _images(CIFAR100_TRAIN, 0),
+            "fine_labels": [(7 * i) % 100 for i in range(CIFAR100_TRAIN)],
+            "coarse_labels": [0] * CIFAR100_TRAIN,
+        },
+    )
+    _dump(
+        folder / "test",
+        {
+            "data": _images(CIFAR100_TEST, 100),
+            "fine_labels": [99 - i for i in range(CIFAR100_TEST)],
+            "coarse_labels": [0] * CIFAR100_TEST,
+        },
+    )
+    _dump(
+        folder / "meta",
+        {"fine_label_names": [f"f{i}" for i in range(100)], "coarse_label_names": [f"c{i}" for i in range(20)]},
+    )
     return folder
 
 
@@ -259,8 +273,7 @@ IDENTITY = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
 def test_eval_loader_order_shapes_and_normalization(tmp_path: Path) -> None:
     ds = load_dataset("digits", tmp_path)
-    loader = BatchLoader(ds.train_images, ds.train_labels, batch_size=100, train=False,
-                         mean=ds.mean, std=ds.std)
+    loader = BatchLoader(ds.train_images, ds.train_labels, batch_size=100, train=False, mean=ds.mean, std=ds.std)
     batches = list(loader)
     assert len(batches) == len(loader) == -(-len(ds.train_images) // 100)
     x, y = batches[0]
@@ -269,7 +282,9 @@ def test_eval_loader_order_shapes_and_normalization(tmp_path: Path) -> None:
     assert torch.equal(torch.cat([b[1] for b in batches]), ds.train_labels)
     assert images.mean(dim=(0, 2, 3)).abs().max() < 1e-4
     assert (images.std(dim=(0, 2, 3)) - 1).abs().max() < 1e-3
-    expected = (ds.train_images.float() / 255 - torch.tensor(ds.mean).view(1, 3, 1, 1)) / torch.tensor(ds.std).view(1, 3, 1, 1)
+    expected = (ds.train_images.float() / 255 - torch.tensor(ds.mean).view(1, 3, 1, 1)) / torch.tensor(ds.std).view(
+        1, 3, 1, 1
+    )
     assert torch.allclose(images, expected, atol=1e-5)
     again = torch.cat([b[0] for b in loader])
     assert torch.equal(images, again)
@@ -285,7 +300,10 @@ def test_eval_covers_every_sample_once_no_drop() -> None:
 
 def test_train_shuffles_and_is_reproducible() -> None:
     images, labels = _indexed(64)
-    make = lambda seed: BatchLoader(images, labels, batch_size=16, train=True, hflip=True, seed=seed, **IDENTITY)
+
+    def make(seed: int) -> BatchLoader:
+        return BatchLoader(images, labels, batch_size=16, train=True, hflip=True, seed=seed, **IDENTITY)
+
     a, b, c = make(5), make(5), make(6)
     ep_a1, ep_b1, ep_c1 = list(a), list(b), list(c)
     for (xa, ya), (xb, yb) in zip(ep_a1, ep_b1):
@@ -319,7 +337,7 @@ def test_random_crop_shifts_content_within_padding() -> None:
     pad = 4
     images, labels = _bright_pixel_batch(128, 16, 16)
     loader = BatchLoader(images, labels, batch_size=128, train=True, crop_padding=pad, hflip=False, seed=1, **IDENTITY)
-    (x, _), = list(loader)
+    ((x, _),) = list(loader)
     shifts = set()
     for img in x:
         assert torch.equal(img[0], img[1]) and torch.equal(img[0], img[2])
@@ -336,7 +354,7 @@ def test_corner_content_can_be_cropped_to_zero_padding() -> None:
     images, labels = _bright_pixel_batch(64, 0, 0)
     images = 255 - images  # white image with one black pixel at the corner
     loader = BatchLoader(images, labels, batch_size=64, train=True, crop_padding=4, seed=0, **IDENTITY)
-    (x, _), = list(loader)
+    ((x, _),) = list(loader)
     # shifted-in border must be zeros (padding), so some outputs have zero rows/cols
     assert any(bool((img[0, 0] == 0).all() or (img[0, :, 0] == 0).all()) for img in x)
 
@@ -345,7 +363,7 @@ def test_corner_content_can_be_cropped_to_zero_padding() -> None:
 def test_flip_only_when_enabled(hflip: bool) -> None:
     images, labels = _bright_pixel_batch(64, 10, 5)
     loader = BatchLoader(images, labels, batch_size=64, train=True, crop_padding=0, hflip=hflip, seed=0, **IDENTITY)
-    (x, _), = list(loader)
+    ((x, _),) = list(loader)
     cols = [(img[0] == 1.0).nonzero().tolist() for img in x]
     assert all(len(h) == 1 and h[0][0] == 10 for h in cols)
     seen = {h[0][1] for h in cols}

@@ -39,8 +39,6 @@ RTOL_FLOAT64 = 1e-10
 ALLOWED_OWN = (ChannelGather, ConvSum, GroupSplitConv)
 
 
-
-
 @pytest.fixture(autouse=True)
 def _no_deprecation_noise():
     with warnings.catch_warnings():
@@ -565,8 +563,12 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, str(REPO / "run_search.py"), *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
 
 
 def test_deploy_command_with_trained_weights(tmp_path):

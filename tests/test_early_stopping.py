@@ -46,8 +46,9 @@ def bf_ranking(results, senses):
     remaining = {r.key: tuple(v * s for v, s in zip(r.values, signs)) for r in results}
     out = []
     while remaining:
-        front = [k for k, p in remaining.items()
-                 if not any(_bf_dominates(q, p) for kk, q in remaining.items() if kk != k)]
+        front = [
+            k for k, p in remaining.items() if not any(_bf_dominates(q, p) for kk, q in remaining.items() if kk != k)
+        ]
         crowd = dict(zip(front, _bf_crowding([remaining[k] for k in front])))
         out.extend(sorted(front, key=lambda k: (-crowd[k], _key_order(k))))
         for k in front:
@@ -96,12 +97,12 @@ def test_non_rung_epochs_always_continue():
 NINE = [  # key: (accuracy at rung 1, MFLOPs); front = {0, 1, 2}
     (0, (0.80, 10.0)),
     (1, (0.70, 5.0)),
-    (2, (0.30, 1.0)),   # cheapest, least accurate, on the front
-    (3, (0.60, 8.0)),   # dominated by 1
+    (2, (0.30, 1.0)),  # cheapest, least accurate, on the front
+    (3, (0.60, 8.0)),  # dominated by 1
     (4, (0.75, 12.0)),  # dominated by 0
-    (5, (0.50, 6.0)),   # dominated by 1
-    (6, (0.65, 9.0)),   # dominated by 1
-    (7, (0.40, 7.0)),   # dominated by 1
+    (5, (0.50, 6.0)),  # dominated by 1
+    (6, (0.65, 9.0)),  # dominated by 1
+    (7, (0.40, 7.0)),  # dominated by 1
     (8, (0.78, 11.0)),  # dominated by 0
 ]
 
@@ -421,7 +422,9 @@ def test_doctests():
 def test_early_stopping_default_is_on_when_there_is_a_rung(mode, epochs, min_epochs, stops):
     from search.settings import Settings, TrainingSettings
 
-    settings = Settings(training=TrainingSettings(dataset="digits", epochs=epochs), early_stop=mode, min_epochs=min_epochs)
+    settings = Settings(
+        training=TrainingSettings(dataset="digits", epochs=epochs), early_stop=mode, min_epochs=min_epochs
+    )
     assert Settings().early_stop == "auto"
     assert settings.stops_early is stops
     rule = settings.stopping_rule()

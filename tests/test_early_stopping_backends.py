@@ -32,14 +32,14 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from search.evaluation.cost import architecture_cost
-from search.strategies.early_stopping import rung_attr
 from search.backends.optuna_driver import _rung_callback, make_sampler
+from search.backends.study import count_finished, open_search
+from search.evaluation.cost import architecture_cost
+from search.evaluation.train import EpochRecord
 from search.reporting.front import pareto_records
 from search.settings import Settings, TrainingSettings
 from search.storage import load_records, study_objectives
-from search.backends.study import count_finished, open_search
-from search.evaluation.train import EpochRecord
+from search.strategies.early_stopping import rung_attr
 from spaces import get_space
 
 pytestmark = [
@@ -103,14 +103,20 @@ CANDIDATES = [
 
 def _settings(results_dir: Path) -> Settings:
     return Settings(
-        space="vgg_hetconv", width=0.25, training=TrainingSettings(dataset="digits", epochs=9),
-        early_stop="mo-asha", min_epochs=1, eta=3, results_dir=str(results_dir), quiet=True,
-    )  # fmt: skip
+        space="vgg_hetconv",
+        width=0.25,
+        training=TrainingSettings(dataset="digits", epochs=9),
+        early_stop="mo-asha",
+        min_epochs=1,
+        eta=3,
+        results_dir=str(results_dir),
+        quiet=True,
+    )
 
 
 def _context_with_peers(results_dir: Path):
     context = open_search(_settings(results_dir))
-    for number, attrs in PEERS.items():
+    for attrs in PEERS.values():
         final = [min(1.0, attrs["rung_1"][0] + 0.02), attrs["rung_1"][1]]
         context.study.add_trial(
             optuna.trial.create_trial(state=TrialState.COMPLETE, values=final, user_attrs={"status": "ok", **attrs})
@@ -181,7 +187,7 @@ def test_optuna_rung_callback_decisions(constructed):
             study.tell(trial, state=TrialState.PRUNED)
         else:
             study.tell(trial, [steps[-1][1], mflops[name]])
-    states = [t.state for t in study.get_trials()[len(PEERS):]]
+    states = [t.state for t in study.get_trials()[len(PEERS) :]]
     assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
 
 
@@ -232,8 +238,11 @@ def test_tie_break_is_the_same_in_both_backends(tmp_path):
     from search.backends.ray_driver import _make_scheduler
 
     context = open_search(_settings(tmp_path))
-    context.study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, values=[0.6, 10.0],
-                                                      user_attrs={"status": "ok", "rung_1": [0.5, 10.0]}))  # fmt: skip
+    context.study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.COMPLETE, values=[0.6, 10.0], user_attrs={"status": "ok", "rung_1": [0.5, 10.0]}
+        )
+    )
     arch = context.space.uniform("16")
     values = (0.4, _mflops(context, "16"))  # cheaper and less accurate: both on the front
     trial = context.study.ask()
@@ -292,8 +301,11 @@ def test_samplers_work_with_pruned_trials(sampler_name):
         assert space.from_params(params) == arch
 
     def attrs(prune: bool, accuracy: float, mflops: float) -> dict:
-        return {"status": "early_stopped" if prune else "ok", rung_attr(1): [accuracy / 3, mflops],
-                **({"stopped_at_rung": 1} if prune else {})}  # fmt: skip
+        return {
+            "status": "early_stopped" if prune else "ok",
+            rung_attr(1): [accuracy / 3, mflops],
+            **({"stopped_at_rung": 1} if prune else {}),
+        }
 
     def run_trial(prune: bool) -> None:
         """Ask, sample the space, tell, as the Optuna driver does (a pruned trial has no values)."""
@@ -316,10 +328,13 @@ def test_samplers_work_with_pruned_trials(sampler_name):
         seed_study.tell(asked, [accuracy, mflops])
         study.add_trial(
             optuna.trial.create_trial(
-                state=TrialState.PRUNED if prune else TrialState.COMPLETE, values=None if prune else [accuracy, mflops],
-                params=asked.params, distributions=asked.distributions, user_attrs=attrs(prune, accuracy, mflops),
+                state=TrialState.PRUNED if prune else TrialState.COMPLETE,
+                values=None if prune else [accuracy, mflops],
+                params=asked.params,
+                distributions=asked.distributions,
+                user_attrs=attrs(prune, accuracy, mflops),
             )
-        )  # fmt: skip
+        )
 
     # The first trials: asked from the sampler itself (NSGA-II must see its own generation 0),
     # except for GP, whose asks take seconds each on 2 cores: made with create_trial instead.
@@ -342,8 +357,22 @@ def test_samplers_work_with_pruned_trials(sampler_name):
 # 4. End to end
 # =============================================================================================
 E2E_EPOCHS = 3  # rungs at 1 and 2 epochs below it (--min-epochs 1, --eta 2)
-E2E_ARGS = ["--preset", "quick", "--epochs", str(E2E_EPOCHS), "--early-stop", "mo-asha", "--min-epochs", "1", "--eta", "2",
-            "--budget", "6", "--no-report", "--quiet"]  # fmt: skip
+E2E_ARGS = [
+    "--preset",
+    "quick",
+    "--epochs",
+    str(E2E_EPOCHS),
+    "--early-stop",
+    "mo-asha",
+    "--min-epochs",
+    "1",
+    "--eta",
+    "2",
+    "--budget",
+    "6",
+    "--no-report",
+    "--quiet",
+]
 E2E_RUNGS = (1, 2)
 E2E_TIMEOUT = 420
 
@@ -387,7 +416,9 @@ class _Search:
             extra = ["--backend", "ray", "--max-concurrent", "2"]
         self.args = [sys.executable, "run_search.py", *E2E_ARGS, *extra, "--results-dir", str(results_dir)]
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen(self.args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            self.args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         self._result: tuple[int, str, str, float] | None = None
 
     def result(self) -> tuple[int, str, str, float]:
@@ -397,7 +428,9 @@ class _Search:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 out, err = self.proc.communicate()
-                raise AssertionError(f"{self.backend} search did not finish in {E2E_TIMEOUT}s; stderr:\n{err[-3000:]}")
+                raise AssertionError(
+                    f"{self.backend} search did not finish in {E2E_TIMEOUT}s; stderr:\n{err[-3000:]}"
+                ) from None
             self._result = (self.proc.returncode, out, err, time.perf_counter() - self.started)
         return self._result
 
@@ -432,7 +465,6 @@ def e2e_searches(request, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["optuna", "ray"])
 def test_end_to_end(backend, e2e_searches):
-    from search.reporting.export import export_pareto
     from search.reporting.report import write_report
 
     search = e2e_searches[backend]
@@ -444,7 +476,9 @@ def test_end_to_end(backend, e2e_searches):
     trials = study.get_trials(deepcopy=False)
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert pruned, f"no trial was early-stopped: {[(t.number, t.state.name, t.user_attrs.get('status')) for t in trials]}"
+    assert pruned, (
+        f"no trial was early-stopped: {[(t.number, t.state.name, t.user_attrs.get('status')) for t in trials]}"
+    )
     assert complete, "no trial trained to full fidelity"
 
     # budget: early-stopped trials count, and the study holds exactly the budget
@@ -485,8 +519,13 @@ def test_end_to_end(backend, e2e_searches):
     trials_csv = pd.read_csv(files.trials_csv)
     assert set(trials_csv.loc[trials_csv["number"].isin(pruned_numbers), "status"]) == {"early_stopped"}
 
-    proc = subprocess.run([sys.executable, "run_search.py", "export", "--study", STUDY, "--results-dir", str(results_dir)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "run_search.py", "export", "--study", STUDY, "--results-dir", str(results_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     exported = sorted((out_dir / "pareto").glob("trial_*.json"))
     assert exported

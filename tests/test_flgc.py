@@ -7,12 +7,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layers import FLGConv2d, balanced_assignment, create_conv2d, device_balanced_assignment, param_groups_without_logit_decay
-from layers.flgc import straight_through_one_hot, default_rounds, device_balanced_assignments
+from layers import (
+    FLGConv2d,
+    balanced_assignment,
+    create_conv2d,
+    device_balanced_assignment,
+    param_groups_without_logit_decay,
+)
+from layers.flgc import default_rounds, device_balanced_assignments, straight_through_one_hot
 
 DTYPE = torch.float64
-
-
 
 
 # ---------------------------------------------------------------------------
@@ -64,7 +68,7 @@ def logit_kinds(rows: int, groups: int, seed: int) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("rows,groups", SHAPES)
 def test_balanced_assignment_is_balanced_and_valid(rows, groups):
     for seed in range(5):
-        for name, logits in logit_kinds(rows, groups, seed).items():
+        for logits in logit_kinds(rows, groups, seed).values():
             assignment = balanced_assignment(logits)
             assert_valid_balanced(assignment, rows, groups)
 
@@ -498,7 +502,7 @@ def test_reassign_every_reuses_the_assignment_between_steps_but_trains_the_logit
     optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
     x = torch.randn(2, 8, 5, 5, dtype=DTYPE)
     seen = []
-    for step in range(6):
+    for _ in range(6):
         layer(x).sum().backward()
         assert layer.in_logits.grad.abs().sum() > 0  # straight-through gradient at every step
         seen.append(layer._hard[1][0])

@@ -18,7 +18,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 VGG_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
-MBV2_SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+MBV2_SETTINGS = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 1),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
 
 COMMANDS = {
     "vgg_all": ["flops", "--space", "vgg_hetconv", "--uniform", "all", "--json"],
@@ -181,7 +189,7 @@ def test_spaces_json(cli):
     for name in ("vgg_hetconv", "vgg_flgc", "vgg_mixed"):
         assert by[name]["mflops_max"] == pytest.approx(float(vgg_expected_macs(None)) / 1e6, abs=0.01)
     assert by["vgg_hetconv"]["mflops_min"] == pytest.approx(float(vgg_expected_macs(64)) / 1e6, abs=0.01)
-    assert by["vgg_hetconv"]["size"] == f"{7 ** 12:.3g}"
+    assert by["vgg_hetconv"]["size"] == f"{7**12:.3g}"
 
 
 # ----------------------------------------------------------------------------- in-process
@@ -189,7 +197,6 @@ def test_spaces_json(cli):
 
 def test_flops_rows_all_has_one_row_per_distinct_model():
     """``--uniform all`` in a space whose choices include ``dense`` (vgg_mixed)."""
-    import torch
 
     from search.commands import flops_rows
 

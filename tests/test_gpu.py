@@ -24,8 +24,8 @@ import torch
 from layers import FLGConv2d, HetConv2d
 from models import build_model
 from models.deploy import deploy
-from search.settings import Settings, SettingsError, TrainingSettings
 from search.backends.workers import DEFAULT_TRIALS_PER_GPU, packed_workers
+from search.settings import Settings, SettingsError, TrainingSettings
 from spaces import get_space, space_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,10 +84,15 @@ def test_layer_forward_backward_on_cuda_matches_cpu_float64(kind, exact_cuda):
 
 def _init_args(layer) -> dict:
     if isinstance(layer, HetConv2d):
-        return dict(in_channels=layer.in_channels, out_channels=layer.out_channels, part=layer.part,
-                    training_form=layer.training_form)  # fmt: skip
-    return dict(in_channels=layer.in_channels, out_channels=layer.out_channels, groups=layer.groups,
-                balanced=layer.balanced)  # fmt: skip
+        return dict(
+            in_channels=layer.in_channels,
+            out_channels=layer.out_channels,
+            part=layer.part,
+            training_form=layer.training_form,
+        )
+    return dict(
+        in_channels=layer.in_channels, out_channels=layer.out_channels, groups=layer.groups, balanced=layer.balanced
+    )
 
 
 @pytest.mark.gpu
@@ -100,8 +105,11 @@ def test_deployed_forms_on_cuda_match_cpu_float64(name, exact_cuda):
     with torch.no_grad():
         want = model.double()(x.double())
         model.float().cuda()
-        for forms in ({"hetconv_form": "split", "flgc_form": "grouped"}, {"hetconv_form": "dense", "flgc_form": "dense"},
-                      {"hetconv_form": "auto", "flgc_form": "auto"}):  # fmt: skip
+        for forms in (
+            {"hetconv_form": "split", "flgc_form": "grouped"},
+            {"hetconv_form": "dense", "flgc_form": "dense"},
+            {"hetconv_form": "auto", "flgc_form": "auto"},
+        ):
             deployed = deploy(model, **forms, example_input=x.cuda() if "auto" in forms.values() else None)
             _close(deployed(x.cuda()), want, f"{name} deployed {forms}")
 
@@ -139,14 +147,35 @@ def test_training_step_never_synchronises(name, tmp_path):
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]}  # one GPU
-    proc = subprocess.run([sys.executable, str(ROOT / "run_search.py"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600, env=env)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run_search.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-4000:]}"
     return proc
 
 
-SEARCH = ["--space", "vgg_hetconv", "--dataset", "digits", "--budget", "2", "--epochs", "2", "--width", "0.25",
-          "--device", "cuda", "--early-stop", "none", "--quiet"]  # fmt: skip
+SEARCH = [
+    "--space",
+    "vgg_hetconv",
+    "--dataset",
+    "digits",
+    "--budget",
+    "2",
+    "--epochs",
+    "2",
+    "--width",
+    "0.25",
+    "--device",
+    "cuda",
+    "--early-stop",
+    "none",
+    "--quiet",
+]
 
 
 @pytest.mark.gpu

@@ -19,8 +19,6 @@ from layers import HetConv2d, create_conv2d, hetconv_block_mask
 DTYPE = torch.float64
 
 
-
-
 # ---------------------------------------------------------------------------
 # references (strided layout of the paper)
 # ---------------------------------------------------------------------------
@@ -406,6 +404,8 @@ def test_training_forms_auto_and_errors():
     layer = HetConv2d(8, 4, part=2, kernel_size=3).to(DTYPE)
     weight = layer.dense_weight()
     assert weight.shape == (4, 8, 3, 3)
-    torch.testing.assert_close(weight[:2, :4], layer.gwc.weight[:2] + F.pad(layer.pointwise_weight()[:2, :4], (1, 1, 1, 1)))
+    torch.testing.assert_close(
+        weight[:2, :4], layer.gwc.weight[:2] + F.pad(layer.pointwise_weight()[:2, :4], (1, 1, 1, 1))
+    )
     torch.testing.assert_close(weight[:2, 4:], F.pad(layer.pwc.weight[:2, 4:], (1, 1, 1, 1)))
     assert (weight[:2, 4:, 0] == 0).all() and (layer.pointwise_weight()[:2, :4] == 0).all()

@@ -36,11 +36,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from pg_server import postgres_url  # noqa: E402,F401  (the session fixture)
+from test_bad_input_cli import STUDY, run_in_process, study_snapshot  # noqa: E402
+
 import run_search  # noqa: E402
 from search import commands  # noqa: E402
 from search.settings import NUMBERS, Number, mask_url, url_secrets  # noqa: E402
-from pg_server import postgres_url  # noqa: E402,F401  (the session fixture)
-from test_bad_input_cli import STUDY, run_in_process, study_snapshot  # noqa: E402
 
 TINY = ["--preset", "quick", "--epochs", "1", "--threads", "1", "--budget", "1", "--no-report", "--quiet"]
 PASSWORD = "S3cr3t-pw_7f2a"  # noqa: S105  (a test value, grepped for in every output)
@@ -227,20 +228,56 @@ CASES = [
     Case("space-empty", ("--space", ""), "--space"),
     Case("data-dir-empty", ("--data-dir", ""), "data-dir"),
     Case("ray-storage-empty", ("--ray-storage", ""), "--ray-storage"),
-    Case("results-dir-is-a-file", ("--results-dir", "{dir}/afile", "--storage", "sqlite:///{dir}/other.db"), "afile",
-         files={"afile": "x"}),
+    Case(
+        "results-dir-is-a-file",
+        ("--results-dir", "{dir}/afile", "--storage", "sqlite:///{dir}/other.db"),
+        "afile",
+        files={"afile": "x"},
+    ),
     Case("results-dir-under-a-file", ("--results-dir", "{dir}/afile/sub"), "cannot be created", files={"afile": "x"}),
     # -- hostile and careless space files
-    Case("space-not-utf8", ("--space", "{dir}/latin.yaml"), "UTF-8", files={"latin.yaml": SPACE.encode() + b"description: \xff\xfe\n"}),
-    Case("space-mixed-unknown-keys", ("--space", "{dir}/keys.yaml"), "1, foo", files={"keys.yaml": SPACE + "1: 2\nfoo: bar\n"}),
+    Case(
+        "space-not-utf8",
+        ("--space", "{dir}/latin.yaml"),
+        "UTF-8",
+        files={"latin.yaml": SPACE.encode() + b"description: \xff\xfe\n"},
+    ),
+    Case(
+        "space-mixed-unknown-keys",
+        ("--space", "{dir}/keys.yaml"),
+        "1, foo",
+        files={"keys.yaml": SPACE + "1: 2\nfoo: bar\n"},
+    ),
     Case("space-alias-bomb", ("--space", "{dir}/bomb.yaml"), "aliases", files={"bomb.yaml": _bomb()}),
-    Case("space-too-big", ("--space", "{dir}/big.yaml"), "MiB", files={"big.yaml": SPACE + "#" + "x" * (2 << 20) + "\n"}),
+    Case(
+        "space-too-big", ("--space", "{dir}/big.yaml"), "MiB", files={"big.yaml": SPACE + "#" + "x" * (2 << 20) + "\n"}
+    ),
     Case("space-width-nan", ("--space", "{dir}/w.yaml"), "width", files={"w.yaml": SPACE + "width: .nan\n"}),
-    Case("space-width-huge", ("--space", "{dir}/w.yaml"), "width", files={"w.yaml": SPACE + "width: 1" + "0" * 400 + "\n"}),
+    Case(
+        "space-width-huge",
+        ("--space", "{dir}/w.yaml"),
+        "width",
+        files={"w.yaml": SPACE + "width: 1" + "0" * 400 + "\n"},
+    ),
     Case("space-width-text", ("--space", "{dir}/w.yaml"), "width", files={"w.yaml": SPACE + "width: wide\n"}),
-    Case("space-description-list", ("--space", "{dir}/d.yaml"), "description", files={"d.yaml": SPACE + "description: [a, b]\n"}),
-    Case("space-layer-number-keys", ("--space", "{dir}/l.yaml"), "unknown layer", files={"l.yaml": SPACE + "layers:\n  1: [dense]\n  conv99: [dense]\n"}),
-    Case("space-spec-mixed-keys", ("--space", "{dir}/s.yaml"), "choices", files={"s.yaml": "model: vgg16\nchoices: [{type: dense, 1: 2, x: 3}]\n"}),
+    Case(
+        "space-description-list",
+        ("--space", "{dir}/d.yaml"),
+        "description",
+        files={"d.yaml": SPACE + "description: [a, b]\n"},
+    ),
+    Case(
+        "space-layer-number-keys",
+        ("--space", "{dir}/l.yaml"),
+        "unknown layer",
+        files={"l.yaml": SPACE + "layers:\n  1: [dense]\n  conv99: [dense]\n"},
+    ),
+    Case(
+        "space-spec-mixed-keys",
+        ("--space", "{dir}/s.yaml"),
+        "choices",
+        files={"s.yaml": "model: vgg16\nchoices: [{type: dense, 1: 2, x: 3}]\n"},
+    ),
     Case("space-a-folder", ("--space", "{dir}/folder.yaml"), "not a file", files={"folder.yaml/x": "x"}),
     Case("space-missing", ("--space", "{dir}/absent.yaml"), "does not exist"),
     Case("space-a-list", ("--space", "{dir}/list.json"), "mapping", files={"list.json": "[1, 2]"}),
@@ -248,35 +285,93 @@ CASES = [
     Case("storage-sqlite-missing-folder", ("--storage", "sqlite:///{dir}/typo/studies.db"), "mkdir -p"),
     Case("storage-password-unreachable", ("--storage", PG), "cannot open storage"),
     # -- the read-only commands: say what is missing, create nothing
-    Case("report-mistyped-results-dir", ("--study", STUDY, "--results-dir", "{dir}/typo"), "no storage", command="report"),
-    Case("export-mistyped-results-dir", ("--study", STUDY, "--results-dir", "{dir}/typo"), "no storage", command="export"),
-    Case("report-storage-missing", ("--study", STUDY, "--storage", "sqlite:///{dir}/typo/s.db"), "no storage", command="report"),
-    Case("export-study-traversal", ("--study", "../x", "--results-dir", "{dir}/results"), "plain name", command="export"),
+    Case(
+        "report-mistyped-results-dir", ("--study", STUDY, "--results-dir", "{dir}/typo"), "no storage", command="report"
+    ),
+    Case(
+        "export-mistyped-results-dir", ("--study", STUDY, "--results-dir", "{dir}/typo"), "no storage", command="export"
+    ),
+    Case(
+        "report-storage-missing",
+        ("--study", STUDY, "--storage", "sqlite:///{dir}/typo/s.db"),
+        "no storage",
+        command="report",
+    ),
+    Case(
+        "export-study-traversal", ("--study", "../x", "--results-dir", "{dir}/results"), "plain name", command="export"
+    ),
     Case("report-password", ("--study", STUDY, "--storage", PG), "cannot open storage", command="report"),
-    Case("export-storage-not-a-url", ("--study", STUDY, "--storage", "{dir}/results/studies.db"), "not a URL", command="export"),
-    Case("spaces-bad-file", ("{dir}/keys.yaml",), "unknown key", command="spaces", files={"keys.yaml": SPACE + "foo: 1\n"}),
+    Case(
+        "export-storage-not-a-url",
+        ("--study", STUDY, "--storage", "{dir}/results/studies.db"),
+        "not a URL",
+        command="export",
+    ),
+    Case(
+        "spaces-bad-file",
+        ("{dir}/keys.yaml",),
+        "unknown key",
+        command="spaces",
+        files={"keys.yaml": SPACE + "foo: 1\n"},
+    ),
     Case("flops-bad-uniform", ("--space", "vgg_hetconv", "--uniform", "sideways"), "sideways", command="flops"),
     Case("flops-missing-file", ("--space", "{dir}/absent.yaml"), "does not exist", command="flops"),
     # -- retrain: the config is checked whole, with the command line's rules
-    Case("retrain-training-epochs-0", ("{dir}/c.json",), "training.epochs", command="retrain",
-         files={"c.json": _config([HET2] * 12, {"dataset": "digits", "epochs": 0})}),
-    Case("retrain-training-lr-nan", ("{dir}/c.json",), "training.lr", command="retrain",
-         files={"c.json": _config([HET2] * 12, {"dataset": "digits", "lr": "NaN"}).replace('"NaN"', "NaN")}),
-    Case("retrain-training-a-list", ("{dir}/c.json",), "'training' must be a mapping", command="retrain",
-         files={"c.json": _config([HET2] * 12, [])}),
-    Case("retrain-training-dataset", ("{dir}/c.json",), "imagenet", command="retrain",
-         files={"c.json": _config([HET2] * 12, {"dataset": "imagenet"})}),
-    Case("retrain-classes-mismatch", ("{dir}/c.json",), "classes", command="retrain",
-         files={"c.json": _config([HET2] * 12, num_classes=100)}),
-    Case("retrain-seed-negative", ("{dir}/c.json",), "seed", command="retrain", files={"c.json": _config([HET2] * 12, seed=-5)}),
+    Case(
+        "retrain-training-epochs-0",
+        ("{dir}/c.json",),
+        "training.epochs",
+        command="retrain",
+        files={"c.json": _config([HET2] * 12, {"dataset": "digits", "epochs": 0})},
+    ),
+    Case(
+        "retrain-training-lr-nan",
+        ("{dir}/c.json",),
+        "training.lr",
+        command="retrain",
+        files={"c.json": _config([HET2] * 12, {"dataset": "digits", "lr": "NaN"}).replace('"NaN"', "NaN")},
+    ),
+    Case(
+        "retrain-training-a-list",
+        ("{dir}/c.json",),
+        "'training' must be a mapping",
+        command="retrain",
+        files={"c.json": _config([HET2] * 12, [])},
+    ),
+    Case(
+        "retrain-training-dataset",
+        ("{dir}/c.json",),
+        "imagenet",
+        command="retrain",
+        files={"c.json": _config([HET2] * 12, {"dataset": "imagenet"})},
+    ),
+    Case(
+        "retrain-classes-mismatch",
+        ("{dir}/c.json",),
+        "classes",
+        command="retrain",
+        files={"c.json": _config([HET2] * 12, num_classes=100)},
+    ),
+    Case(
+        "retrain-seed-negative",
+        ("{dir}/c.json",),
+        "seed",
+        command="retrain",
+        files={"c.json": _config([HET2] * 12, seed=-5)},
+    ),
     Case("retrain-not-utf8", ("{dir}/c.json",), "UTF-8", command="retrain", files={"c.json": b'{"a": "\xff"}'}),
     Case("retrain-data-dir-empty", ("{dir}/ok.json", "--data-dir", ""), "data_dir", command="retrain"),
     Case("retrain-device", ("{dir}/ok.json", "--device", "tpu"), "device", command="retrain"),
     Case("retrain-device-absent", ("{dir}/ok.json", "--device", "cuda:7"), "cuda:7", command="retrain"),
     Case("device-index-absent", ("--device", "cuda:7"), "cuda:7"),
     # -- deploy: weights and the optional ONNX extra
-    Case("deploy-weights-not-torch", ("{dir}/ok.json", "--weights", "{dir}/w.pt"), "not a torch state dict", command="deploy",
-         files={"w.pt": "these are not weights"}),
+    Case(
+        "deploy-weights-not-torch",
+        ("{dir}/ok.json", "--weights", "{dir}/w.pt"),
+        "not a torch state dict",
+        command="deploy",
+        files={"w.pt": "these are not weights"},
+    ),
     Case("deploy-weights-missing", ("{dir}/ok.json", "--weights", "{dir}/absent.pt"), "absent.pt", command="deploy"),
     Case("deploy-hetconv-form", ("{dir}/ok.json", "--hetconv-form", "sparse"), "--hetconv-form", command="deploy"),
     Case("deploy-flgc-form", ("{dir}/ok.json", "--flgc-form", "sparse"), "--flgc-form", command="deploy"),
@@ -285,7 +380,7 @@ CASES = [
     Case("results-dir-name-too-long", ("--results-dir", "{dir}/" + "x" * 300), "--results-dir"),
     Case("storage-name-too-long", ("--storage", "sqlite:///{dir}/" + "x" * 300 + "/s.db"), "storage"),
     Case("weights-name-too-long", ("{dir}/ok.json", "--weights", "x" * 300), "--weights", command="deploy"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
@@ -299,7 +394,16 @@ def test_named_bad_input_is_refused_before_anything_is_written(case: Case, workd
     assert PASSWORD not in line
 
 
-FLAGS = {"-h", "--help", "--no-amp", "--baselines", "--no-report", "--quiet", "--json", "--onnx"}  # nothing to get wrong
+FLAGS = {
+    "-h",
+    "--help",
+    "--no-amp",
+    "--baselines",
+    "--no-report",
+    "--quiet",
+    "--json",
+    "--onnx",
+}  # nothing to get wrong
 
 
 def test_the_tables_cover_every_option_of_every_command():
@@ -323,7 +427,9 @@ def test_deploy_onnx_without_the_extra_is_an_error_naming_it(workdir: Path, monk
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("onnx", "onnxscript") else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in ("onnx", "onnxscript") else real(name, *a)
+    )
     line = check_refused(["deploy", str(workdir / "ok.json"), "--onnx"], workdir, 'pip install -e ".[onnx]"')
     assert "onnx" in line
 
@@ -334,7 +440,9 @@ def test_deploy_weights_of_another_model_name_the_difference(workdir: Path):
     other = Architecture.from_json(json.loads(_config([HET2] * 12))["architecture"])
     other = Architecture(other.model, 0.5, other.num_classes, other.layers)  # twice the channels
     torch.save(build_model(other).state_dict(), workdir / "other.pt")
-    line = check_refused(["deploy", str(workdir / "ok.json"), "--weights", str(workdir / "other.pt")], workdir, "another shape")
+    line = check_refused(
+        ["deploy", str(workdir / "ok.json"), "--weights", str(workdir / "other.pt")], workdir, "another shape"
+    )
     assert "(e.g. " in line and " vs " in line  # the first differing tensor, with both shapes
 
 
@@ -369,17 +477,22 @@ def test_mask_url_hides_only_the_password():
 def test_password_never_appears_in_any_output_of_a_run(tmp_path: Path, postgres_url: str, monkeypatch):
     """A real search on PostgreSQL with a password in the URL (the test server trusts any
     password), then report and export: stdout, stderr and every file written are grepped."""
+    from pg_server import create_database
     from sqlalchemy.engine import make_url
 
-    from pg_server import create_database
-
-    url = make_url(create_database(postgres_url, "hostile_secrets")).set(password=PASSWORD).render_as_string(hide_password=False)
+    url = (
+        make_url(create_database(postgres_url, "hostile_secrets"))
+        .set(password=PASSWORD)
+        .render_as_string(hide_password=False)
+    )
     assert PASSWORD in url
     results = str(tmp_path / "results")
     monkeypatch.setattr(sys, "argv", ["run_search.py", "--storage", url])  # run.json records the command
     outputs = [cli(["search", *TINY[:-1], "--results-dir", results, "--storage", url], tmp_path)]
     assert outputs[0].code == 0, outputs[0].err
-    outputs += [cli([c, "--study", STUDY, "--results-dir", results, "--storage", url], tmp_path) for c in ("report", "export")]
+    outputs += [
+        cli([c, "--study", STUDY, "--results-dir", results, "--storage", url], tmp_path) for c in ("report", "export")
+    ]
     outputs.append(cli(["report", "--study", "nope", "--storage", url], tmp_path))  # an error line names the storage
     assert [o.code for o in outputs] == [0, 0, 0, 2]
     assert "***" in outputs[-1].err and "***" in outputs[0].err  # the URL was shown, masked
@@ -423,8 +536,9 @@ numbers = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.sampled_from(["0", "1", "2", "-1", "1e999", "nan", "0x10", "", " 3 ", "1_000"]),
 )
-words = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20) | st.integers(
-    250, 300).map(lambda n: "x" * n)  # names too long for the file system
+words = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20
+) | st.integers(250, 300).map(lambda n: "x" * n)  # names too long for the file system
 values = st.one_of(numbers, words)
 
 
@@ -457,8 +571,17 @@ def read_only_argv(draw) -> list[str]:
             argv += ["--storage", "sqlite:///" + draw(words)]
         return argv
     if command == "flops":  # one uniform value: an accepted one costs one model, not a whole space
-        return ["flops", "--space", draw(st.sampled_from(["vgg_flgc", "x.yaml", ""])), "--uniform", draw(values),
-                "--width", draw(st.sampled_from(["0.125", "0.25"]) | numbers), "--classes", draw(numbers)]  # fmt: skip
+        return [
+            "flops",
+            "--space",
+            draw(st.sampled_from(["vgg_flgc", "x.yaml", ""])),
+            "--uniform",
+            draw(values),
+            "--width",
+            draw(st.sampled_from(["0.125", "0.25"]) | numbers),
+            "--classes",
+            draw(numbers),
+        ]
     return ["spaces", draw(words) + ".yaml", "--width", draw(numbers)]
 
 
@@ -469,9 +592,13 @@ def test_read_only_commands_never_create_anything(argv, tmp_path_factory):
 
 
 yaml_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**66), max_value=2**66), st.floats(), words,
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**66), max_value=2**66),
+    st.floats(),
+    words,
     st.sampled_from(["vgg16", "mobilenetv2", "dense", "hetconv:2", "flgc:4", "flgc:4:free", "conv02", "b00_project"]),
-)  # fmt: skip
+)
 yaml_values = st.recursive(
     yaml_scalars,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.one_of(words, yaml_scalars), inner, max_size=4),
@@ -493,7 +620,9 @@ def space_files(draw) -> tuple[str, bytes]:
     data = draw(st.dictionaries(space_keys, yaml_values, max_size=6))
     if draw(st.booleans()):
         data["model"] = draw(st.sampled_from(["vgg16", "mobilenetv2"]))
-        data["choices"] = draw(st.lists(st.sampled_from(["dense", "hetconv:2", "flgc:2", "flgc:8:free", "hetconv:3"]), max_size=3))
+        data["choices"] = draw(
+            st.lists(st.sampled_from(["dense", "hetconv:2", "flgc:2", "flgc:8:free", "hetconv:3"]), max_size=3)
+        )
     try:
         text = json.dumps(data) if suffix == ".json" else yaml.safe_dump(data, allow_unicode=True)
     except Exception:  # noqa: BLE001  (keys or characters a writer refuses: any text will do)
@@ -512,14 +641,18 @@ def test_random_space_files_are_loaded_or_one_error_line(space, tmp_path_factory
 
 
 @settings(max_examples=60, deadline=None)
-@given(training=st.dictionaries(st.sampled_from(list(NUMBERS) + ["dataset", "device", "data_dir", "amp"]), yaml_values, max_size=4),
-       seed=yaml_values)  # fmt: skip
+@given(
+    training=st.dictionaries(
+        st.sampled_from(list(NUMBERS) + ["dataset", "device", "data_dir", "amp"]), yaml_values, max_size=4
+    ),
+    seed=yaml_values,
+)
 def test_random_config_recipes_are_accepted_or_one_line_errors(training, seed, tmp_path_factory):
     """An exported config's training recipe and seed: valid, or one line naming the field.
     (Through load_config, the check ``retrain`` and ``deploy`` run before any work.)"""
     from models import ArchitectureError
-    from search.errors import UserError
     from search.artifacts.retrain import load_config
+    from search.errors import UserError
 
     path = tmp_path_factory.mktemp("fuzz_config") / "c.json"
     try:

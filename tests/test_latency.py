@@ -19,9 +19,9 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from _studies import load
 from optuna.trial import TrialState
 
-from _studies import load
 from search.evaluation.latency import LatencyTable, device_key, measure_latency, model_latency_ms
 from spaces import get_space
 
@@ -45,8 +45,9 @@ def table(space) -> LatencyTable:
 
 def run_cli(args: list, cwd: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(ROOT / "run_search.py"), *map(str, args)]
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})  # fmt: skip
+    proc = subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    )
     assert proc.returncode == 0, f"{' '.join(cmd[1:])}\nexit {proc.returncode}\n{proc.stderr[-4000:]}"
     return proc
 
@@ -134,8 +135,22 @@ def _complete(results: Path, study: str) -> list[optuna.trial.FrozenTrial]:
 @pytest.mark.parametrize("mode", ["table", "measured"])
 def test_search_on_latency_records_it_and_reports_accuracy_against_latency(tmp_path, mode):
     results = tmp_path / "results"
-    run_cli([*QUICK, "--space", "vgg_hetconv", "--budget", "2", "--objectives", "accuracy,mflops,latency",
-             "--latency", mode, "--results-dir", results], tmp_path)  # fmt: skip
+    run_cli(
+        [
+            *QUICK,
+            "--space",
+            "vgg_hetconv",
+            "--budget",
+            "2",
+            "--objectives",
+            "accuracy,mflops,latency",
+            "--latency",
+            mode,
+            "--results-dir",
+            results,
+        ],
+        tmp_path,
+    )
     study = "vgg_hetconv-digits"
     trials = _complete(results, study)
     assert len(trials) == 2
@@ -168,9 +183,27 @@ def test_search_on_accuracy_and_latency_alone_with_early_stopping(tmp_path):
     stopping judges trials at rung 1 on (accuracy, latency): still a front, a report and
     exports."""
     results = tmp_path / "results"
-    run_cli([*QUICK, "--epochs", "2", "--space", "vgg_flgc", "--budget", "2", "--objectives", "accuracy,latency",
-             "--latency", "table", "--results-dir", results], tmp_path)  # fmt: skip
-    finished = [t for t in load(results, "vgg_flgc-digits").trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    run_cli(
+        [
+            *QUICK,
+            "--epochs",
+            "2",
+            "--space",
+            "vgg_flgc",
+            "--budget",
+            "2",
+            "--objectives",
+            "accuracy,latency",
+            "--latency",
+            "table",
+            "--results-dir",
+            results,
+        ],
+        tmp_path,
+    )
+    finished = [
+        t for t in load(results, "vgg_flgc-digits").trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    ]
     assert len(finished) == 2
     for t in finished:  # the rung saw the latency the trial recorded
         assert t.user_attrs["rung_1"][1] == t.user_attrs["latency_ms"] > 0
@@ -179,4 +212,3 @@ def test_search_on_accuracy_and_latency_alone_with_early_stopping(tmp_path):
     html = (results / "vgg_flgc-digits" / "report.html").read_text(encoding="utf-8")
     assert "Accuracy vs latency_ms" in html
     assert list((results / "vgg_flgc-digits" / "pareto").glob("trial_*.json"))
-

@@ -27,9 +27,16 @@ from models.mobilenetv2 import InvertedResidual
 from search.evaluation.cost import architecture_cost
 from spaces import get_space, space_names
 
-
 VGG_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
-MBV2_SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+MBV2_SETTINGS = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 1),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
 CONV_TYPES = (nn.Conv2d, HetConv2d, FLGConv2d)
 
 
@@ -266,7 +273,10 @@ def test_json_round_trip(space_name, width):
 
 def test_json_round_trip_free_flgc_and_odd_width():
     arch = Architecture(
-        "vgg16", 0.5, 100, (LayerSpec.flgc(3, balanced=False), LayerSpec.hetconv(8), LayerSpec.flgc(4)) + (LayerSpec.dense(),) * 9
+        "vgg16",
+        0.5,
+        100,
+        (LayerSpec.flgc(3, balanced=False), LayerSpec.hetconv(8), LayerSpec.flgc(4)) + (LayerSpec.dense(),) * 9,
     )
     back = Architecture.loads(arch.dumps())
     assert back == arch
@@ -391,7 +401,10 @@ def test_specs_place_layer_types():
 
 def test_mbv2_specs_place_layer_types():
     slots = get_model_family("mobilenetv2").slots(1.0)
-    specs = [LayerSpec.flgc(2) if i % 3 == 0 else LayerSpec.hetconv(2) if i % 3 == 1 else LayerSpec.dense() for i in range(33)]
+    specs = [
+        LayerSpec.flgc(2) if i % 3 == 0 else LayerSpec.hetconv(2) if i % 3 == 1 else LayerSpec.dense()
+        for i in range(33)
+    ]
     model = build_model(Architecture("mobilenetv2", 1.0, 10, tuple(specs)))
     layers = searchable_modules(model)
     assert len(layers) == len(slots) == 33

@@ -31,18 +31,28 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from _studies import load
 from optuna.trial import TrialState
 
 from models import Architecture
-from _studies import load
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = "vgg_hetconv-digits"
 ONE_SHOT = f"{STUDY}-oneshot"
 COMMAND = [
-    "--preset", "quick", "--epochs", "1", "--supernet-epochs", "1", "--strategy", "one-shot",
-    "--retrain-top", "2", "--threads", "1",
-]  # fmt: skip
+    "--preset",
+    "quick",
+    "--epochs",
+    "1",
+    "--supernet-epochs",
+    "1",
+    "--strategy",
+    "one-shot",
+    "--retrain-top",
+    "2",
+    "--threads",
+    "1",
+]
 RUN_TIMEOUT = 600
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -73,16 +83,19 @@ def supernet_files(results: Path) -> list[Path]:
     return sorted(results.rglob("supernet-*.pt"))
 
 
-
-
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("one_shot")
     results = work / "D"
     proc = run_cli([*COMMAND, "--budget", "12", "--results-dir", results], work)
     files = supernet_files(results)
-    return {"work": work, "results": results, "proc": proc, "supernets": files,
-            "mtimes": {p: p.stat().st_mtime_ns for p in files}}  # fmt: skip
+    return {
+        "work": work,
+        "results": results,
+        "proc": proc,
+        "supernets": files,
+        "mtimes": {p: p.stat().st_mtime_ns for p in files},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +143,9 @@ def test_first_one_shot_search(first_run):
     scored_by_number = {t.number: t for t in scored}
     for t in retrained:
         source = scored_by_number[t.user_attrs["from_one_shot"]]
-        assert Architecture.from_json(t.user_attrs["architecture"]) == Architecture.from_json(source.user_attrs["architecture"])
+        assert Architecture.from_json(t.user_attrs["architecture"]) == Architecture.from_json(
+            source.user_attrs["architecture"]
+        )
         assert t.user_attrs["fidelity"] == "full" and t.user_attrs["status"] == "ok"
         assert t.user_attrs["one_shot_score"] == pytest.approx(source.values[0])
         assert t.user_attrs["epochs_run"] == 1
@@ -260,8 +275,17 @@ def _settings(tmp_path: Path, **changes):
     from search.settings import Settings, TrainingSettings
 
     training = TrainingSettings(dataset="digits", epochs=1, batch_size=64, warmup_epochs=0.5, threads=1, device="cpu")
-    return Settings(space="vgg_hetconv", width=0.25, training=training, strategy="one-shot", sampler="nsga2",
-                    retrain_top=0, supernet_epochs=1, results_dir=str(tmp_path / "D"), quiet=True).replace(**changes)  # fmt: skip
+    return Settings(
+        space="vgg_hetconv",
+        width=0.25,
+        training=training,
+        strategy="one-shot",
+        sampler="nsga2",
+        retrain_top=0,
+        supernet_epochs=1,
+        results_dir=str(tmp_path / "D"),
+        quiet=True,
+    ).replace(**changes)
 
 
 def test_threads_option_applies_to_supernet_training_and_scoring(tmp_path, fake_training):

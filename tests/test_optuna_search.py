@@ -18,24 +18,25 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 import pytest
+from _studies import load, storage_url
 from optuna.trial import TrialState
 
 from models import Architecture, validate
+from search.backends.study import baseline_architectures
 from search.evaluation.candidate import CONSTRAINT_KEY, evaluate_candidate
 from search.evaluation.cost import architecture_cost, cheapest_and_dearest
 from search.evaluation.evaluate import evaluate
-from search.settings import TUNABLE, Settings, TrainingSettings
-from search.backends.study import baseline_architectures
 from search.evaluation.train import TrialFailed
+from search.settings import TUNABLE, Settings, TrainingSettings
 from spaces import get_space
-from _studies import load, storage_url
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +67,9 @@ class Runner:
         with self._lock:
             if self._closed:
                 raise RuntimeError("runner closed")
-            proc = subprocess.Popen(cmd, cwd=cwd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            proc = subprocess.Popen(
+                cmd, cwd=cwd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
             self._procs.append(proc)
         try:
             out, err = proc.communicate(timeout=timeout)
@@ -144,7 +147,9 @@ def _job_ceiling(runner: Runner, work: Path, ceiling: float) -> dict:
 
 def _job_tuned(runner: Runner, work: Path) -> dict:
     d = work / "results"
-    proc = runner.run([*QUICK, "--tune", "lr,batch_size", "--budget", "2", "--study-name", "tuned", "--results-dir", d], work)
+    proc = runner.run(
+        [*QUICK, "--tune", "lr,batch_size", "--budget", "2", "--study-name", "tuned", "--results-dir", d], work
+    )
     before = len(load(d, "tuned").trials) if proc.returncode == 0 else None
     untuned = runner.run([*QUICK, "--budget", "3", "--study-name", "tuned", "--results-dir", d], work)
     after = len(load(d, "tuned").trials) if proc.returncode == 0 else None
@@ -232,8 +237,18 @@ def test_trial_attributes(first_run, space):
     dense_cost = architecture_cost(space.dense())
     for trial in first_run["trials"]:
         attrs = trial.user_attrs
-        for key in ("architecture", "mflops", "mflops_all_ops", "params", "curve", "train_seconds",
-                    "device", "seed", "status", "epochs_run"):  # fmt: skip
+        for key in (
+            "architecture",
+            "mflops",
+            "mflops_all_ops",
+            "params",
+            "curve",
+            "train_seconds",
+            "device",
+            "seed",
+            "status",
+            "epochs_run",
+        ):
             assert key in attrs, f"trial {trial.number} has no user attr {key!r}: {sorted(attrs)}"
         arch = Architecture.from_json(json.loads(json.dumps(attrs["architecture"])))
         validate(arch)
@@ -348,7 +363,9 @@ def test_flops_ceiling(background, ceiling, space):
         assert t.values == [0.0, pytest.approx(mflops)]
         assert t.constraints[CONSTRAINT_KEY] > 0
         assert t.constraints[CONSTRAINT_KEY] == pytest.approx(mflops - ceiling)
-        assert "curve" not in t.user_attrs and "train_seconds" not in t.user_attrs, "an infeasible candidate was trained"
+        assert "curve" not in t.user_attrs and "train_seconds" not in t.user_attrs, (
+            "an infeasible candidate was trained"
+        )
         assert architecture_cost(space.from_params(t.params)).mflops == pytest.approx(mflops)
     assert "over the ceiling" in proc.stderr
 

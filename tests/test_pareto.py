@@ -21,9 +21,7 @@ from search.reporting.pareto import (
     to_minimization,
 )
 
-SETTINGS = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 # ---------------------------------------------------------------------------
@@ -123,9 +121,7 @@ def fronts(draw, k=None, max_n=8, min_n=0):
     vals = st.integers(0, 6)
     pts = draw(st.lists(st.lists(vals, min_size=k, max_size=k), min_size=n, max_size=n))
     # reference: "worst" side of the grid for each sense, sometimes inside the cloud
-    ref = tuple(
-        float(draw(st.integers(-1, 3)) if s == "max" else draw(st.integers(3, 7))) for s in senses
-    )
+    ref = tuple(float(draw(st.integers(-1, 3)) if s == "max" else draw(st.integers(3, 7))) for s in senses)
     scale = draw(st.sampled_from([1.0, 0.5, 0.25]))
     return np.array(pts, dtype=float).reshape(n, k) * scale, senses, tuple(r * scale for r in ref)
 

@@ -37,9 +37,14 @@ optuna.logging.set_verbosity(optuna.logging.ERROR)
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "run_search.py"), *map(str, args)], cwd=cwd, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+        [sys.executable, str(ROOT / "run_search.py"), *map(str, args)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _finish(procs: list[subprocess.Popen], timeout: float = TIMEOUT) -> list[subprocess.CompletedProcess]:
@@ -87,11 +92,23 @@ def test_three_machines_share_one_budget(postgres_url: str, tmp_path: Path) -> N
     that start the same command at once on a *fresh* database race to create them, see
     test_three_machines_open_a_fresh_database_at_once."""
     budget = 6
-    url = (postgres_url)
+    url = postgres_url
     open_storage(url)  # creates the schema
     procs = [
-        _start([*QUICK, "--storage", url, "--budget", budget, "--study-name", "pg",
-                "--results-dir", tmp_path / f"machine{i}"], tmp_path)  # fmt: skip
+        _start(
+            [
+                *QUICK,
+                "--storage",
+                url,
+                "--budget",
+                budget,
+                "--study-name",
+                "pg",
+                "--results-dir",
+                tmp_path / f"machine{i}",
+            ],
+            tmp_path,
+        )
         for i in range(3)
     ]
     results = _finish(procs)
@@ -110,14 +127,35 @@ def test_three_machines_share_one_budget(postgres_url: str, tmp_path: Path) -> N
         # Not asserted (the seeds differ, so these are distinct trials), but budget spent twice on
         # one candidate: every machine seeds its sampler with --seed + trials already there + 0
         # (worker_index is None), so machines that start together propose the same candidates.
-        warnings.warn(f"{budget - len(set(architectures))} duplicate architecture(s) among {budget} trials of 3 machines", stacklevel=1)
+        warnings.warn(
+            f"{budget - len(set(architectures))} duplicate architecture(s) among {budget} trials of 3 machines",
+            stacklevel=1,
+        )
 
 
 def test_workers_on_postgres_keep_the_budget(postgres_url: str, tmp_path: Path) -> None:
     budget = 4
-    url = (postgres_url)
-    (proc,) = _finish([_start([*QUICK, "--workers", 2, "--storage", url, "--budget", budget,
-                               "--study-name", "pg-workers", "--results-dir", tmp_path], tmp_path)])  # fmt: skip
+    url = postgres_url
+    (proc,) = _finish(
+        [
+            _start(
+                [
+                    *QUICK,
+                    "--workers",
+                    2,
+                    "--storage",
+                    url,
+                    "--budget",
+                    budget,
+                    "--study-name",
+                    "pg-workers",
+                    "--results-dir",
+                    tmp_path,
+                ],
+                tmp_path,
+            )
+        ]
+    )
     assert proc.returncode == 0, describe(proc)
     assert "Traceback" not in proc.stderr, describe(proc)
     _check_exact_budget(url, "pg-workers", budget, workers=2)
@@ -129,7 +167,7 @@ def test_three_machines_open_a_fresh_database_at_once(postgres_url: str) -> None
     (open_search -> open_storage(url, heartbeat=True)), at the same moment: the CLI version
     of this race failed one of three machines in about half of the runs here."""
     for attempt in range(3):  # a race: try a few fresh databases
-        url = (create_database(postgres_url, f"fresh{attempt}"))
+        url = create_database(postgres_url, f"fresh{attempt}")
         barrier = threading.Barrier(3)
         errors: list[str] = []
 
@@ -151,8 +189,24 @@ def test_three_machines_open_a_fresh_database_at_once(postgres_url: str) -> None
 def test_documented_url_form_works(postgres_url: str, tmp_path: Path) -> None:
     """README: ``--storage postgresql://user:password@host/dbname``."""
     assert postgres_url.startswith("postgresql://")
-    (proc,) = _finish([_start([*QUICK, "--storage", postgres_url, "--budget", 1, "--study-name", "pg-bare",
-                               "--results-dir", tmp_path], tmp_path)])  # fmt: skip
+    (proc,) = _finish(
+        [
+            _start(
+                [
+                    *QUICK,
+                    "--storage",
+                    postgres_url,
+                    "--budget",
+                    1,
+                    "--study-name",
+                    "pg-bare",
+                    "--results-dir",
+                    tmp_path,
+                ],
+                tmp_path,
+            )
+        ]
+    )
     assert proc.returncode == 0, describe(proc)
     _check_exact_budget(postgres_url, "pg-bare", 1)
 
@@ -166,7 +220,9 @@ def test_documented_url_form_works(postgres_url: str, tmp_path: Path) -> None:
     ids=["psycopg2", "bare"],
 )
 def test_unreachable_server_is_one_error_line(url: str, tmp_path: Path) -> None:
-    (proc,) = _finish([_start([*QUICK, "--storage", url, "--budget", 1, "--results-dir", tmp_path], tmp_path)], timeout=180)
+    (proc,) = _finish(
+        [_start([*QUICK, "--storage", url, "--budget", 1, "--results-dir", tmp_path], tmp_path)], timeout=180
+    )
     assert proc.returncode == 2, describe(proc)
     assert "Traceback" not in proc.stderr, describe(proc)
     lines = proc.stderr.strip().splitlines()

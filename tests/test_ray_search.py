@@ -49,7 +49,17 @@ IN_PROCESS_RAY_ENV = {
     "RAY_AUTH_MODE": "disabled",
 }
 # Trial attributes that both backends write (search/evaluation/evaluate.py result_attributes).
-SHARED_TRIAL_ATTRS = {"architecture", "mflops", "mflops_all_ops", "params", "curve", "status", "seed", "device", "epochs_run"}
+SHARED_TRIAL_ATTRS = {
+    "architecture",
+    "mflops",
+    "mflops_all_ops",
+    "params",
+    "curve",
+    "status",
+    "seed",
+    "device",
+    "epochs_run",
+}
 RAY_TRIAL_ATTRS = {"ray_node_id", "ray_gpu_ids"}
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
@@ -138,8 +148,14 @@ def _cli_env(ray_tmpdir: str) -> dict[str, str]:
 
 def _run_cli(args: list[str], ray_tmpdir: str, timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "run_search.py", *args], cwd=ROOT, env=_cli_env(ray_tmpdir),
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "run_search.py", *args],
+        cwd=ROOT,
+        env=_cli_env(ray_tmpdir),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return proc, time.perf_counter() - started
 
 
@@ -169,7 +185,9 @@ def _arch(trial: FrozenTrial) -> str:
 
 def _max_overlap(intervals: list[tuple[datetime, datetime]]) -> int:
     """Most intervals open at one instant (a finish at t is before a start at t)."""
-    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals], key=lambda e: (e[0], e[1]))
+    events = sorted(
+        [(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals], key=lambda e: (e[0], e[1])
+    )
     now = most = 0
     for _, step in events:
         now += step
@@ -182,8 +200,15 @@ def _quick_settings(results_dir: Path, **changes) -> Settings:
     quick = dict(PRESETS["quick"])
     width = quick.pop("width")
     training = TrainingSettings(**{**quick, "epochs": changes.pop("epochs", 1)})
-    return Settings(width=width, training=training, backend="ray", results_dir=str(results_dir), preset="quick",
-                    quiet=True, **changes)  # fmt: skip
+    return Settings(
+        width=width,
+        training=training,
+        backend="ray",
+        results_dir=str(results_dir),
+        preset="quick",
+        quiet=True,
+        **changes,
+    )
 
 
 def _check_ray_trial(trial: FrozenTrial, epochs: int) -> None:
@@ -207,12 +232,15 @@ def _check_ray_trial(trial: FrozenTrial, epochs: int) -> None:
 def test_cli_local_run_writes_the_optuna_backend_study_and_continues(tmp_path: Path, ray_tmpdir: str) -> None:
     ray_dir, optuna_dir = tmp_path / "ray", tmp_path / "optuna"
     ray_run, ray_wall = _run_cli(
-        [*QUICK, "--budget", "3", "--backend", "ray", "--max-concurrent", "2", "--results-dir", str(ray_dir)], ray_tmpdir
+        [*QUICK, "--budget", "3", "--backend", "ray", "--max-concurrent", "2", "--results-dir", str(ray_dir)],
+        ray_tmpdir,
     )
     assert ray_run.returncode == 0, ray_run.stderr[-4000:]
     # The same command on the Optuna backend. --threads 1: a Ray trial with one CPU trains
     # with one torch thread (Ray sets OMP_NUM_THREADS=1), so both compute exactly the same.
-    optuna_run, optuna_wall = _run_cli([*QUICK, "--budget", "3", "--threads", "1", "--results-dir", str(optuna_dir)], ray_tmpdir)
+    optuna_run, optuna_wall = _run_cli(
+        [*QUICK, "--budget", "3", "--threads", "1", "--results-dir", str(optuna_dir)], ray_tmpdir
+    )
     assert optuna_run.returncode == 0, optuna_run.stderr[-4000:]
 
     study, reference = _load(ray_dir), _load(optuna_dir)
@@ -261,7 +289,8 @@ def test_cli_local_run_writes_the_optuna_backend_study_and_continues(tmp_path: P
     # Continue: --budget 4 adds exactly one trial and leaves the others alone.
     before = {t.number: (t.params, t.values, t.user_attrs, t.datetime_complete) for t in trials}
     again, again_wall = _run_cli(
-        [*QUICK, "--budget", "4", "--backend", "ray", "--max-concurrent", "2", "--results-dir", str(ray_dir)], ray_tmpdir
+        [*QUICK, "--budget", "4", "--backend", "ray", "--max-concurrent", "2", "--results-dir", str(ray_dir)],
+        ray_tmpdir,
     )
     assert again.returncode == 0, again.stderr[-4000:]
     assert "3/4 finished trials" in again.stderr
@@ -317,7 +346,9 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path: Path, two_node_clu
         assert trial.user_attrs["ray_gpu_ids"] == []
     used = [t.user_attrs["ray_node_id"] for t in trials]
     assert set(used) == node_ids, used
-    say(f"2 nodes x 1 CPU, budget 4, 2 at once: {wall:.1f} s; trials per node {sorted(used.count(n) for n in node_ids)}")
+    say(
+        f"2 nodes x 1 CPU, budget 4, 2 at once: {wall:.1f} s; trials per node {sorted(used.count(n) for n in node_ids)}"
+    )
 
 
 # ----------------------------------------------------------------------------- 3. logical GPUs
@@ -343,8 +374,9 @@ def test_fractional_logical_gpus_pack_two_trials_per_gpu(tmp_path: Path, ray_wit
 
     from search.backends.ray_driver import run_ray_search
 
-    settings = _quick_settings(tmp_path, epochs=2, budget=4, max_concurrent=4, gpus_per_trial=0.5, cpus_per_trial=0.5,
-                               early_stop="none")  # every trial trains to the end: 4 complete  # fmt: skip
+    settings = _quick_settings(
+        tmp_path, epochs=2, budget=4, max_concurrent=4, gpus_per_trial=0.5, cpus_per_trial=0.5, early_stop="none"
+    )  # every trial trains to the end: 4 complete
     started = time.perf_counter()
     study = run_ray_search(settings)
     wall = time.perf_counter() - started
@@ -377,12 +409,33 @@ def test_fractional_logical_gpus_pack_two_trials_per_gpu(tmp_path: Path, ray_wit
 
 def test_killed_driver_is_resumed_by_the_same_command(tmp_path: Path, ray_tmpdir: str) -> None:
     results = tmp_path / "res"
-    args = ["--preset", "quick", "--epochs", "2", "--early-stop", "none", "--no-report", "--budget", "4", "--backend", "ray",
-            "--max-concurrent", "1", "--results-dir", str(results)]  # fmt: skip
+    args = [
+        "--preset",
+        "quick",
+        "--epochs",
+        "2",
+        "--early-stop",
+        "none",
+        "--no-report",
+        "--budget",
+        "4",
+        "--backend",
+        "ray",
+        "--max-concurrent",
+        "1",
+        "--results-dir",
+        str(results),
+    ]
     log_path = tmp_path / "first_run.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "run_search.py", *args], cwd=ROOT, env=_cli_env(ray_tmpdir),
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "run_search.py", *args],
+            cwd=ROOT,
+            env=_cli_env(ray_tmpdir),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         started = time.perf_counter()
         # The study exists once the driver says where Ray writes (printed after ray.init).
@@ -423,7 +476,11 @@ def test_killed_driver_is_resumed_by_the_same_command(tmp_path: Path, ray_tmpdir
     say(
         f"killed the first run (pid/pgid/sid {proc.pid}) after {killed_after:.1f} s: {len(group)} processes carried "
         f"its RAY_TMPDIR, {len(outside)} in other process groups (same session): {outside}; "
-        + (f"{len(lingering)} still alive 20 s later: {lingering}" if lingering else f"all gone {gone_after:.1f} s after the kill")
+        + (
+            f"{len(lingering)} still alive 20 s later: {lingering}"
+            if lingering
+            else f"all gone {gone_after:.1f} s after the kill"
+        )
         + f"; killed by the test: {len(survivors)}"
     )
 
@@ -436,7 +493,10 @@ def test_killed_driver_is_resumed_by_the_same_command(tmp_path: Path, ray_tmpdir
     second, second_wall = _run_cli(args, ray_tmpdir, timeout=400)
     assert second.returncode == 0, second.stderr[-4000:]
     if running_before:
-        assert f"{len(running_before)} trial(s) left running by a stopped driver were failed and queued again" in second.stderr
+        assert (
+            f"{len(running_before)} trial(s) left running by a stopped driver were failed and queued again"
+            in second.stderr
+        )
     study = _load(results)
     trials = study.get_trials(deepcopy=False)
     complete = _complete(study)
@@ -458,7 +518,12 @@ def test_killed_driver_is_resumed_by_the_same_command(tmp_path: Path, ray_tmpdir
     # Finished trials before the kill are unchanged; no finished trial ran twice.
     for number, old in complete_before.items():
         new = study.trials[number]
-        assert (new.state, new.values, new.params, new.user_attrs) == (old.state, old.values, old.params, old.user_attrs)
+        assert (new.state, new.values, new.params, new.user_attrs) == (
+            old.state,
+            old.values,
+            old.params,
+            old.user_attrs,
+        )
     for trial in complete:
         _check_ray_trial(trial, epochs=2)
     assert len({t.number for t in complete}) == len({t.user_attrs["seed"] for t in complete}) == 4
@@ -467,5 +532,8 @@ def test_killed_driver_is_resumed_by_the_same_command(tmp_path: Path, ray_tmpdir
     assert not _wait_gone(ray_tmpdir, 20), "the second run left its Ray running"
     say(
         f"resumed run: {second_wall:.1f} s; final trials "
-        + ", ".join(f"#{t.number} {t.state.name}{' retry_of ' + str(t.user_attrs['retry_of']) if 'retry_of' in t.user_attrs else ''}" for t in trials)
+        + ", ".join(
+            f"#{t.number} {t.state.name}{' retry_of ' + str(t.user_attrs['retry_of']) if 'retry_of' in t.user_attrs else ''}"
+            for t in trials
+        )
     )

@@ -27,7 +27,9 @@ from spaces import get_space
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 WIDTH = 0.25
-DENSE_MFLOPS = 19.924362  # search.evaluation.cost.architecture_cost(space.dense()) at width 0.25 (test_cost checks costs)
+DENSE_MFLOPS = (
+    19.924362  # search.evaluation.cost.architecture_cost(space.dense()) at width 0.25 (test_cost checks costs)
+)
 DENSE_PARAMS = 939898
 SECTION_HEADINGS = (
     "1. Accuracy vs MFLOPs",
@@ -52,20 +54,33 @@ def fake_cost(arch: Architecture) -> tuple[float, float, int]:
 
 def curve(final: float, epochs: int = 3) -> list[dict]:
     return [
-        {"epoch": e, "train_loss": 2.0 / e, "val_loss": 1.5 / e, "val_accuracy": final * e / epochs, "lr": 0.1,
-         "seconds": 1.5}
+        {
+            "epoch": e,
+            "train_loss": 2.0 / e,
+            "val_loss": 1.5 / e,
+            "val_accuracy": final * e / epochs,
+            "lr": 0.1,
+            "seconds": 1.5,
+        }
         for e in range(1, epochs + 1)
-    ]  # fmt: skip
+    ]
 
 
 def attrs(arch: Architecture, accuracy: float | None, status: str = "ok", epochs: int = 3, **extra) -> dict:
     mflops, all_ops, params = fake_cost(arch)
     data = {
-        "status": status, "architecture": arch.to_json(), "mflops": mflops, "mflops_all_ops": all_ops,
-        "params": params, "curve": curve(accuracy, epochs) if accuracy is not None else [],
-        "train_seconds": 4.5 if accuracy is not None else 0.0, "epochs_run": epochs if accuracy is not None else 0,
-        "device": "cpu", "seed": 7, "fidelity": "full",
-    }  # fmt: skip
+        "status": status,
+        "architecture": arch.to_json(),
+        "mflops": mflops,
+        "mflops_all_ops": all_ops,
+        "params": params,
+        "curve": curve(accuracy, epochs) if accuracy is not None else [],
+        "train_seconds": 4.5 if accuracy is not None else 0.0,
+        "epochs_run": epochs if accuracy is not None else 0,
+        "device": "cpu",
+        "seed": 7,
+        "fidelity": "full",
+    }
     data.update(extra)
     return data
 
@@ -80,8 +95,9 @@ def new_study(tmp_path: Path, name: str = "unit", objectives=("accuracy", "mflop
     study.set_user_attr("width", WIDTH)
     study.set_user_attr("dataset", "digits")
     study.set_user_attr("reference_point", {"accuracy": 0.0, "mflops": DENSE_MFLOPS, "params": float(DENSE_PARAMS)})
-    study.set_user_attr("dense_cost", {"mflops": DENSE_MFLOPS, "mflops_all_ops": DENSE_MFLOPS + 0.24,
-                                       "params": DENSE_PARAMS})  # fmt: skip
+    study.set_user_attr(
+        "dense_cost", {"mflops": DENSE_MFLOPS, "mflops_all_ops": DENSE_MFLOPS + 0.24, "params": DENSE_PARAMS}
+    )
     study.set_user_attr("protocol", {"dataset": "digits", "epochs": 3})
     study.set_user_attr("test_storage_url", storage)  # only for reload() below
     return study
@@ -125,8 +141,12 @@ def populated(tmp_path_factory, space):
     for i in range(14):
         arch = random_arch(space, rng)
         acc = round(rng.uniform(0.7, 0.92), 4)
-        put("ok", TrialState.COMPLETE, [acc, fake_cost(arch)[0]],
-            attrs(arch, acc, hyperparameters={"lr": 0.05 + 0.01 * i}))  # fmt: skip
+        put(
+            "ok",
+            TrialState.COMPLETE,
+            [acc, fake_cost(arch)[0]],
+            attrs(arch, acc, hyperparameters={"lr": 0.05 + 0.01 * i}),
+        )
     # infeasible candidates: accuracy 0 at (very) low cost, never trained; the cheapest cost of
     # all would make it non-dominated if it were (wrongly) a front candidate
     cheap = space.uniform(16)
@@ -151,9 +171,8 @@ def populated(tmp_path_factory, space):
 
 def brute_force_front(study: optuna.Study) -> set[int]:
     candidates = [
-        t for t in study.get_trials()
-        if t.state == TrialState.COMPLETE and t.user_attrs.get("status", "ok") == "ok"
-    ]  # fmt: skip
+        t for t in study.get_trials() if t.state == TrialState.COMPLETE and t.user_attrs.get("status", "ok") == "ok"
+    ]
     front = set()
     for t in candidates:
         acc, mf = t.values
@@ -199,9 +218,24 @@ def test_report_files_and_trials_csv(populated, tmp_path):
             assert by_number[n]["status"] == kind
     slot_names = [slot.name for slot in get_space("vgg_hetconv", width=WIDTH).slots]
     assert slot_names[0] == "conv02"
-    for column in ("accuracy", "mflops", "mflops_all_ops", "params", "on_front", "architecture", "baseline",
-                   "epochs_run", "train_seconds", "device", "seed", "datetime_start", "datetime_complete",
-                   "fail_reason", "hp_lr", *slot_names):  # fmt: skip
+    for column in (
+        "accuracy",
+        "mflops",
+        "mflops_all_ops",
+        "params",
+        "on_front",
+        "architecture",
+        "baseline",
+        "epochs_run",
+        "train_seconds",
+        "device",
+        "seed",
+        "datetime_start",
+        "datetime_complete",
+        "fail_reason",
+        "hp_lr",
+        *slot_names,
+    ):
         assert column in rows[0], column
     dense = by_number[0]
     assert dense["baseline"] == "dense" and dense["architecture"] == " ".join(["dense"] * 12)
@@ -258,7 +292,7 @@ def test_html_is_self_contained_with_every_section(populated, tmp_path):
 def test_hypervolume_in_header_matches_brute_force(populated, tmp_path):
     study, _ = populated
     files = write_report(reload(study), tmp_path / "out", png=False)
-    points = sorted(((study.trials[n].values[1], study.trials[n].values[0]) for n in brute_force_front(study)))
+    points = sorted((study.trials[n].values[1], study.trials[n].values[0]) for n in brute_force_front(study))
     # staircase area up to the reference point (accuracy 0, dense MFLOPs)
     hv = sum((nxt - mf) * acc for (mf, acc), nxt in zip(points, [p[0] for p in points[1:]] + [DENSE_MFLOPS]))
     text = files.html.read_text(encoding="utf-8")
@@ -323,8 +357,16 @@ def test_flgc_paper_baseline_is_labelled_with_its_convention(tmp_path):
     study = new_study(tmp_path, name="mbv2")
     for minute, (value, acc) in enumerate((("flgc-paper", 0.8), ("8", 0.7))):
         arch, mflops = space.uniform(value), 5.0 - minute
-        user_attrs = {"status": "ok", "architecture": arch.to_json(), "mflops": mflops, "mflops_all_ops": mflops + 1,
-                      "params": 1000, "curve": curve(acc), "epochs_run": 3, "baseline": value}  # fmt: skip
+        user_attrs = {
+            "status": "ok",
+            "architecture": arch.to_json(),
+            "mflops": mflops,
+            "mflops_all_ops": mflops + 1,
+            "params": 1000,
+            "curve": curve(acc),
+            "epochs_run": 3,
+            "baseline": value,
+        }
         add(study, TrialState.COMPLETE, [acc, mflops], user_attrs, 2 * minute)
     text = write_report(reload(study), tmp_path / "out", png=False).html.read_text(encoding="utf-8")
     assert '"flgc-paper"' in text and '"G8"' in text

@@ -22,10 +22,18 @@ from search.settings import Settings, TrainingSettings
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--enable-logging=stderr", "--v=0", "--virtual-time-budget=20000",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--enable-logging=stderr",
+    "--v=0",
+    "--virtual-time-budget=20000",
+]
 
 
 def _chromium() -> str:
@@ -43,9 +51,14 @@ def report_html(tmp_path_factory) -> Path:
     results = tmp_path_factory.mktemp("results")
     threads = torch.get_num_threads()
     settings = Settings(
-        space="vgg_hetconv", budget=4, width=0.25, baselines=True, quiet=True, results_dir=str(results),
+        space="vgg_hetconv",
+        budget=4,
+        width=0.25,
+        baselines=True,
+        quiet=True,
+        results_dir=str(results),
         training=TrainingSettings(dataset="digits", epochs=1, batch_size=64, lr=0.1, warmup_epochs=0.5, threads=1),
-    )  # fmt: skip
+    )
     try:
         study = run_optuna_search(settings)
     finally:
@@ -56,8 +69,10 @@ def report_html(tmp_path_factory) -> Path:
 def _run_chromium(html: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *extra, html.as_uri()],
-        capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def test_report_renders_without_javascript_errors(report_html: Path, tmp_path: Path) -> None:

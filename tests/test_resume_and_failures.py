@@ -24,30 +24,31 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 import pytest
 import torch
+from _studies import load, storage_url
 from optuna.trial import TrialState
 
+import search.backends.optuna_driver
 import search.evaluation.candidate
 import search.evaluation.evaluate
-import search.backends.optuna_driver
 import search.storage
 from search.backends.budget import take_slot
-from search.evaluation.candidate import evaluate_candidate
-from search.errors import SearchAborted
-from search.evaluation.evaluate import evaluate
 from search.backends.optuna_driver import run_optuna_search
+from search.backends.study import count_finished, open_search, trial_seed
+from search.errors import SearchAborted
+from search.evaluation.candidate import evaluate_candidate
+from search.evaluation.evaluate import evaluate
 from search.settings import Settings, TrainingSettings
 from search.storage import open_storage
-from search.backends.study import count_finished, open_search, trial_seed
 from spaces import get_space
-from _studies import load, storage_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 
@@ -102,7 +103,9 @@ class Runner:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill(proc)
-            raise AssertionError(f"{' '.join(proc.args[2:])} did not finish in {timeout}s; stderr:\n{proc.log[1].read_text()[-3000:]}") from None  # type: ignore[attr-defined]
+            raise AssertionError(
+                f"{' '.join(proc.args[2:])} did not finish in {timeout}s; stderr:\n{proc.log[1].read_text()[-3000:]}"
+            ) from None  # type: ignore[attr-defined]
         out, err = (path.read_text() for path in proc.log)  # type: ignore[attr-defined]
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
@@ -156,7 +159,9 @@ def _job_kill_and_resume(runner: Runner, work: Path) -> dict[str, Any]:
     deadline = time.monotonic() + RUN_TIMEOUT
     while True:
         if proc.poll() is not None:
-            raise AssertionError(f"the first run ended (exit {proc.returncode}) before it could be killed:\n{proc.log[1].read_text()[-3000:]}")  # type: ignore[attr-defined]
+            raise AssertionError(
+                f"the first run ended (exit {proc.returncode}) before it could be killed:\n{proc.log[1].read_text()[-3000:]}"
+            )  # type: ignore[attr-defined]
         if time.monotonic() > deadline:
             runner.kill(proc)
             raise AssertionError(f"no running trial after a finished one within {RUN_TIMEOUT}s")
@@ -177,7 +182,9 @@ def _job_kill_and_resume(runner: Runner, work: Path) -> dict[str, Any]:
     before = {t.number: t for t in load(d).get_trials()}
     rows = {r[0]: r for r in _db_rows(db)}
     running = [t for t in before.values() if t.state == TrialState.RUNNING]
-    assert len(running) == 1, f"expected one RUNNING trial after the kill: {[(t.number, t.state.name) for t in before.values()]}"
+    assert len(running) == 1, (
+        f"expected one RUNNING trial after the kill: {[(t.number, t.state.name) for t in before.values()]}"
+    )
     assert rows[running[0].number][3] is not None, (
         "the killed trial has no heartbeat row: it can never be found stale (see test_trial_killed_before_its_first_heartbeat)"
     )
@@ -201,14 +208,18 @@ def _job_workers(runner: Runner, work: Path) -> dict[str, Any]:
 
 def _job_checkpoint_cli(runner: Runner, work: Path) -> dict[str, Any]:
     d = work / "results"
-    proc = runner.run([*QUICK, "--epochs", 2, "--checkpoint-every", 1, "--budget", 1, "--results-dir", d], work, "checkpoint")
+    proc = runner.run(
+        [*QUICK, "--epochs", 2, "--checkpoint-every", 1, "--budget", 1, "--results-dir", d], work, "checkpoint"
+    )
     return {"dir": d, "proc": proc}
 
 
 def _job_max_failures_cli(runner: Runner, work: Path) -> dict[str, Any]:
     d = work / "results"
     # lr 1e6: every trial's loss becomes NaN in its first epoch.
-    proc = runner.run([*QUICK, "--epochs", 1, "--lr", "1e6", "--max-failures", 2, "--budget", 3, "--results-dir", d], work, "failures")
+    proc = runner.run(
+        [*QUICK, "--epochs", 1, "--lr", "1e6", "--max-failures", 2, "--budget", 3, "--results-dir", d], work, "failures"
+    )
     return {"dir": d, "proc": proc}
 
 
@@ -246,7 +257,9 @@ def background(runner, tmp_path_factory) -> dict[str, Future]:
 def _start_background_early(request):
     """Start the CLI scenarios when the module starts if any selected test needs them, so that
     they overlap with the in-process tests."""
-    selected = {getattr(item, "originalname", item.name) for item in request.session.items if item.module is request.module}
+    selected = {
+        getattr(item, "originalname", item.name) for item in request.session.items if item.module is request.module
+    }
     if selected & BACKGROUND_TESTS:
         request.getfixturevalue("background")
 
@@ -258,7 +271,9 @@ def space():
 
 def quick_settings(tmp_path: Path, **changes: Any) -> Settings:
     training = TrainingSettings(dataset="digits", epochs=1, batch_size=64, lr=0.1, warmup_epochs=0.5, threads=1)
-    return Settings(space="vgg_hetconv", width=0.25, training=training, results_dir=str(tmp_path), quiet=True, **changes)
+    return Settings(
+        space="vgg_hetconv", width=0.25, training=training, results_dir=str(tmp_path), quiet=True, **changes
+    )
 
 
 # ------------------------------------------------------------------------------- 2. checkpoints (in process)
@@ -297,9 +312,14 @@ def test_checkpoint_resume_gives_the_same_result(space, tmp_path):
 
     resumed_epochs: list[int] = []
     resumed = evaluate(
-        arch, training, seed=7, on_epoch=lambda r: resumed_epochs.append(r.epoch),
-        checkpoint=path, checkpoint_every=1, model_hook=keep("resumed"),
-    )  # fmt: skip
+        arch,
+        training,
+        seed=7,
+        on_epoch=lambda r: resumed_epochs.append(r.epoch),
+        checkpoint=path,
+        checkpoint_every=1,
+        model_hook=keep("resumed"),
+    )
     assert resumed_epochs == [3, 4], "the second call resumes after the saved epoch"
     assert resumed.epochs_run == 4 and not resumed.stopped_early
     assert resumed.accuracy == reference.accuracy
@@ -536,7 +556,8 @@ def test_kill_9_and_resume(background):
             assert new.state == TrialState.COMPLETE and new.values == old.values, number
             assert new.params == old.params and new.user_attrs == old.user_attrs, number
     assert not any(
-        t.user_attrs.get("retry_of", t.system_attrs.get("failed_trial")) in {n for n, o in before.items() if o.state == TrialState.COMPLETE}
+        t.user_attrs.get("retry_of", t.system_attrs.get("failed_trial"))
+        in {n for n, o in before.items() if o.state == TrialState.COMPLETE}
         for t in after
     ), "a finished trial was repeated"
     # The killed trial was failed by the stale-heartbeat check (fail_and_requeue would have
@@ -545,7 +566,9 @@ def test_kill_9_and_resume(background):
     assert stale.state == TrialState.FAIL, states
     assert "fail_reason" not in stale.user_attrs, stale.user_attrs
     # ... and retried exactly once, with its parameters and its seed.
-    retries = [t for t in after if t.system_attrs.get("failed_trial") == killed or t.user_attrs.get("retry_of") == killed]
+    retries = [
+        t for t in after if t.system_attrs.get("failed_trial") == killed or t.user_attrs.get("retry_of") == killed
+    ]
     assert len(retries) == 1, states
     retry = retries[0]
     assert retry.number > killed

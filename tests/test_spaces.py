@@ -59,7 +59,9 @@ def test_builtin_flgc_choices():
         for slot, options in zip(*(lambda s: (s.slots, s.choices))(get_space(name))):
             groups = [spec.groups for spec in options]
             assert all(spec.type == "flgc" and spec.balanced for spec in options)
-            assert groups == [g for g in (1, 2, 4, 8, 16, 32) if slot.in_channels % g == 0 and slot.out_channels % g == 0]
+            assert groups == [
+                g for g in (1, 2, 4, 8, 16, 32) if slot.in_channels % g == 0 and slot.out_channels % g == 0
+            ]
 
 
 def test_vgg_mixed_choices():
@@ -215,6 +217,7 @@ def test_illegal_uniform_lists_each_legal_value_once():
     legal = str(err.value).split("legal: ", 1)[1].split(", ")
     assert len(legal) == len(set(legal)), legal
 
+
 # ----------------------------------------------------------------------------- fingerprint
 
 
@@ -262,7 +265,8 @@ def _check_good(space: SearchSpace, width: float = 0.5) -> None:
         if slot.name in ("conv02", "conv13"):
             continue
         expected = [
-            label for label in ["dense", "hetconv:2", "hetconv:64", "flgc:4", "flgc:64"]
+            label
+            for label in ["dense", "hetconv:2", "hetconv:64", "flgc:4", "flgc:64"]
             if _legal(LayerSpec.from_label(label), slot)
         ]
         assert [s.label for s in options] == expected, slot.name
@@ -314,11 +318,19 @@ BAD_FILES = [
     ("unknown_model.yaml", "model: resnet50\nchoices: [dense]\n", "resnet50"),
     ("unknown_layer.yaml", "model: vgg16\nchoices: [dense]\nlayers:\n  conv99: [dense]\n", "conv99"),
     ("illegal_layer.yaml", "model: vgg16\nchoices: [dense]\nlayers:\n  conv05: ['hetconv:3']\n", "conv05"),
-    ("illegal_free.yaml", "model: mobilenetv2\nchoices: [dense]\nlayers:\n  b00_project: ['flgc:17:free']\n", "b00_project"),
+    (
+        "illegal_free.yaml",
+        "model: mobilenetv2\nchoices: [dense]\nlayers:\n  b00_project: ['flgc:17:free']\n",
+        "b00_project",
+    ),
     ("missing_model.yaml", "choices: [dense]\n", "model"),
     ("empty_choices.yaml", "model: vgg16\nchoices: []\n", "choices"),
     ("bad_label.yaml", "model: vgg16\nchoices: [dense, 'hetconv:x']\n", "hetconv:x"),
-    ("bad_label_layer.json", '{"model": "vgg16", "choices": ["dense"], "layers": {"conv04": ["flgc:two"]}}', "flgc:two"),
+    (
+        "bad_label_layer.json",
+        '{"model": "vgg16", "choices": ["dense"], "layers": {"conv04": ["flgc:two"]}}',
+        "flgc:two",
+    ),
     ("nothing_legal.yaml", "model: vgg16\nchoices: ['hetconv:128']\n", "conv02"),
     ("bad_width.yaml", "model: vgg16\nwidth: wide\nchoices: [dense]\n", "width"),
     ("empty.yaml", "", "mapping"),
@@ -385,7 +397,9 @@ def test_block_layout_is_the_papers_only_for_nested_parts(p1, p2):
 
 def test_space_mixing_parts_that_do_not_nest_is_refused(tmp_path):
     path = tmp_path / "mix.yaml"
-    path.write_text('model: vgg16\nwidth: 0.75\nchoices: [dense, "hetconv:2", "hetconv:4"]\nlayers:\n  conv13: ["hetconv:3"]\n')
+    path.write_text(
+        'model: vgg16\nwidth: 0.75\nchoices: [dense, "hetconv:2", "hetconv:4"]\nlayers:\n  conv13: ["hetconv:3"]\n'
+    )
     with pytest.raises(SpaceError) as err:
         get_space(str(path))
     message = str(err.value)

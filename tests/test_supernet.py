@@ -15,23 +15,20 @@ from layers import FLGConv2d, HetConv2d, param_groups_without_logit_decay
 from models import LayerSlot, LayerSpec, build_model, searchable_layers
 from search.evaluation.cost import slot_macs
 from search.evaluation.data import load_dataset
+from search.evaluation.train import TrialFailed
 from search.settings import TrainingSettings
 from search.strategies.supernet import (
     SuperConv2d,
     Supernet,
-
     load_supernet,
     recalibrate_bn,
     save_supernet,
     score,
     train_supernet,
 )
-from search.evaluation.train import TrialFailed
 from spaces import SpaceError, get_space
 
 SPACES = ["vgg_hetconv", "vgg_flgc", "mbv2_flgc", "vgg_mixed"]
-
-
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +122,16 @@ def test_activated_supernet_equals_extract_float64():
             torch.testing.assert_close(model(x), net(x), atol=1e-10, rtol=1e-10)
 
 
-SPECS = [LayerSpec.dense(), LayerSpec.hetconv(1), LayerSpec.hetconv(2), LayerSpec.hetconv(4),
-         LayerSpec.flgc(1), LayerSpec.flgc(2), LayerSpec.flgc(4), LayerSpec.flgc(4, balanced=False)]  # fmt: skip
+SPECS = [
+    LayerSpec.dense(),
+    LayerSpec.hetconv(1),
+    LayerSpec.hetconv(2),
+    LayerSpec.hetconv(4),
+    LayerSpec.flgc(1),
+    LayerSpec.flgc(2),
+    LayerSpec.flgc(4),
+    LayerSpec.flgc(4, balanced=False),
+]
 
 
 def reference_layer(sc: SuperConv2d, spec: LayerSpec) -> nn.Module:
@@ -279,8 +284,10 @@ def test_train_supernet_and_score_on_digits(digits):
     net = Supernet(space)
     training = TrainingSettings(dataset="digits", epochs=2, batch_size=64, lr=0.1, warmup_epochs=0.5)
     history = train_supernet(net, digits, training, seed=0, device="cpu")
-    print("\nsupernet epochs:", [(r["epoch"], round(r["seconds"], 1), r["val_accuracy_largest"],
-                                  r["val_accuracy_smallest"]) for r in history])  # fmt: skip
+    print(
+        "\nsupernet epochs:",
+        [(r["epoch"], round(r["seconds"], 1), r["val_accuracy_largest"], r["val_accuracy_smallest"]) for r in history],
+    )
     assert [r["epoch"] for r in history] == [1, 2]
     assert set(history[0]) >= {"epoch", "loss", "val_accuracy_largest", "val_accuracy_smallest", "seconds"}
     assert all(math.isfinite(r["loss"]) for r in history)
@@ -297,9 +304,12 @@ def test_train_supernet_and_score_on_digits(digits):
 
 def _tiny(data):
     return dataclasses.replace(
-        data, train_images=data.train_images[:128], train_labels=data.train_labels[:128],
-        val_images=data.val_images[:64], val_labels=data.val_labels[:64],
-    )  # fmt: skip
+        data,
+        train_images=data.train_images[:128],
+        train_labels=data.train_labels[:128],
+        val_images=data.val_images[:64],
+        val_labels=data.val_labels[:64],
+    )
 
 
 def test_train_supernet_nan_fails_and_on_epoch_stops(digits):

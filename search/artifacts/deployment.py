@@ -11,9 +11,8 @@ from typing import Any
 import torch
 
 from models import Architecture, build_model, count_gathers, deploy
-
-from search.errors import SearchAborted, UserError
 from search.artifacts.retrain import check_writable, load_config
+from search.errors import SearchAborted, UserError
 
 __all__ = ["check_onnx_extra", "export_deployed", "load_weights"]
 
@@ -24,7 +23,9 @@ def check_onnx_extra() -> None:
 
     missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
     if missing:
-        raise UserError(f"--onnx needs {' and '.join(missing)}, which are not installed: pip install -e \".[onnx]\" (or leave --onnx out)")
+        raise UserError(
+            f'--onnx needs {" and ".join(missing)}, which are not installed: pip install -e ".[onnx]" (or leave --onnx out)'
+        )
 
 
 def load_weights(model: torch.nn.Module, weights: Path, config_name: str) -> None:
@@ -34,16 +35,24 @@ def load_weights(model: torch.nn.Module, weights: Path, config_name: str) -> Non
     except Exception as err:  # noqa: BLE001  (pickle, zip and torch errors: all mean "not a weights file")
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:150]
         raise UserError(f"--weights {weights} is not a torch state dict saved by 'retrain' ({reason})") from None
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise UserError(f"--weights {weights} holds no state dict (a mapping of names to tensors)")
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or shapes:
-        parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
-                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
-                 f"{len(shapes)} of another shape (e.g. {shapes[0]})" if shapes else ""]  # fmt: skip
+        parts = [
+            f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+            f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+            f"{len(shapes)} of another shape (e.g. {shapes[0]})" if shapes else "",
+        ]
         raise UserError(
             f"--weights {weights} belong to another model than {config_name}'s: "
             f"{'; '.join(p for p in parts if p)} tensors; retrain this config or pick its .pt"
@@ -105,5 +114,7 @@ def export_deployed(
             summary["onnx"] = str(onnx_path)
         except Exception as err:  # noqa: BLE001  (the exporter's many failure modes all mean "not here")
             reason = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
-            raise SearchAborted(f"ONNX export failed ({reason}); the TorchScript model is at {torchscript_path}") from None
+            raise SearchAborted(
+                f"ONNX export failed ({reason}); the TorchScript model is at {torchscript_path}"
+            ) from None
     return summary

@@ -10,9 +10,8 @@ from typing import Any
 import torch
 
 from models import Architecture, ArchitectureError, validate
-
-from search.evaluation.cost import architecture_cost
 from search.errors import UserError
+from search.evaluation.cost import architecture_cost
 from search.evaluation.evaluate import evaluate
 from search.settings import NUMBERS, SettingsError, TrainingSettings, check_number
 
@@ -42,7 +41,9 @@ def load_config(path: str | Path) -> dict[str, Any]:
     except ArchitectureError as err:
         raise ArchitectureError(f"config {path}: {err}") from None
     except (TypeError, ValueError, KeyError, AttributeError) as err:
-        raise UserError(f"config {path}: 'architecture' is malformed ({type(err).__name__}: {str(err)[:150]})") from None
+        raise UserError(
+            f"config {path}: 'architecture' is malformed ({type(err).__name__}: {str(err)[:150]})"
+        ) from None
     config_training(config, path)
     seed = config.get("seed")
     if seed is not None and not NUMBERS["seed"].accepts(seed):
@@ -79,7 +80,9 @@ def check_writable(path: Path) -> None:
     """Outputs go beside the config: fail before training, not after."""
     folder = path.parent if str(path.parent) else Path(".")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write beside config {path}: {folder} is not writable; copy the config to a folder you own")
+        raise UserError(
+            f"cannot write beside config {path}: {folder} is not writable; copy the config to a folder you own"
+        )
 
 
 def retrain_config(
@@ -99,9 +102,12 @@ def retrain_config(
     check_device_available(training.device)
     weights = path.with_suffix(".pt")
     result = evaluate(
-        arch, training, int(config.get("seed") or 0), full_train=True,
+        arch,
+        training,
+        int(config.get("seed") or 0),
+        full_train=True,
         model_hook=lambda model: torch.save(model.state_dict(), weights),
-    )  # fmt: skip
+    )
     expected = architecture_cost(arch)
     summary = {
         "config": str(path),

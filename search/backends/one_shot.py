@@ -23,15 +23,15 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from search.backends.progress import Progress
+from search.backends.study import count_finished, open_search, write_run_json
+from search.errors import SearchAborted
 from search.evaluation.candidate import CONSTRAINT_KEY
 from search.evaluation.cost import architecture_cost
-from search.errors import SearchAborted
+from search.evaluation.train import TrialFailed, resolve_device
 from search.reporting.front import front_summary, pareto_records
-from search.backends.progress import Progress
 from search.settings import Settings
 from search.storage import StudyMismatch, load_records, study_objectives
-from search.backends.study import count_finished, open_search, write_run_json
-from search.evaluation.train import TrialFailed, resolve_device
 
 __all__ = ["one_shot_study_name", "run_one_shot_search"]
 
@@ -41,8 +41,18 @@ def one_shot_study_name(settings: Settings) -> str:
 
 
 def _supernet_path(settings: Settings, fingerprint: dict) -> Path:
-    key = json.loads(json.dumps({"space": fingerprint, "training": settings.training.to_json(), "seed": settings.seed,
-                                 "epochs": settings.supernet_epochs_or_default()}, sort_keys=True, default=str))  # fmt: skip
+    key = json.loads(
+        json.dumps(
+            {
+                "space": fingerprint,
+                "training": settings.training.to_json(),
+                "seed": settings.seed,
+                "epochs": settings.supernet_epochs_or_default(),
+            },
+            sort_keys=True,
+            default=str,
+        )
+    )
     # Neither where nor how fast it runs changes what is learned; --epochs is replaced by
     # the supernet's own epochs.
     for volatile in ("device", "threads", "amp", "data_dir", "epochs"):
@@ -61,7 +71,9 @@ def _trained_supernet(settings: Settings, space, data, progress: Progress):
         return supernet, path
     device = resolve_device(settings.training.device)
     epochs = settings.supernet_epochs_or_default()
-    progress.message(f"training the supernet of {space.name} for {epochs} epochs (sandwich rule, in-place distillation)")
+    progress.message(
+        f"training the supernet of {space.name} for {epochs} epochs (sandwich rule, in-place distillation)"
+    )
     torch.manual_seed(settings.seed)  # the initial weights belong to the cache key's seed
     supernet = Supernet(space)
     started = time.perf_counter()
@@ -75,8 +87,12 @@ def _trained_supernet(settings: Settings, space, data, progress: Progress):
     training = settings.training.replace(epochs=epochs)
     history = train_supernet(supernet, data, training, settings.seed, device, on_epoch=on_epoch)
     supernet.to("cpu")
-    meta = {"space": space.fingerprint(), "training": training.to_json(), "history": history,
-            "seconds": time.perf_counter() - started}  # fmt: skip
+    meta = {
+        "space": space.fingerprint(),
+        "training": training.to_json(),
+        "history": history,
+        "seconds": time.perf_counter() - started,
+    }
     save_supernet(supernet, path, meta)
     return supernet, path
 
@@ -118,7 +134,9 @@ def run_one_shot_search(settings: Settings) -> optuna.Study:
     from search.evaluation.evaluate import get_dataset
 
     data = get_dataset(settings.training)
-    supernet, path = _trained_supernet(settings, context.space, data, Progress(settings.budget, 0, quiet=settings.quiet))
+    supernet, path = _trained_supernet(
+        settings, context.space, data, Progress(settings.budget, 0, quiet=settings.quiet)
+    )
     progress = Progress(settings.budget, count_finished(study), quiet=settings.quiet)  # times scoring only
     write_run_json(context, {"strategy": "one-shot", "supernet": str(path)})
     device = resolve_device(settings.training.device)
@@ -127,13 +145,21 @@ def run_one_shot_search(settings: Settings) -> optuna.Study:
 
     sampler = make_sampler(settings.sampler, settings.seed + len(study.get_trials(deepcopy=False)))
     study = optuna.load_study(study_name=study.study_name, storage=context.storage, sampler=sampler)
-    progress.message(f"one-shot study '{study.study_name}': {count_finished(study)}/{settings.budget} scored candidates")
+    progress.message(
+        f"one-shot study '{study.study_name}': {count_finished(study)}/{settings.budget} scored candidates"
+    )
     while (done := count_finished(study)) < settings.budget:
         trial = study.ask()
         arch = context.space.sample(trial)
         cost = architecture_cost(arch)
-        attrs = {"architecture": arch.to_json(), "mflops": cost.mflops, "mflops_all_ops": cost.mflops_all_ops,
-                 "params": cost.params, "fidelity": "one-shot", "supernet": path.name}  # fmt: skip
+        attrs = {
+            "architecture": arch.to_json(),
+            "mflops": cost.mflops,
+            "mflops_all_ops": cost.mflops_all_ops,
+            "params": cost.params,
+            "fidelity": "one-shot",
+            "supernet": path.name,
+        }
         if settings.max_mflops is not None:
             trial.set_constraint(CONSTRAINT_KEY, cost.mflops - settings.max_mflops)
         if settings.max_mflops is not None and cost.mflops > settings.max_mflops:
@@ -153,7 +179,11 @@ def run_one_shot_search(settings: Settings) -> optuna.Study:
         values = {"accuracy": accuracy, "mflops": cost.mflops, "params": float(cost.params)}
         study.tell(trial, [values[o] for o in settings.objectives])
         if attrs["status"] == "ok" and (done + 1) % max(1, settings.budget // 20) == 0:
-            progress.trial(done + 1, *front_summary(study), f"trial {trial.number}: score {accuracy:.4f} @ {cost.mflops:.2f} MFLOPs")
+            progress.trial(
+                done + 1,
+                *front_summary(study),
+                f"trial {trial.number}: score {accuracy:.4f} @ {cost.mflops:.2f} MFLOPs",
+            )
     if settings.retrain_top:
         _retrain_top(settings, study, standalone, progress)
     return study

@@ -16,15 +16,8 @@ import zlib
 import optuna
 from optuna.trial import TrialState
 
-
 from search.backends.budget import Heartbeat, budget_lock, take_slot
-from search.strategies.early_stopping import peers_from_attrs, rung_attr
-from search.evaluation.candidate import CostedEpochCallback, Outcome, evaluate_candidate, record_outcome
-from search.errors import SearchAborted
-from search.reporting.front import front_summary
 from search.backends.progress import Progress
-from search.settings import Settings, mask_url
-from search.evaluation.train import EpochRecord
 from search.backends.study import (
     SearchContext,
     count_finished,
@@ -36,6 +29,12 @@ from search.backends.study import (
     trial_seed,
     write_run_json,
 )
+from search.errors import SearchAborted
+from search.evaluation.candidate import CostedEpochCallback, Outcome, evaluate_candidate, record_outcome
+from search.evaluation.train import EpochRecord
+from search.reporting.front import front_summary
+from search.settings import Settings, mask_url
+from search.strategies.early_stopping import peers_from_attrs, rung_attr
 
 __all__ = ["make_sampler", "run_optuna_search"]
 
@@ -104,9 +103,15 @@ def _run_trial(context: SearchContext, trial: optuna.Trial) -> Outcome:
     on_epoch = _rung_callback(context, trial) if settings.stops_early else None
     with Heartbeat(study, trial):
         outcome = evaluate_candidate(
-            arch, hyperparameters, settings, trial_seed(settings, origin), trial.number,
-            on_epoch=on_epoch, checkpoint=checkpoint, latency=context.latency,
-        )  # fmt: skip
+            arch,
+            hyperparameters,
+            settings,
+            trial_seed(settings, origin),
+            trial.number,
+            on_epoch=on_epoch,
+            checkpoint=checkpoint,
+            latency=context.latency,
+        )
     record_outcome(trial, outcome, with_constraint=settings.max_mflops is not None)
     if origin != trial.number:
         trial.set_user_attr("retry_of", origin)

@@ -21,16 +21,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from spaces import SearchSpace
-
-from search.evaluation.cost import architecture_cost
-from search.evaluation.candidate import Outcome, evaluate_candidate, latency_function, record_outcome
-from search.errors import SearchAborted
-from search.strategies.early_stopping import RungResult, peers_from_attrs, rung_attr
-from search.reporting.front import front_summary
 from search.backends.progress import Progress
-from search.settings import Settings, mask_url
-from search.storage import OBJECTIVE_SENSES
 from search.backends.study import (
     SearchContext,
     count_finished,
@@ -42,7 +33,15 @@ from search.backends.study import (
     trial_seed,
     write_run_json,
 )
+from search.errors import SearchAborted
+from search.evaluation.candidate import Outcome, evaluate_candidate, latency_function, record_outcome
+from search.evaluation.cost import architecture_cost
 from search.evaluation.train import EpochRecord
+from search.reporting.front import front_summary
+from search.settings import Settings, mask_url
+from search.storage import OBJECTIVE_SENSES
+from search.strategies.early_stopping import RungResult, peers_from_attrs, rung_attr
+from spaces import SearchSpace
 
 __all__ = ["recover_orphaned_trials", "run_ray_search"]
 
@@ -101,13 +100,21 @@ def _train_candidate(config: dict[str, Any], space: SearchSpace, settings: Setti
 
     checkpoint = settings.study_dir / "checkpoints" / f"trial_{origin}.pt" if settings.checkpoint_every else None
     outcome = evaluate_candidate(
-        arch, hyper, settings, trial_seed(settings, origin), number, on_epoch=report_epoch,
-        checkpoint=checkpoint, latency=latency_function(settings, space),
-    )  # fmt: skip
+        arch,
+        hyper,
+        settings,
+        trial_seed(settings, origin),
+        number,
+        on_epoch=report_epoch,
+        checkpoint=checkpoint,
+        latency=latency_function(settings, space),
+    )
     # Where it ran, so placement on a cluster can be checked afterwards.
     outcome.attrs.update(ray_node_id=ray.get_runtime_context().get_node_id(), ray_gpu_ids=gpu_ids)
     values = outcome.values or {}
-    tune.report({**{name: float(values.get(name, float("nan"))) for name in settings.objectives}, "outcome": outcome.to_json()})
+    tune.report(
+        {**{name: float(values.get(name, float("nan"))) for name in settings.objectives}, "outcome": outcome.to_json()}
+    )
 
 
 def _make_scheduler(context: SearchContext):
@@ -119,7 +126,9 @@ def _make_scheduler(context: SearchContext):
     # Trials of earlier runs of this study count as peers at their rungs too.
     # Keys are Optuna trial numbers, as in the Optuna backend, so ties break the same way;
     # failed trials are no peers (a retry must not compete with its own failed original).
-    previous = [(t.number, t.user_attrs) for t in context.study.get_trials(deepcopy=False) if t.state != TrialState.FAIL]
+    previous = [
+        (t.number, t.user_attrs) for t in context.study.get_trials(deepcopy=False) if t.state != TrialState.FAIL
+    ]
     recorded: dict[int, list[RungResult]] = {epoch: peers_from_attrs(previous, epoch) for epoch in rule.rungs}
 
     class MultiObjectiveASHAScheduler(FIFOScheduler):
@@ -172,13 +181,18 @@ def _make_searcher(context: SearchContext, progress: Progress, done: list[int], 
             curve = self.curves.get(trial_id, [])
             last = curve[-1]
             attrs = {
-                "status": "early_stopped", "stopped_at_rung": rung,
+                "status": "early_stopped",
+                "stopped_at_rung": rung,
                 "architecture": context.space.from_params(trial.params).to_json(),
-                "mflops": last["mflops"], "mflops_all_ops": last["mflops_all_ops"], "params": int(last["params"]),
-                "curve": [{k: r[k] for k in EPOCH_KEYS} for r in curve], "epochs_run": len(curve),
-                "seed": trial_seed(settings, retry_origin(self._ot_study, trial.number)), "fidelity": "full",
+                "mflops": last["mflops"],
+                "mflops_all_ops": last["mflops_all_ops"],
+                "params": int(last["params"]),
+                "curve": [{k: r[k] for k in EPOCH_KEYS} for r in curve],
+                "epochs_run": len(curve),
+                "seed": trial_seed(settings, retry_origin(self._ot_study, trial.number)),
+                "fidelity": "full",
                 "train_seconds": round(sum(float(r["seconds"]) for r in curve), 3),
-            }  # fmt: skip
+            }
             hyperparameters = {k[3:]: v for k, v in trial.params.items() if k.startswith("hp_")}
             if hyperparameters:
                 attrs["hyperparameters"] = hyperparameters
@@ -197,13 +211,20 @@ def _make_searcher(context: SearchContext, progress: Progress, done: list[int], 
                 outcome = Outcome.from_json(result["outcome"])
             else:
                 reason = "the Ray trial errored on every attempt (see Ray's logs)" if error else "no result from Ray"
-                outcome = Outcome("failed", None, {"status": "failed", "fail_reason": reason}, None,
-                                  f"trial {trial.number}: failed ({reason})")  # fmt: skip
+                outcome = Outcome(
+                    "failed",
+                    None,
+                    {"status": "failed", "fail_reason": reason},
+                    None,
+                    f"trial {trial.number}: failed ({reason})",
+                )
             record_outcome(trial, outcome, with_constraint=settings.max_mflops is not None)
             if outcome.state in ("complete", "infeasible"):
                 self._ot_study.tell(trial, outcome.objective_values(settings.objectives))
             else:
-                self._ot_study.tell(trial, state=TrialState.PRUNED if outcome.state == "early_stopped" else TrialState.FAIL)
+                self._ot_study.tell(
+                    trial, state=TrialState.PRUNED if outcome.state == "early_stopped" else TrialState.FAIL
+                )
             self._completed_trials.add(trial_id)
             self.curves.pop(trial_id, None)
             if outcome.state in ("complete", "early_stopped"):
@@ -290,7 +311,9 @@ def run_ray_search(settings: Settings) -> optuna.Study:
 
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     resources = {"cpu": settings.cpus_per_trial, "gpu": gpus}
-    trainable = tune.with_resources(tune.with_parameters(_train_candidate, space=context.space, settings=settings), resources)
+    trainable = tune.with_resources(
+        tune.with_parameters(_train_candidate, space=context.space, settings=settings), resources
+    )
     try:
         rounds_without_progress = 0
         while done[0] < settings.budget:
@@ -317,7 +340,9 @@ def run_ray_search(settings: Settings) -> optuna.Study:
             done[0] = count_finished(study)
             rounds_without_progress = rounds_without_progress + 1 if done[0] == before else 0
             if rounds_without_progress >= 2:
-                raise SearchAborted("a whole Ray round finished no trial (all failed or infeasible); see the failed trials' fail_reason")
+                raise SearchAborted(
+                    "a whole Ray round finished no trial (all failed or infeasible); see the failed trials' fail_reason"
+                )
     finally:
         if started_ray:
             import ray

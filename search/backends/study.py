@@ -21,13 +21,12 @@ import optuna
 from optuna.trial import TrialState
 
 from models import Architecture
-from spaces import SearchSpace, get_space
-
 from search.evaluation.candidate import latency_function
 from search.evaluation.cost import architecture_cost, cheapest_and_dearest
 from search.evaluation.evaluate import get_dataset
 from search.settings import TUNABLE, Settings, SettingsError, mask_url, scrub, url_secrets
 from search.storage import OBJECTIVE_SENSES, StudyMismatch, find_study, open_storage
+from spaces import SearchSpace, get_space
 
 __all__ = [
     "SearchContext",
@@ -45,9 +44,17 @@ __all__ = [
 
 # Training settings that change what an accuracy means: they must match to share a study.
 PROTOCOL_KEYS = (
-    "dataset", "epochs", "batch_size", "lr", "momentum", "weight_decay",
-    "label_smoothing", "warmup_epochs", "val_size", "split_seed",
-)  # fmt: skip
+    "dataset",
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "label_smoothing",
+    "warmup_epochs",
+    "val_size",
+    "split_seed",
+)
 
 
 @dataclass
@@ -140,7 +147,9 @@ def open_search(settings: Settings, heartbeat: bool = True) -> SearchContext:
     latency = latency_function(settings, space)
     _check_compatible_or_initialise(study, expected, space, dense, settings.training.to_json())
     if latency is not None and "latency_ms" not in study.user_attrs["reference_point"]:
-        study.set_user_attr("reference_point", {**study.user_attrs["reference_point"], "latency_ms": latency(space.dense())})
+        study.set_user_attr(
+            "reference_point", {**study.user_attrs["reference_point"], "latency_ms": latency(space.dense())}
+        )
     reference = dict(study.user_attrs["reference_point"])
     return SearchContext(settings, space, study, storage, reference, latency)
 
@@ -174,14 +183,19 @@ def write_run_json(context: SearchContext, extra: dict[str, Any] | None = None) 
         "study": settings.study,
         "storage": mask_url(settings.storage_url),  # passwords are never written
         "settings": {**settings.to_json(), **masked},
-        "space": {"name": context.space.name, "model": context.space.model, "width": context.space.width,
-                  "layers": len(context.space.slots), "size": context.space.size},
+        "space": {
+            "name": context.space.name,
+            "model": context.space.model,
+            "width": context.space.width,
+            "layers": len(context.space.slots),
+            "size": context.space.size,
+        },
         "reference_point": context.reference,
         "versions": package_versions(),
         "command": [scrub(arg, secrets) for arg in sys.argv],
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **(extra or {}),
-    }  # fmt: skip
+    }
     path.write_text(json.dumps(payload, indent=2, default=str))
     return path
 

@@ -42,7 +42,7 @@ def packed_workers(settings: Settings, gpus: int | None = None) -> int:
         import torch
 
         gpus = torch.cuda.device_count() if device in ("auto", "cuda") or device.startswith("cuda") else 0
-    if not gpus or not (device in ("auto", "cuda")):
+    if not gpus or device not in ("auto", "cuda"):
         if settings.trials_per_gpu not in (None, 1) and device.startswith("cuda:"):
             raise SettingsError(
                 f"--trials-per-gpu with --device {device}: use --device cuda and CUDA_VISIBLE_DEVICES={device[5:]}"

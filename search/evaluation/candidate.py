@@ -10,25 +10,31 @@ from __future__ import annotations
 
 import json
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from models import Architecture
-from spaces import SearchSpace
-
 from search.evaluation.cost import architecture_cost
 from search.evaluation.evaluate import evaluate, release_memory, result_attributes
-from search.settings import Settings
 from search.evaluation.train import EpochRecord, TrialFailed
+from search.settings import Settings
+from spaces import SearchSpace
 
 # Called after every epoch with the epoch and the candidate's costs; True stops the training.
 CostedEpochCallback = Callable[[EpochRecord, dict[str, float]], bool | None]
 
-__all__ = ["CONSTRAINT_KEY", "CostedEpochCallback", "Outcome", "evaluate_candidate", "latency_function", "record_outcome"]
+__all__ = [
+    "CONSTRAINT_KEY",
+    "CostedEpochCallback",
+    "Outcome",
+    "evaluate_candidate",
+    "latency_function",
+    "record_outcome",
+]
 
 CONSTRAINT_KEY = "mflops_over_ceiling"
 
@@ -46,8 +52,15 @@ class Outcome:
         return [self.values[o] for o in objectives]
 
     def to_json(self) -> str:
-        return json.dumps({"state": self.state, "values": self.values, "attrs": self.attrs,
-                           "constraint": self.constraint, "line": self.line})  # fmt: skip
+        return json.dumps(
+            {
+                "state": self.state,
+                "values": self.values,
+                "attrs": self.attrs,
+                "constraint": self.constraint,
+                "line": self.line,
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Outcome:
@@ -91,16 +104,28 @@ def evaluate_candidate(
             attrs["latency_ms"] = costs["latency_ms"]
         constraint = None if settings.max_mflops is None else cost.mflops - settings.max_mflops
         if constraint is not None and constraint > 0:
-            attrs.update(status="infeasible", mflops=cost.mflops, mflops_all_ops=cost.mflops_all_ops, params=cost.params)
+            attrs.update(
+                status="infeasible", mflops=cost.mflops, mflops_all_ops=cost.mflops_all_ops, params=cost.params
+            )
             # Never trained: accuracy 0 with its real cost, so the sampler learns the region is
             # infeasible (through the constraint) while fronts and budget ignore it.
             values = {"accuracy": 0.0, **costs}
-            return Outcome("infeasible", values, attrs, constraint, f"trial {number}: {cost.mflops:.2f} MFLOPs over the ceiling, not trained")
+            return Outcome(
+                "infeasible",
+                values,
+                attrs,
+                constraint,
+                f"trial {number}: {cost.mflops:.2f} MFLOPs over the ceiling, not trained",
+            )
         epoch_callback = None if on_epoch is None else (lambda record: on_epoch(record, costs))
         result = evaluate(
-            arch, settings.training.replace(**hyperparameters), seed, on_epoch=epoch_callback,
-            checkpoint=checkpoint, checkpoint_every=settings.checkpoint_every,
-        )  # fmt: skip
+            arch,
+            settings.training.replace(**hyperparameters),
+            seed,
+            on_epoch=epoch_callback,
+            checkpoint=checkpoint,
+            checkpoint_every=settings.checkpoint_every,
+        )
     except TrialFailed as err:
         failure = (str(err), {})
     except torch.OutOfMemoryError as err:

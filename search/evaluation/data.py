@@ -21,9 +21,9 @@ batches, which makes per-trial data loading essentially free on a GPU.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,7 @@ def num_classes_of(name: str) -> int:
     if key not in _CLASSES:
         raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
     return _CLASSES[key]
+
 
 _CIFAR_DEFAULT_VAL = 5000
 _DIGITS_VAL_FRACTION = 0.2
@@ -125,7 +126,12 @@ def load_dataset(
         full_train=full_train,
     )
     return _make_dataset(
-        key, num_classes, hflip, (pool_x[train_idx], pool_y[train_idx]), (pool_x[val_idx], pool_y[val_idx]), (test_x, test_y)
+        key,
+        num_classes,
+        hflip,
+        (pool_x[train_idx], pool_y[train_idx]),
+        (pool_x[val_idx], pool_y[val_idx]),
+        (test_x, test_y),
     )
 
 
@@ -181,9 +187,7 @@ def _load_cifar(
         try:
             train_set = cls(root=str(root), train=True, download=True)
         except Exception as err:  # no network, proxy, disk full, bad archive: all fatal here
-            raise DataError(
-                f"{where} and it could not be downloaded ({_short_reason(err)}): {offline_hint}"
-            ) from err
+            raise DataError(f"{where} and it could not be downloaded ({_short_reason(err)}): {offline_hint}") from err
 
     try:
         if train_set is None:
@@ -241,9 +245,7 @@ def _load_digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tens
     return images[pool], labels[pool], images[test], labels[test]
 
 
-def _split_indices(
-    n: int, val_size: int, *, seed: int, full_train: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _split_indices(n: int, val_size: int, *, seed: int, full_train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded random train/val index split; indices are sorted to keep the file order."""
     if full_train:
         return torch.arange(n), torch.zeros(0, dtype=torch.int64)

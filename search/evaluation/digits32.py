@@ -145,7 +145,12 @@ def _colours(gen: torch.Generator, n: int, recipe: Digits32Recipe) -> tuple[torc
 
 
 def _make_split(
-    glyphs: torch.Tensor, labels: torch.Tensor, pool: torch.Tensor, count: int, gen: torch.Generator, recipe: Digits32Recipe
+    glyphs: torch.Tensor,
+    labels: torch.Tensor,
+    pool: torch.Tensor,
+    count: int,
+    gen: torch.Generator,
+    recipe: Digits32Recipe,
 ) -> Split:
     """``count`` images drawn (class-balanced) from the glyphs of ``pool``."""
     picks = pool[torch.randint(len(pool), (count,), generator=gen)]
@@ -166,7 +171,9 @@ def _make_split(
     corner = (torch.rand(count, 2, generator=gen) * (32 - side)).long()
     inside_y = (rows >= corner[:, :1]) & (rows < corner[:, :1] + side[:, :1])
     inside_x = (rows >= corner[:, 1:]) & (rows < corner[:, 1:] + side[:, 1:])
-    occluded = (inside_y[:, :, None] & inside_x[:, None, :]) & (torch.rand(count, 1, 1, generator=gen) < recipe.occlusion)
+    occluded = (inside_y[:, :, None] & inside_x[:, None, :]) & (
+        torch.rand(count, 1, 1, generator=gen) < recipe.occlusion
+    )
     fill = torch.rand(count, 3, 1, 1, generator=gen)
     image = torch.where(occluded[:, None], fill, image)
     image = image + recipe.noise * torch.randn(image.shape, generator=gen)

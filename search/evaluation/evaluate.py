@@ -13,11 +13,10 @@ from typing import Any
 import torch
 
 from models import Architecture, build_model
-
 from search.evaluation.cost import Cost, count_cost
 from search.evaluation.data import Dataset, load_dataset
-from search.settings import TrainingSettings
 from search.evaluation.train import EpochCallback, EpochRecord, resolve_device, train_model
+from search.settings import TrainingSettings
 
 __all__ = ["TrialResult", "evaluate", "get_dataset", "release_memory", "result_attributes"]
 
@@ -88,9 +87,16 @@ def evaluate(
     model = build_model(arch)
     started = time.perf_counter()
     history = train_model(
-        model, data, training, seed, device, on_epoch, evaluate_on="test" if full_train else "val",
-        checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-    )  # fmt: skip
+        model,
+        data,
+        training,
+        seed,
+        device,
+        on_epoch,
+        evaluate_on="test" if full_train else "val",
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+    )
     seconds = time.perf_counter() - started
     model.to("cpu", memory_format=torch.contiguous_format)
     cost = count_cost(model)

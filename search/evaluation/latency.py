@@ -42,9 +42,7 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def measure_latency(
-    run: Callable[[], Any], device: torch.device, warmup: int = 5, repeats: int = 20
-) -> float:
+def measure_latency(run: Callable[[], Any], device: torch.device, warmup: int = 5, repeats: int = 20) -> float:
     """Median wall-clock milliseconds of ``run()`` after ``warmup`` calls."""
     for _ in range(warmup):
         run()
@@ -130,7 +128,9 @@ class LatencyTable:
         >>> table.predict(space.uniform("4"), space.slots)  # doctest: +SKIP
     """
 
-    def __init__(self, key: dict[str, Any], fixed_ms: float, layers: dict[str, dict[str, float]], scale: float = 1.0) -> None:
+    def __init__(
+        self, key: dict[str, Any], fixed_ms: float, layers: dict[str, dict[str, float]], scale: float = 1.0
+    ) -> None:
         self.key = key
         self.fixed_ms = fixed_ms
         self.scale = scale
@@ -138,14 +138,24 @@ class LatencyTable:
 
     @staticmethod
     def table_key(space: SearchSpace, device: torch.device, batch: int) -> dict[str, Any]:
-        return {"format": 4, "device": device_key(device), "model": space.model, "width": space.width,
-                "num_classes": space.num_classes, "batch": batch, "torch": torch.__version__}  # fmt: skip
+        return {
+            "format": 4,
+            "device": device_key(device),
+            "model": space.model,
+            "width": space.width,
+            "num_classes": space.num_classes,
+            "batch": batch,
+            "torch": torch.__version__,
+        }
 
     @classmethod
     def build(cls, space: SearchSpace, device: torch.device, batch: int = 1, repeats: int = 20) -> LatencyTable:
         dense = LayerSpec.dense()
         layers = {  # dense too: the dense model is the reference point of every study
-            slot.name: {spec.label: _layer_latency_ms(slot, spec, device, batch, repeats) for spec in dict.fromkeys((dense, *options))}
+            slot.name: {
+                spec.label: _layer_latency_ms(slot, spec, device, batch, repeats)
+                for spec in dict.fromkeys((dense, *options))
+            }
             for slot, options in zip(space.slots, space.choices)
         }
         table = cls(cls.table_key(space, device, batch), 0.0, layers)
@@ -165,7 +175,9 @@ class LatencyTable:
         return {"key": self.key, "fixed_ms": self.fixed_ms, "scale": self.scale, "layers": self.layers}
 
     @classmethod
-    def cached(cls, space: SearchSpace, device: torch.device, batch: int, folder: Path, repeats: int = 20) -> LatencyTable:
+    def cached(
+        cls, space: SearchSpace, device: torch.device, batch: int, folder: Path, repeats: int = 20
+    ) -> LatencyTable:
         """Load the table for this space/device/batch from ``folder``, building it if absent."""
         key = cls.table_key(space, device, batch)
         digest = hashlib.sha256(json.dumps({**key, "choices": space.fingerprint()["choices"]}, sort_keys=True).encode())

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from layers import param_groups_without_logit_decay
-
 from search.evaluation.data import BatchLoader, Dataset
 from search.settings import TrainingSettings
 
@@ -128,7 +127,9 @@ class NonFiniteWatch:
 
 
 @torch.no_grad()
-def evaluate_loader(model: nn.Module, loader: BatchLoader, autocast_dtype: torch.dtype | None = None) -> tuple[float, float]:
+def evaluate_loader(
+    model: nn.Module, loader: BatchLoader, autocast_dtype: torch.dtype | None = None
+) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` over ``loader`` (eval mode); the sums stay
     on the device until the end, so the batches run without waiting on the host."""
     model.eval()
@@ -171,16 +172,26 @@ def prepare_training(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     loader = BatchLoader(
-        data.train_images, data.train_labels, batch_size=training.batch_size, device=device, train=True,
-        mean=data.mean, std=data.std, hflip=data.hflip, seed=seed, channels_last=channels_last,
+        data.train_images,
+        data.train_labels,
+        batch_size=training.batch_size,
+        device=device,
+        train=True,
+        mean=data.mean,
+        std=data.std,
+        hflip=data.hflip,
+        seed=seed,
+        channels_last=channels_last,
         pin_memory=device.type == "cuda",
-    )  # fmt: skip
+    )
     # On CUDA the fused SGD kernel updates every parameter in a few launches (same update).
     optimizer = torch.optim.SGD(
         param_groups_without_logit_decay(model, training.weight_decay),
-        lr=training.lr, momentum=training.momentum, nesterov=training.momentum > 0,
+        lr=training.lr,
+        momentum=training.momentum,
+        nesterov=training.momentum > 0,
         fused=True if device.type == "cuda" else None,
-    )  # fmt: skip
+    )
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
     return TrainingSetup(autocast_dtype, channels_last, loader, optimizer, scaler)
 
@@ -221,13 +232,21 @@ def train_model(
     setup = prepare_training(model, data, training, seed, device)
     autocast_dtype, channels_last, train_loader = setup.autocast_dtype, setup.channels_last, setup.loader
     optimizer, scaler = setup.optimizer, setup.scaler
-    eval_images, eval_labels = (data.val_images, data.val_labels) if evaluate_on == "val" else (data.test_images, data.test_labels)
+    eval_images, eval_labels = (
+        (data.val_images, data.val_labels) if evaluate_on == "val" else (data.test_images, data.test_labels)
+    )
     eval_loader = None
     if eval_labels.numel():
         eval_loader = BatchLoader(
-            eval_images, eval_labels, batch_size=max(256, training.batch_size), device=device, train=False,
-            mean=data.mean, std=data.std, channels_last=channels_last,
-        )  # fmt: skip
+            eval_images,
+            eval_labels,
+            batch_size=max(256, training.batch_size),
+            device=device,
+            train=False,
+            mean=data.mean,
+            std=data.std,
+            channels_last=channels_last,
+        )
     steps_per_epoch = len(train_loader)
     total_steps = steps_per_epoch * training.epochs
     warmup_steps = int(round(training.warmup_epochs * steps_per_epoch))
@@ -263,7 +282,12 @@ def train_model(
         val_loss, val_accuracy = evaluate_loader(model, eval_loader, autocast_dtype) if eval_loader else (None, None)
         record = EpochRecord(epoch, train_loss, val_loss, val_accuracy, lr, time.perf_counter() - started)
         history.append(record)
-        if checkpoint is not None and checkpoint_every > 0 and epoch % checkpoint_every == 0 and epoch < training.epochs:
+        if (
+            checkpoint is not None
+            and checkpoint_every > 0
+            and epoch % checkpoint_every == 0
+            and epoch < training.epochs
+        ):
             _save_checkpoint(checkpoint, model, optimizer, scaler, train_loader, step, epoch, history)
         if on_epoch is not None and on_epoch(record):
             break
@@ -275,10 +299,15 @@ def train_model(
 def _save_checkpoint(path: Path, model, optimizer, scaler, loader, step: int, epoch: int, history) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-        "loader": loader.state_dict(), "rng": torch.get_rng_state(), "step": step, "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "loader": loader.state_dict(),
+        "rng": torch.get_rng_state(),
+        "step": step,
+        "epoch": epoch,
         "history": [record.to_json() for record in history],
-    }  # fmt: skip
+    }
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)  # a kill while saving never leaves a torn checkpoint

@@ -11,10 +11,10 @@ from typing import Any
 
 import optuna
 
+from search.backends.study import package_versions
 from search.reporting.front import pareto_records
 from search.settings import TrainingSettings
 from search.storage import TrialRecord, load_records, study_objectives
-from search.backends.study import package_versions
 
 __all__ = ["CONFIG_FORMAT", "config_of", "export_pareto"]
 
@@ -68,7 +68,7 @@ def export_pareto(study: optuna.Study, out_dir: Path) -> list[Path]:
         path = out_dir / f"trial_{record.number}.json"
         _write_atomic(path, json.dumps(config_of(study, record), indent=2, sort_keys=False))
         written.append(path)
-    configs = {p for p in out_dir.glob("trial_*.json") if p.stem[len("trial_"):].isdigit()}
+    configs = {p for p in out_dir.glob("trial_*.json") if p.stem[len("trial_") :].isdigit()}
     for stale in configs - set(written):  # retrain outputs (trial_N.retrain.json, .pt) stay
         stale.unlink()
     return written

@@ -12,7 +12,9 @@ __all__ = ["front_hypervolume", "front_summary", "hypervolume_over_trials", "obj
 
 
 def objective_matrix(records: list[TrialRecord], objectives: list[str]) -> np.ndarray:
-    return np.array([[r.values[o] for o in objectives] for r in records], dtype=float).reshape(len(records), len(objectives))
+    return np.array([[r.values[o] for o in objectives] for r in records], dtype=float).reshape(
+        len(records), len(objectives)
+    )
 
 
 def pareto_records(records: list[TrialRecord], objectives: list[str]) -> list[TrialRecord]:
@@ -39,7 +41,8 @@ def hypervolume_over_trials(
 ) -> tuple[list[TrialRecord], np.ndarray]:
     """Feasible complete records in order of completion, and the hypervolume after each."""
     candidates = sorted(
-        (r for r in records if r.feasible_complete), key=lambda r: (r.datetime_complete is None, r.datetime_complete, r.number)
+        (r for r in records if r.feasible_complete),
+        key=lambda r: (r.datetime_complete is None, r.datetime_complete, r.number),
     )
     senses = [OBJECTIVE_SENSES[o] for o in objectives]
     history = hypervolume_history(objective_matrix(candidates, objectives), senses, _reference(reference, objectives))

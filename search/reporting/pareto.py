@@ -48,9 +48,7 @@ _VALID_SENSES = ("max", "min")
 def _signs(senses: Sequence[str]) -> NDArray[np.float64]:
     """Return +1 for "min" columns and -1 for "max" columns."""
     if isinstance(senses, (str, bytes)):
-        raise ValueError(
-            f"senses must be a sequence such as ('max', 'min'), got the string {senses!r}"
-        )
+        raise ValueError(f"senses must be a sequence such as ('max', 'min'), got the string {senses!r}")
     senses = list(senses)
     if not senses:
         raise ValueError("senses must contain at least one objective")
@@ -220,9 +218,7 @@ def hypervolume(points: ArrayLike, senses: Sequence[str], reference: ArrayLike) 
     return float(moocore.hypervolume(pm, ref=ref))
 
 
-def hypervolume_history(
-    points: ArrayLike, senses: Sequence[str], reference: ArrayLike
-) -> NDArray[np.float64]:
+def hypervolume_history(points: ArrayLike, senses: Sequence[str], reference: ArrayLike) -> NDArray[np.float64]:
     """Hypervolume of ``points[: i + 1]`` for every ``i`` (in the given order).
 
     This is the hypervolume curve after each finished trial.  It is computed
@@ -255,9 +251,7 @@ def hypervolume_history(
     return out
 
 
-def hypervolume_contributions(
-    points: ArrayLike, senses: Sequence[str], reference: ArrayLike
-) -> NDArray[np.float64]:
+def hypervolume_contributions(points: ArrayLike, senses: Sequence[str], reference: ArrayLike) -> NDArray[np.float64]:
     """Exclusive hypervolume contribution ``hv(all) - hv(all without i)`` of each row.
 
     Dominated points and duplicated points contribute 0; points that do not

@@ -33,7 +33,6 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from models import Architecture, LayerSpec, get_model_family
-
 from search.reporting.front import front_hypervolume, hypervolume_over_trials, pareto_records
 from search.reporting.pareto import pareto_mask
 from search.storage import OBJECTIVE_SENSES, STATUSES, TrialRecord, load_records, study_objectives
@@ -117,11 +116,15 @@ def _baseline_label(record: TrialRecord) -> str:
 
 # Published models among the baselines: what they are and which FLOPs convention their paper's
 # figure uses, so that a reader compares it with the right column.
-_HETCONV_PAPER = ("the HetConv paper's VGG-16 with P = {part} (Singh et al., CVPR 2019; its FLOPs are "
-                  "conv multiply-accumulates: compare with MFLOPs (paper))")  # fmt: skip
-_FLGC_PAPER = ("the FLGC paper's MobileNetV2, 8 groups on the 17 projection convs, expansion convs dense "
-               "(Wang et al., CVPR 2019; its reference code's table gives 62.6 MFLOPs at width 1, the "
-               "all-ops count: compare with MFLOPs (all ops))")  # fmt: skip
+_HETCONV_PAPER = (
+    "the HetConv paper's VGG-16 with P = {part} (Singh et al., CVPR 2019; its FLOPs are "
+    "conv multiply-accumulates: compare with MFLOPs (paper))"
+)
+_FLGC_PAPER = (
+    "the FLGC paper's MobileNetV2, 8 groups on the 17 projection convs, expansion convs dense "
+    "(Wang et al., CVPR 2019; its reference code's table gives 62.6 MFLOPs at width 1, the "
+    "all-ops count: compare with MFLOPs (all ops))"
+)
 
 
 def published_model(arch: Architecture | None) -> str | None:
@@ -184,13 +187,27 @@ def _num(value: Any) -> float:
 # tables
 # ---------------------------------------------------------------------------------------------
 _BASE_COLUMNS = [
-    "number", "state", "status", "baseline", "accuracy", "last_val_accuracy", "mflops", "mflops_all_ops",
+    "number",
+    "state",
+    "status",
+    "baseline",
+    "accuracy",
+    "last_val_accuracy",
+    "mflops",
+    "mflops_all_ops",
     "params",
-]  # fmt: skip
+]
 _TAIL_COLUMNS = [
-    "epochs_run", "train_seconds", "device", "seed", "datetime_start", "datetime_complete", "fail_reason",
-    "on_front", "architecture",
-]  # fmt: skip
+    "epochs_run",
+    "train_seconds",
+    "device",
+    "seed",
+    "datetime_start",
+    "datetime_complete",
+    "fail_reason",
+    "on_front",
+    "architecture",
+]
 
 
 def trials_frame(records: list[TrialRecord], objectives: list[str]) -> pd.DataFrame:
@@ -353,6 +370,7 @@ def _accuracy_figure(
     if x_name == "mflops":
         x_of = _mflops
     else:
+
         def x_of(r: TrialRecord) -> float | None:
             return _objective_value(r, x_name)
 
@@ -362,19 +380,43 @@ def _accuracy_figure(
         by_status.setdefault(r.status, []).append(r)
     ok = by_status.get("ok", [])
     traces = [
-        _scatter([r for r in ok if r.baseline is None], x_of, lambda r: r.values.get("accuracy"), objectives,
-                 mode="markers", name="trials (ok)",
-                 marker={"symbol": "circle", "size": 7, "color": _COLORS["ok"], "opacity": 0.65}),
-        _scatter(by_status.get("early_stopped", []), x_of, lambda r: _last_val_accuracy(r) or 0.0, objectives,
-                 mode="markers", name="early-stopped (last val. accuracy)",
-                 marker={"symbol": "circle-open", "size": 8, "color": _COLORS["early_stopped"], "line": {"width": 2}}),
-        _scatter(by_status.get("infeasible", []), x_of, lambda r: r.values.get("accuracy", 0.0), objectives,
-                 mode="markers", name="infeasible (over the FLOPs ceiling)",
-                 marker={"symbol": "x", "size": 8, "color": _COLORS["infeasible"]}),
-        _scatter(by_status.get("failed", []), x_of, lambda r: 0.0, objectives,
-                 mode="markers", name="failed (plotted at accuracy 0)",
-                 marker={"symbol": "triangle-down", "size": 9, "color": _COLORS["failed"]}),
-    ]  # fmt: skip
+        _scatter(
+            [r for r in ok if r.baseline is None],
+            x_of,
+            lambda r: r.values.get("accuracy"),
+            objectives,
+            mode="markers",
+            name="trials (ok)",
+            marker={"symbol": "circle", "size": 7, "color": _COLORS["ok"], "opacity": 0.65},
+        ),
+        _scatter(
+            by_status.get("early_stopped", []),
+            x_of,
+            lambda r: _last_val_accuracy(r) or 0.0,
+            objectives,
+            mode="markers",
+            name="early-stopped (last val. accuracy)",
+            marker={"symbol": "circle-open", "size": 8, "color": _COLORS["early_stopped"], "line": {"width": 2}},
+        ),
+        _scatter(
+            by_status.get("infeasible", []),
+            x_of,
+            lambda r: r.values.get("accuracy", 0.0),
+            objectives,
+            mode="markers",
+            name="infeasible (over the FLOPs ceiling)",
+            marker={"symbol": "x", "size": 8, "color": _COLORS["infeasible"]},
+        ),
+        _scatter(
+            by_status.get("failed", []),
+            x_of,
+            lambda r: 0.0,
+            objectives,
+            mode="markers",
+            name="failed (plotted at accuracy 0)",
+            marker={"symbol": "triangle-down", "size": 9, "color": _COLORS["failed"]},
+        ),
+    ]
     for trace in traces:
         if trace is not None:
             fig.add_trace(trace)
@@ -382,16 +424,26 @@ def _accuracy_figure(
     if corners:
         fig.add_trace(
             go.Scatter(
-                x=[x_of(r) for r in corners], y=[r.values["accuracy"] for r in corners], mode="lines",
-                line={"shape": "hv", "color": _COLORS["front"], "width": 2}, name="Pareto front",
-                legendgroup="front", hoverinfo="skip",
+                x=[x_of(r) for r in corners],
+                y=[r.values["accuracy"] for r in corners],
+                mode="lines",
+                line={"shape": "hv", "color": _COLORS["front"], "width": 2},
+                name="Pareto front",
+                legendgroup="front",
+                hoverinfo="skip",
             )
-        )  # fmt: skip
+        )
     trace = _scatter(
-        front, x_of, lambda r: r.values.get("accuracy"), objectives, mode="markers", name="Pareto front",
-        legendgroup="front", showlegend=not corners,
+        front,
+        x_of,
+        lambda r: r.values.get("accuracy"),
+        objectives,
+        mode="markers",
+        name="Pareto front",
+        legendgroup="front",
+        showlegend=not corners,
         marker={"symbol": "circle", "size": 11, "color": _COLORS["front"], "line": {"width": 1, "color": "white"}},
-    )  # fmt: skip
+    )
     if trace is not None:
         fig.add_trace(trace)
     baselines = [
@@ -399,47 +451,73 @@ def _accuracy_figure(
     ]
     on_front = {r.number for r in front}
     trace = _scatter(
-        baselines, x_of, lambda r: r.values.get("accuracy"), objectives, mode="markers+text",
-        name="baselines (published models: see below)" if any(published_model(r.architecture) for r in baselines)
+        baselines,
+        x_of,
+        lambda r: r.values.get("accuracy"),
+        objectives,
+        mode="markers+text",
+        name="baselines (published models: see below)"
+        if any(published_model(r.architecture) for r in baselines)
         else "uniform baselines",
-        text=[_baseline_label(r) for r in baselines], textposition="top center",
-        marker={"symbol": "square", "size": 10, "color": _COLORS["baseline"],
-                "line": {"width": [2 if r.number in on_front else 1 for r in baselines],
-                         "color": [_COLORS["front"] if r.number in on_front else "white" for r in baselines]}},
-    )  # fmt: skip
+        text=[_baseline_label(r) for r in baselines],
+        textposition="top center",
+        marker={
+            "symbol": "square",
+            "size": 10,
+            "color": _COLORS["baseline"],
+            "line": {
+                "width": [2 if r.number in on_front else 1 for r in baselines],
+                "color": [_COLORS["front"] if r.number in on_front else "white" for r in baselines],
+            },
+        },
+    )
     if trace is not None:
         fig.add_trace(trace)
     if retrained:  # one-shot study: its retrained configurations, a front of their own
         done = [r for r in retrained if r.feasible_complete and x_of(r) is not None]
         retrained_front = {r.number for r in pareto_records(done, objectives)}
         trace = _scatter(
-            done, x_of, lambda r: r.values.get("accuracy"), objectives, mode="markers",
+            done,
+            x_of,
+            lambda r: r.values.get("accuracy"),
+            objectives,
+            mode="markers",
             name="retrained from scratch (stand-alone accuracy)",
-            marker={"symbol": "diamond", "size": [12 if r.number in retrained_front else 8 for r in done],
-                    "color": _COLORS["retrained"], "line": {"width": 1, "color": "white"}},
-        )  # fmt: skip
+            marker={
+                "symbol": "diamond",
+                "size": [12 if r.number in retrained_front else 8 for r in done],
+                "color": _COLORS["retrained"],
+                "line": {"width": 1, "color": "white"},
+            },
+        )
         if trace is not None:
             fig.add_trace(trace)
         corners = _front_2d(done, x_of)
         if corners:
-            fig.add_trace(go.Scatter(
-                x=[x_of(r) for r in corners], y=[r.values["accuracy"] for r in corners], mode="lines",
-                line={"shape": "hv", "color": _COLORS["retrained"], "width": 2, "dash": "dash"},
-                name="retrained front", hoverinfo="skip",
-            ))  # fmt: skip
+            fig.add_trace(
+                go.Scatter(
+                    x=[x_of(r) for r in corners],
+                    y=[r.values["accuracy"] for r in corners],
+                    mode="lines",
+                    line={"shape": "hv", "color": _COLORS["retrained"], "width": 2, "dash": "dash"},
+                    name="retrained front",
+                    hoverinfo="skip",
+                )
+            )
     fig.update_layout(
-        template=_TEMPLATE, height=560, xaxis_title=x_title, yaxis_title="validation accuracy",
+        template=_TEMPLATE,
+        height=560,
+        xaxis_title=x_title,
+        yaxis_title="validation accuracy",
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0},
         margin={"t": 60, "l": 60, "r": 20, "b": 60},
-    )  # fmt: skip
+    )
     if not fig.data:
         _empty_note(fig, "no trial with a cost to plot yet")
     return fig
 
 
-def _hypervolume_figure(
-    records: list[TrialRecord], hv_objectives: list[str], reference: dict[str, float]
-) -> go.Figure:
+def _hypervolume_figure(records: list[TrialRecord], hv_objectives: list[str], reference: dict[str, float]) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, subplot_titles=("after each finished trial", "over wall-clock time"))
     fig.update_layout(template=_TEMPLATE, height=420, showlegend=False, margin={"t": 60, "l": 60, "r": 20, "b": 60})
     fig.update_xaxes(title_text="finished trials", row=1, col=1)
@@ -467,20 +545,35 @@ def _hypervolume_figure(
             minutes.append(None)
     hover = "trial #%{customdata}<br>hypervolume %{y:.5g}<extra></extra>"
     fig.add_trace(
-        go.Scatter(x=count, y=values, customdata=numbers, mode="lines+markers",
-                   line={"shape": "hv", "color": _COLORS["ok"]}, marker={"size": 5}, hovertemplate=hover,
-                   name="hypervolume"),
-        row=1, col=1,
-    )  # fmt: skip
+        go.Scatter(
+            x=count,
+            y=values,
+            customdata=numbers,
+            mode="lines+markers",
+            line={"shape": "hv", "color": _COLORS["ok"]},
+            marker={"size": 5},
+            hovertemplate=hover,
+            name="hypervolume",
+        ),
+        row=1,
+        col=1,
+    )
     timed = [(m, v, n) for m, v, n in zip(minutes, values, numbers) if m is not None]
     if timed:
         fig.add_trace(
-            go.Scatter(x=[t[0] for t in timed], y=[t[1] for t in timed], customdata=[t[2] for t in timed],
-                       mode="lines+markers", line={"shape": "hv", "color": _COLORS["ok"]}, marker={"size": 5},
-                       hovertemplate=hover,
-                       name="hypervolume"),
-            row=1, col=2,
-        )  # fmt: skip
+            go.Scatter(
+                x=[t[0] for t in timed],
+                y=[t[1] for t in timed],
+                customdata=[t[2] for t in timed],
+                mode="lines+markers",
+                line={"shape": "hv", "color": _COLORS["ok"]},
+                marker={"size": 5},
+                hovertemplate=hover,
+                name="hypervolume",
+            ),
+            row=1,
+            col=2,
+        )
     return fig
 
 
@@ -514,29 +607,45 @@ def _layers_figure(front: list[TrialRecord]) -> go.Figure:
     top = max(1, int(math.ceil(max(v for row in z for v in row if v is not None))))
     fig.add_trace(
         go.Heatmap(
-            z=z, x=names, y=[_front_label(r) for r in rows], text=text, texttemplate="%{text}",
-            customdata=hover, hovertemplate="%{customdata}<extra></extra>", colorscale="Viridis",
-            zmin=0, zmax=top, xgap=1, ygap=1,
-            colorbar={"title": {"text": "P / G"}, "tickvals": list(range(top + 1)),
-                      "ticktext": [str(2**k) for k in range(top + 1)]},
+            z=z,
+            x=names,
+            y=[_front_label(r) for r in rows],
+            text=text,
+            texttemplate="%{text}",
+            customdata=hover,
+            hovertemplate="%{customdata}<extra></extra>",
+            colorscale="Viridis",
+            zmin=0,
+            zmax=top,
+            xgap=1,
+            ygap=1,
+            colorbar={
+                "title": {"text": "P / G"},
+                "tickvals": list(range(top + 1)),
+                "ticktext": [str(2**k) for k in range(top + 1)],
+            },
         )
-    )  # fmt: skip
+    )
     fig.update_layout(
         height=max(300, 120 + 30 * len(rows)),
         yaxis={"autorange": "reversed", "type": "category"},
         xaxis={"type": "category", "tickangle": -45 if len(names) > 14 else 0},
         margin={"t": 30, "l": 150, "r": 20, "b": 90},
-    )  # fmt: skip
+    )
     return fig
 
 
 def _curves_figure(front: list[TrialRecord]) -> go.Figure:
     fig = go.Figure()
     fig.update_layout(
-        template=_TEMPLATE, height=440, xaxis_title="epoch", yaxis_title="validation accuracy",
-        margin={"t": 30, "l": 60, "r": 20, "b": 60}, legend={"title": {"text": "trial"}},
+        template=_TEMPLATE,
+        height=440,
+        xaxis_title="epoch",
+        yaxis_title="validation accuracy",
+        margin={"t": 30, "l": 60, "r": 20, "b": 60},
+        legend={"title": {"text": "trial"}},
         xaxis={"tickformat": "d", "rangemode": "tozero"},
-    )  # fmt: skip
+    )
     for r in _front_sorted(front):
         points = [
             (e.get("epoch"), e.get("val_accuracy"))
@@ -545,10 +654,15 @@ def _curves_figure(front: list[TrialRecord]) -> go.Figure:
         ]
         if points:
             fig.add_trace(
-                go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
-                           marker={"size": 4}, name=f"#{r.number}",
-                           hovertemplate=f"#{r.number}<br>epoch %{{x}}<br>val. accuracy %{{y:.4f}}<extra></extra>")
-            )  # fmt: skip
+                go.Scatter(
+                    x=[p[0] for p in points],
+                    y=[p[1] for p in points],
+                    mode="lines+markers",
+                    marker={"size": 4},
+                    name=f"#{r.number}",
+                    hovertemplate=f"#{r.number}<br>epoch %{{x}}<br>val. accuracy %{{y:.4f}}<extra></extra>",
+                )
+            )
     if not fig.data:
         _empty_note(fig, "no Pareto configuration with a training curve yet")
     return fig
@@ -605,18 +719,31 @@ def _pareto_table(front: list[TrialRecord], objectives: list[str]) -> str:
                 if name not in names:
                     names.append(name)
     extra = [o for o in objectives if o not in ("accuracy", "mflops", "params")]
-    header = ["trial", "accuracy", "MFLOPs (paper)", "MFLOPs (all ops)", "params", *map(_esc, extra), "baseline",
-              *map(_esc, names)]  # fmt: skip
+    header = [
+        "trial",
+        "accuracy",
+        "MFLOPs (paper)",
+        "MFLOPs (all ops)",
+        "params",
+        *map(_esc, extra),
+        "baseline",
+        *map(_esc, names),
+    ]
     rows = []
     for r in rows_records:
         specs = dict(zip(_slot_names(r.architecture), r.architecture.layers)) if r.architecture is not None else {}
         rows.append(
-            [f"#{r.number}", _fmt(r.values.get("accuracy")), _fmt(_mflops(r), ".2f"), _fmt(r.mflops_all_ops, ".2f"),
-             _fmt(int(r.params), ",d") if r.params is not None else "–",
-             *[_fmt(_objective_value(r, o), ".4g") for o in extra],
-             _esc(r.baseline) if r.baseline is not None else "",
-             *[_esc(layer_code(specs[n])) if n in specs else "" for n in names]]
-        )  # fmt: skip
+            [
+                f"#{r.number}",
+                _fmt(r.values.get("accuracy")),
+                _fmt(_mflops(r), ".2f"),
+                _fmt(r.mflops_all_ops, ".2f"),
+                _fmt(int(r.params), ",d") if r.params is not None else "–",
+                *[_fmt(_objective_value(r, o), ".4g") for o in extra],
+                _esc(r.baseline) if r.baseline is not None else "",
+                *[_esc(layer_code(specs[n])) if n in specs else "" for n in names],
+            ]
+        )
     return _table(header, rows, left={5 + len(extra)})
 
 
@@ -630,12 +757,15 @@ def _published_note(records: list[TrialRecord]) -> str:
             continue
         accuracy = r.values.get("accuracy")
         measured = (f"accuracy {_fmt(accuracy)}, " if accuracy is not None else "") + (
-            f"{_fmt(_mflops(r), '.2f')} MFLOPs (paper), {_fmt(r.mflops_all_ops, '.2f')} MFLOPs (all ops)")
+            f"{_fmt(_mflops(r), '.2f')} MFLOPs (paper), {_fmt(r.mflops_all_ops, '.2f')} MFLOPs (all ops)"
+        )
         items.append(f"<li>{_esc(_baseline_label(r))} (trial #{r.number}): {_esc(published)}; here {measured}.</li>")
     if not items:
         return ""
-    return ('<p class="caption">Baselines that are published models (their papers trained them on CIFAR-10; '
-            "compare their accuracy here only with this study's other trials):</p><ul>" + "".join(items) + "</ul>")
+    return (
+        '<p class="caption">Baselines that are published models (their papers trained them on CIFAR-10; '
+        "compare their accuracy here only with this study's other trials):</p><ul>" + "".join(items) + "</ul>"
+    )
 
 
 def _failed_table(records: list[TrialRecord]) -> str:
@@ -643,14 +773,18 @@ def _failed_table(records: list[TrialRecord]) -> str:
     if not failed:
         return ""
     rows = [
-        [f"#{r.number}", _fmt(_mflops(r), ".2f"), _esc(r.architecture.summary()) if r.architecture else "",
-         _esc(r.fail_reason or "(no reason recorded)")]
+        [
+            f"#{r.number}",
+            _fmt(_mflops(r), ".2f"),
+            _esc(r.architecture.summary()) if r.architecture else "",
+            _esc(r.fail_reason or "(no reason recorded)"),
+        ]
         for r in sorted(failed, key=lambda rec: rec.number)
-    ]  # fmt: skip
+    ]
     unplotted = sum(1 for r in failed if _mflops(r) is None)
     note = f" {unplotted} of them have no recorded MFLOPs and are only listed here." if unplotted else ""
     return (
-        f"<h3>Failed trials ({len(failed)})</h3><p class=\"caption\">Trials whose training failed have no "
+        f'<h3>Failed trials ({len(failed)})</h3><p class="caption">Trials whose training failed have no '
         f"accuracy; those with a recorded cost are drawn at accuracy 0 above.{note}</p>"
         + _table(["trial", "MFLOPs", "architecture", "reason"], rows, left={2, 3})
     )
@@ -678,9 +812,14 @@ def _header(study: optuna.Study, records, objectives, reference, hv_objectives, 
     if "epochs" in protocol:
         rows.append(("training", f"{protocol['epochs']} epochs per trial"))
     if dense:
-        rows.append(("dense model", f"{dense.get('mflops', float('nan')):.2f} MFLOPs (paper), "
-                                    f"{dense.get('mflops_all_ops', float('nan')):.2f} MFLOPs (all ops), "
-                                    f"{int(dense.get('params', 0)):,} params"))  # fmt: skip
+        rows.append(
+            (
+                "dense model",
+                f"{dense.get('mflops', float('nan')):.2f} MFLOPs (paper), "
+                f"{dense.get('mflops_all_ops', float('nan')):.2f} MFLOPs (all ops), "
+                f"{int(dense.get('params', 0)):,} params",
+            )
+        )
     if hv is None:
         rows.append(("hypervolume", "not available (no reference point)"))
     else:
@@ -690,8 +829,8 @@ def _header(study: optuna.Study, records, objectives, reference, hv_objectives, 
             box = " × ".join("(1 − ref accuracy)" if o == "accuracy" else f"ref {o}" for o in hv_objectives)
             rows.append(("normalized hypervolume", f"{hv_norm:.4f} (= hypervolume / [{box}]; 1 is the ideal)"))
     rows.append(("report written", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")))
-    body = "".join(f'<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>' for k, v in rows)
-    return f"<h1>Study {_esc(study.study_name)}</h1><table class=\"meta\">{body}</table>"
+    body = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows)
+    return f'<h1>Study {_esc(study.study_name)}</h1><table class="meta">{body}</table>'
 
 
 def _figure_html(fig: go.Figure, first: bool, div_id: str) -> str:
@@ -730,8 +869,13 @@ def _write_pngs(figures: dict[str, go.Figure], folder: Path) -> tuple[list[Path]
     specs = []
     for name, fig in figures.items():
         height = fig.layout.height or 500
-        specs.append({"fig": fig.to_dict(), "path": folder / f"{name}.png",
-                      "opts": {"format": "png", "width": 1100, "height": height, "scale": 2}})  # fmt: skip
+        specs.append(
+            {
+                "fig": fig.to_dict(),
+                "path": folder / f"{name}.png",
+                "opts": {"format": "png", "width": 1100, "height": height, "scale": 2},
+            }
+        )
     try:
         kaleido.write_fig_from_object_sync(specs, kopts={"mathjax": False, "timeout": 60}, cancel_on_error=True)
     except Exception as err:  # noqa: BLE001  (any failure of the browser only costs the PNGs)
@@ -740,8 +884,11 @@ def _write_pngs(figures: dict[str, go.Figure], folder: Path) -> tuple[list[Path]
         return written, f"PNG figures not written: kaleido failed ({reason}); the HTML report has every figure"
     written = [s["path"] for s in specs if s["path"].is_file()]
     missing = len(specs) - len(written)
-    return written, (f"PNG figures: {missing} of {len(specs)} were not written; the HTML report has every figure"
-                     if missing else None)  # fmt: skip
+    return written, (
+        f"PNG figures: {missing} of {len(specs)} were not written; the HTML report has every figure"
+        if missing
+        else None
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -775,8 +922,11 @@ def write_report(study: optuna.Study, out_dir: Path, png: bool | None = None) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     records = load_records(study)
     objectives = study_objectives(study)
-    reference = {k: float(v) for k, v in dict(study.user_attrs.get("reference_point") or {}).items()
-                 if isinstance(v, (int, float))}  # fmt: skip
+    reference = {
+        k: float(v)
+        for k, v in dict(study.user_attrs.get("reference_point") or {}).items()
+        if isinstance(v, (int, float))
+    }
     front = pareto_records(records, objectives)
 
     frame = trials_frame(records, objectives)
@@ -808,7 +958,7 @@ def write_report(study: optuna.Study, out_dir: Path, png: bool | None = None) ->
 
     rendered = {name: _figure_html(fig, i == 0, f"fig-{name}") for i, (name, fig) in enumerate(figures.items())}
     extra_scatters = "".join(
-        f"<h3>Accuracy vs {_esc(name)}</h3><p class=\"caption\">The same trials against the {_esc(name)} "
+        f'<h3>Accuracy vs {_esc(name)}</h3><p class="caption">The same trials against the {_esc(name)} '
         f"objective; red points are on the Pareto front of all objectives.</p>{rendered[f'accuracy_vs_{name}']}"
         for name in ("params", "latency_ms")
         if f"accuracy_vs_{name}" in rendered
@@ -818,12 +968,17 @@ def write_report(study: optuna.Study, out_dir: Path, png: bool | None = None) ->
         "reference point above) after each finished trial — ok, infeasible, failed or early-stopped, in "
         "order of completion — and against the time since the first trial started. It never decreases; "
         "a flat tail means new trials stopped improving the front."
-        if hv_objectives else "No reference point is recorded in the study, so no hypervolume can be computed."
-    )  # fmt: skip
-    front_note = "" if set(objectives) == {"accuracy", "mflops"} else (
-        " With more than two objectives, red points are the front of all objectives and the red step line "
-        "the front of accuracy against MFLOPs alone."
-    )  # fmt: skip
+        if hv_objectives
+        else "No reference point is recorded in the study, so no hypervolume can be computed."
+    )
+    front_note = (
+        ""
+        if set(objectives) == {"accuracy", "mflops"}
+        else (
+            " With more than two objectives, red points are the front of all objectives and the red step line "
+            "the front of accuracy against MFLOPs alone."
+        )
+    )
     sections = [
         "<h2>1. Accuracy vs MFLOPs</h2>",
         '<p class="caption">Every trial: validation accuracy against MFLOPs (paper convention: conv and '
@@ -855,7 +1010,7 @@ def write_report(study: optuna.Study, out_dir: Path, png: bool | None = None) ->
         _pareto_table(front, objectives),
     ]
     page = (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>Study {_esc(study.study_name)}: search report</title><style>{_CSS}</style></head>\n<body><main>"
         + _header(study, records, objectives, reference, hv_objectives, hv, hv_norm)
         + "\n".join(sections)

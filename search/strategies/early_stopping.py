@@ -67,7 +67,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -80,7 +80,7 @@ __all__ = [
     "peers_from_attrs",
 ]
 
-Key = Union[str, int]
+Key = str | int
 
 _TIE_BREAKS = ("crowding", "hypervolume")
 _JSON_KIND = "MultiObjectiveASHA"
@@ -112,9 +112,7 @@ def _float_or_nan(x: Any) -> float:
     return math.nan if x is None else float(x)
 
 
-def peers_from_attrs(
-    attr_dicts: Iterable[tuple[Key, Mapping[str, Any]]], epoch: int
-) -> list[RungResult]:
+def peers_from_attrs(attr_dicts: Iterable[tuple[Key, Mapping[str, Any]]], epoch: int) -> list[RungResult]:
     """Results recorded at rung ``epoch``, from ``(key, user_attrs)`` pairs.
 
     Trials without the attribute :func:`rung_attr` ``(epoch)`` are skipped.
@@ -135,9 +133,7 @@ def peers_from_attrs(
         try:
             values = tuple(_float_or_nan(v) for v in raw)
         except (TypeError, ValueError):
-            raise ValueError(
-                f"trial {key!r}: user attribute {name!r} must be a list of numbers, got {raw!r}"
-            ) from None
+            raise ValueError(f"trial {key!r}: user attribute {name!r} must be a list of numbers, got {raw!r}") from None
         out.append(RungResult(key, values))
     return out
 
@@ -213,7 +209,9 @@ class MultiObjectiveASHA:
         self._eta = _check_int("eta", eta, 2)
         self._max_epochs = _check_int("max_epochs", max_epochs, 1)
         if self._max_epochs <= self._min_epochs:
-            raise ValueError(f"max_epochs must be > min_epochs, got max_epochs={max_epochs} and min_epochs={min_epochs}")
+            raise ValueError(
+                f"max_epochs must be > min_epochs, got max_epochs={max_epochs} and min_epochs={min_epochs}"
+            )
         if isinstance(senses, (str, bytes)):
             raise ValueError(f"senses must be a sequence such as ('max', 'min'), got the string {senses!r}")
         senses = tuple(senses)
@@ -380,7 +378,11 @@ class MultiObjectiveASHA:
         return hash(repr(self))
 
     def __repr__(self) -> str:
-        extra = f", tie_break={self._tie_break!r}, reference={self._reference!r}" if self._tie_break != "crowding" or self._reference else ""
+        extra = (
+            f", tie_break={self._tie_break!r}, reference={self._reference!r}"
+            if self._tie_break != "crowding" or self._reference
+            else ""
+        )
         if self._chance_level is not None:
             extra += f", chance_level={self._chance_level!r}, accuracy_index={self._accuracy_index}"
         return (

@@ -36,14 +36,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from layers import create_conv2d, hetconv_block_mask
-from layers.flgc import one_hot, straight_through_one_hot, device_balanced_assignment
+from layers.flgc import device_balanced_assignment, one_hot, straight_through_one_hot
 from models import Architecture, LayerSlot, LayerSpec, build_model, mark_searchable, searchable_layers
-from spaces import SearchSpace, SpaceError
-
 from search.evaluation.cost import slot_macs
 from search.evaluation.data import BatchLoader, Dataset
-from search.settings import TrainingSettings
 from search.evaluation.train import NonFiniteWatch, TrialFailed, evaluate_loader, lr_at, prepare_training
+from search.settings import TrainingSettings
+from spaces import SearchSpace, SpaceError
 
 __all__ = [
     "SuperConv2d",
@@ -331,8 +330,12 @@ def train_supernet(
             distill_sum += sum(losses[1:], torch.zeros((), device=device)) / max(len(losses) - 1, 1)
             bad_at = watch.check(loss_sum + distill_sum, step)
             if bad_at is not None:  # name a candidate whose loss is non-finite now, if any
-                bad = [f" ({arch.summary()}: {v.item()})" for arch, v in zip(candidates, losses) if not torch.isfinite(v)]
-                raise TrialFailed(f"supernet loss became non-finite at epoch {epoch}, by step {bad_at + 1}{(bad or [''])[0]}")
+                bad = [
+                    f" ({arch.summary()}: {v.item()})" for arch, v in zip(candidates, losses) if not torch.isfinite(v)
+                ]
+                raise TrialFailed(
+                    f"supernet loss became non-finite at epoch {epoch}, by step {bad_at + 1}{(bad or [''])[0]}"
+                )
             step += 1
         train_loss = loss_sum.item() / max(len(loader), 1)
         if not math.isfinite(train_loss):
@@ -406,14 +409,27 @@ def score(
     supernet.to(device)
     supernet.activate(arch)
     calibration = BatchLoader(
-        data.train_images, data.train_labels, batch_size=batch_size, device=device, train=True,
-        mean=data.mean, std=data.std, hflip=False, crop_padding=0, seed=seed,
-    )  # fmt: skip
+        data.train_images,
+        data.train_labels,
+        batch_size=batch_size,
+        device=device,
+        train=True,
+        mean=data.mean,
+        std=data.std,
+        hflip=False,
+        crop_padding=0,
+        seed=seed,
+    )
     recalibrate_bn(supernet, calibration, calibration_batches)
     validation = BatchLoader(
-        data.val_images, data.val_labels, batch_size=max(256, batch_size), device=device, train=False,
-        mean=data.mean, std=data.std,
-    )  # fmt: skip
+        data.val_images,
+        data.val_labels,
+        batch_size=max(256, batch_size),
+        device=device,
+        train=False,
+        mean=data.mean,
+        std=data.std,
+    )
     return float(evaluate_loader(supernet, validation)[1])
 
 
