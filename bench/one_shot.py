@@ -174,7 +174,7 @@ def train_and_save_supernet(args: argparse.Namespace, settings, space, data, see
     """Train the supernet of one seed and save it where ``run_one_shot_search`` reuses it."""
     import torch
 
-    from search.backends.one_shot import _supernet_path
+    from search.backends.one_shot import supernet_path
     from search.evaluation.train import resolve_device
     from search.strategies.supernet import Supernet, save_supernet, train_supernet
 
@@ -185,7 +185,7 @@ def train_and_save_supernet(args: argparse.Namespace, settings, space, data, see
     history = train_supernet(supernet, data, training, seed, resolve_device(args.device))
     seconds = time.perf_counter() - started
     supernet.to("cpu")
-    path = _supernet_path(settings, space.fingerprint())
+    path = supernet_path(settings, space.fingerprint())
     save_supernet(
         supernet,
         path,

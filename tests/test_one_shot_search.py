@@ -151,7 +151,7 @@ def test_first_one_shot_search(first_run):
         assert t.user_attrs["epochs_run"] == 1
 
     # The supernet: search/backends/one_shot.py's docstring says <results-dir>/<study>/supernet/, and
-    # _supernet_path uses settings.study_dir of the ORDINARY study's settings, so it is under
+    # supernet_path uses settings.study_dir of the ORDINARY study's settings, so it is under
     # D/vgg_hetconv-digits/supernet/ (not D/vgg_hetconv-digits-oneshot/supernet/).
     files = first_run["supernets"]
     assert [p.parent for p in files] == [results / STUDY / "supernet"], files

@@ -25,6 +25,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from search.compat import heartbeat_interval, record_heartbeat, study_storage, trial_id
+
 __all__ = ["Heartbeat", "budget_lock", "running_count", "take_slot"]
 
 
@@ -91,8 +93,8 @@ def take_slot(study: optuna.Study, storage_url: str, budget: int, count_finished
         with warnings.catch_warnings():  # we run the heartbeat ourselves (class Heartbeat)
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
             trial = study.ask()
-        if getattr(study._storage, "get_heartbeat_interval", lambda: None)():
-            study._storage.record_heartbeat(trial._trial_id)
+        if heartbeat_interval(study):
+            record_heartbeat(study_storage(study), trial_id(trial))
         return trial
 
 
@@ -100,22 +102,22 @@ class Heartbeat:
     """Records a heartbeat for a running trial in a background thread (RDB storages only)."""
 
     def __init__(self, study: optuna.Study, trial: optuna.Trial) -> None:
-        self._storage = study._storage
-        self._trial_id = trial._trial_id
+        self._study_storage = study_storage(study)
+        self._id = trial_id(trial)
+        self._interval = heartbeat_interval(study)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> Heartbeat:
-        interval = getattr(self._storage, "get_heartbeat_interval", lambda: None)()
-        if interval:
-            self._thread = threading.Thread(target=self._beat, args=(interval,), daemon=True)
+        if self._interval:
+            self._thread = threading.Thread(target=self._beat, args=(self._interval,), daemon=True)
             self._thread.start()
         return self
 
     def _beat(self, interval: float) -> None:
         while True:
             try:
-                self._storage.record_heartbeat(self._trial_id)
+                record_heartbeat(self._study_storage, self._id)
             except Exception:  # noqa: BLE001  (a missed beat is retried; the trial goes on)
                 pass
             if self._stop.wait(interval):

@@ -40,7 +40,7 @@ def one_shot_study_name(settings: Settings) -> str:
     return f"{settings.study}-oneshot"
 
 
-def _supernet_path(settings: Settings, fingerprint: dict) -> Path:
+def supernet_path(settings: Settings, fingerprint: dict) -> Path:
     key = json.loads(
         json.dumps(
             {
@@ -64,7 +64,7 @@ def _supernet_path(settings: Settings, fingerprint: dict) -> Path:
 def _trained_supernet(settings: Settings, space, data, progress: Progress):
     from search.strategies.supernet import Supernet, load_supernet, save_supernet, train_supernet
 
-    path = _supernet_path(settings, space.fingerprint())
+    path = supernet_path(settings, space.fingerprint())
     if path.exists():
         supernet, _ = load_supernet(space, path)
         progress.message(f"reusing the trained supernet {path}")
@@ -121,7 +121,7 @@ def run_one_shot_search(settings: Settings) -> optuna.Study:
     context = open_search(one_shot_settings, heartbeat=False)
     study = context.study
     # Scores of two different supernets must not share a front.
-    supernet_name = _supernet_path(settings, context.space.fingerprint()).name
+    supernet_name = supernet_path(settings, context.space.fingerprint()).name
     if study.user_attrs.get("supernet", supernet_name) != supernet_name:
         raise StudyMismatch(
             f"study '{study.study_name}' holds scores of supernet {study.user_attrs['supernet']}, and this run's "

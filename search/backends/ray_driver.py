@@ -33,6 +33,7 @@ from search.backends.study import (
     trial_seed,
     write_run_json,
 )
+from search.compat import ray_searcher_completed, ray_searcher_study, ray_searcher_trials
 from search.errors import SearchAborted
 from search.evaluation.candidate import Outcome, evaluate_candidate, latency_function, record_outcome
 from search.evaluation.cost import architecture_cost
@@ -166,7 +167,7 @@ def _make_searcher(context: SearchContext, progress: Progress, done: list[int], 
         curves: dict[str, list[dict]] = {}
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if trial_id not in self._ot_trials or "epoch" not in result:
+            if trial_id not in ray_searcher_trials(self) or "epoch" not in result:
                 return
             curve = self.curves.setdefault(trial_id, [])
             if curve and curve[-1]["epoch"] >= result["epoch"]:
@@ -174,10 +175,10 @@ def _make_searcher(context: SearchContext, progress: Progress, done: list[int], 
             curve.append(result)
             if rule is not None and rule.is_rung(int(result["epoch"])):
                 values = [float(result[o]) for o in settings.objectives]
-                self._ot_trials[trial_id].set_user_attr(rung_attr(int(result["epoch"])), values)
+                ray_searcher_trials(self)[trial_id].set_user_attr(rung_attr(int(result["epoch"])), values)
 
         def _stopped_outcome(self, trial_id: str, rung: int) -> Outcome:
-            trial = self._ot_trials[trial_id]
+            trial = ray_searcher_trials(self)[trial_id]
             curve = self.curves.get(trial_id, [])
             last = curve[-1]
             attrs = {
@@ -189,7 +190,7 @@ def _make_searcher(context: SearchContext, progress: Progress, done: list[int], 
                 "params": int(last["params"]),
                 "curve": [{k: r[k] for k in EPOCH_KEYS} for r in curve],
                 "epochs_run": len(curve),
-                "seed": trial_seed(settings, retry_origin(self._ot_study, trial.number)),
+                "seed": trial_seed(settings, retry_origin(ray_searcher_study(self), trial.number)),
                 "fidelity": "full",
                 "train_seconds": round(sum(float(r["seconds"]) for r in curve), 3),
             }
@@ -200,9 +201,9 @@ def _make_searcher(context: SearchContext, progress: Progress, done: list[int], 
             return Outcome("early_stopped", None, attrs, None, line)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            if trial_id in ray_searcher_completed(self) or trial_id not in ray_searcher_trials(self):
                 return
-            trial = self._ot_trials[trial_id]
+            trial = ray_searcher_trials(self)[trial_id]
             if result:  # the result that made the scheduler stop the trial reaches only here
                 self.on_trial_result(trial_id, result)
             if scheduler is not None and trial_id in scheduler.stopped:
@@ -220,16 +221,16 @@ def _make_searcher(context: SearchContext, progress: Progress, done: list[int], 
                 )
             record_outcome(trial, outcome, with_constraint=settings.max_mflops is not None)
             if outcome.state in ("complete", "infeasible"):
-                self._ot_study.tell(trial, outcome.objective_values(settings.objectives))
+                ray_searcher_study(self).tell(trial, outcome.objective_values(settings.objectives))
             else:
-                self._ot_study.tell(
+                ray_searcher_study(self).tell(
                     trial, state=TrialState.PRUNED if outcome.state == "early_stopped" else TrialState.FAIL
                 )
-            self._completed_trials.add(trial_id)
+            ray_searcher_completed(self).add(trial_id)
             self.curves.pop(trial_id, None)
             if outcome.state in ("complete", "early_stopped"):
-                done[0] = count_finished(self._ot_study)
-                progress.trial(done[0], *front_summary(self._ot_study), outcome.line)
+                done[0] = count_finished(ray_searcher_study(self))
+                progress.trial(done[0], *front_summary(ray_searcher_study(self)), outcome.line)
             else:
                 progress.message(outcome.line)
 

@@ -21,6 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from models import Architecture
+from search.compat import fail_trial
 from search.evaluation.candidate import latency_function
 from search.evaluation.cost import architecture_cost, cheapest_and_dearest
 from search.evaluation.evaluate import get_dataset
@@ -274,9 +275,7 @@ def fail_and_requeue(
     queue its configuration once more (a retry is not retried again this way). With
     ``parameters`` (the names a candidate has), a trial stopped while its candidate was still
     being sampled is only failed: it never had a whole configuration to repeat."""
-    storage = study._storage  # Optuna has no public API to fail a trial of another process
-    storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-    storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    fail_trial(study, trial, reason)
     already_retried = any(t.user_attrs.get("retry_of") == trial.number for t in study.get_trials(deepcopy=False))
     whole = bool(trial.params) and (parameters is None or parameters <= set(trial.params))
     if whole and not already_retried and "retry_of" not in trial.user_attrs:

@@ -33,6 +33,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from models import Architecture, LayerSpec, get_model_family
+from search.compat import study_storage
 from search.reporting.front import front_hypervolume, hypervolume_over_trials, pareto_records
 from search.reporting.pareto import pareto_mask
 from search.storage import OBJECTIVE_SENSES, STATUSES, TrialRecord, load_records, study_objectives
@@ -908,7 +909,7 @@ def _retrained_records(study: optuna.Study) -> list[TrialRecord] | None:
     if not name:
         return None
     try:
-        linked = optuna.load_study(study_name=name, storage=study._storage)
+        linked = optuna.load_study(study_name=name, storage=study_storage(study))
     except KeyError:
         return []
     return [r for r in load_records(linked) if r.user_attrs.get("from_one_shot") is not None]

@@ -1,0 +1,71 @@
+"""search/compat.py: the private Optuna and Ray API the tool relies on still exists, on the
+versions this module knows (an upgrade fails here first, by design)."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import optuna
+import pytest
+import ray
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from search import compat
+
+
+def _minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+def test_pinned_versions_are_the_installed_ones() -> None:
+    assert _minor(optuna.__version__) in compat.KNOWN_VERSIONS["optuna"], (
+        f"Optuna {optuna.__version__} is not one search/compat.py was checked against: re-read its "
+        "functions against this release, then add the version to KNOWN_VERSIONS"
+    )
+    assert _minor(ray.__version__) in compat.KNOWN_VERSIONS["ray"], (
+        f"Ray {ray.__version__} is not one search/compat.py was checked against"
+    )
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning", "ignore:Heartbeat of storage")
+def test_optuna_private_api_on_a_real_sqlite_study(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'compat.db'}"
+    storage = optuna.storages.RDBStorage(url, heartbeat_interval=60)
+    study = optuna.create_study(study_name="compat", storage=storage)
+    running = study.ask()
+    assert isinstance(compat.study_storage(study), optuna.storages.BaseStorage)
+    assert compat.study_storage(study).get_study_id_from_name("compat") == study._study_id
+    assert compat.heartbeat_interval(study) == 60
+    compat.record_heartbeat(compat.study_storage(study), compat.trial_id(running))
+    # another handle on the same study, as a different process would have, fails the trial
+    other = optuna.load_study(study_name="compat", storage=url)
+    compat.fail_trial(other, other.trials[0], "stopped by the test")
+    frozen = study.trials[0]
+    assert frozen.state == TrialState.FAIL
+    assert frozen.user_attrs["fail_reason"] == "stopped by the test"
+    assert compat.heartbeat_interval(optuna.create_study()) is None  # in-memory: no heartbeat
+
+
+def test_ray_optuna_search_keeps_the_attributes_compat_reads() -> None:
+    searcher = OptunaSearch(metric="accuracy", mode="max", space={"x": optuna.distributions.IntDistribution(0, 3)})
+    searcher.suggest("ray-trial-1")
+    assert isinstance(compat.ray_searcher_study(searcher), optuna.Study)
+    assert set(compat.ray_searcher_trials(searcher)) == {"ray-trial-1"}
+    searcher.on_trial_complete("ray-trial-1", {"accuracy": 0.5})
+    assert "ray-trial-1" in compat.ray_searcher_completed(searcher)
+
+
+def test_no_private_optuna_or_ray_attribute_outside_compat() -> None:
+    """Private attributes of Optuna or Ray objects are read only through search/compat.py."""
+    root = Path(__file__).resolve().parents[1]
+    private = ("._storage", "._trial_id", "._ot_study", "._ot_trials", "._completed_trials", "ray._private")
+    offenders = []
+    for path in sorted(root.glob("*/**/*.py")) + sorted(root.glob("*.py")):
+        if path.parts[len(root.parts)] in {"tests", ".git"} or path.name == "compat.py":
+            continue
+        text = path.read_text()
+        offenders += [f"{path.relative_to(root)}: {name}" for name in private if name in text]
+    assert not offenders, offenders
+    assert inspect.getsourcefile(compat).endswith("search/compat.py")
