@@ -1,6 +1,6 @@
 """Tests for search/evaluation/cost.py: ptflops hooks vs closed forms, dense models vs MACs by hand.
 
-Expected counts are computed here from DESIGN.md sections 3-6 (layer shapes written out
+Expected counts are computed here from docs/layers.md, docs/models.md and docs/flops.md (layer shapes written out
 below), never from the model code.
 """
 
@@ -39,7 +39,7 @@ def macs(cost) -> int:
 
 
 def vgg_layers(classes: int = 10):
-    """(kind, D_out, C_out, C_in, K, searchable) of VGG-16 for CIFAR at width 1, from DESIGN.md."""
+    """(kind, D_out, C_out, C_in, K, searchable) of VGG-16 for CIFAR at width 1, from docs/models.md."""
     layers, cin, d, index = [], 3, 32, 0
     for item in VGG_CFG:
         if item == "M":

@@ -1,4 +1,4 @@
-"""Tests for models.deploy: the inference form of trained models (DESIGN.md sections 3, 4).
+"""Tests for models.deploy: the inference form of trained models (docs/layers.md).
 
 For every built-in space, uniform and random architectures with randomized FLGC logits and
 BatchNorm statistics: the deployed model (HetConv ``split`` and ``dense``, with and without

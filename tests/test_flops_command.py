@@ -1,7 +1,7 @@
 """The ``flops`` and ``spaces`` commands through the real CLI (``python run_search.py ...``).
 
 The subprocesses are started together once per module (each takes ~3 s) and their results
-shared by the tests. Expected MFLOPs are computed from the layer shapes of DESIGN.md.
+shared by the tests. Expected MFLOPs are computed from the layer shapes in docs/models.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Tests for models/: VGG-16 and MobileNetV2 for CIFAR (DESIGN.md section 5), Architecture.
+"""Tests for models/: VGG-16 and MobileNetV2 for CIFAR (docs/models.md), Architecture.
 
-Structure is checked against the definitions written out here from DESIGN.md, not against
+Structure is checked against the definitions written out here from docs/models.md, not against
 the model code. Forward/backward passes use width 0.25; width 1.0 is only built and counted.
 """
 

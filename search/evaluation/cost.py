@@ -1,6 +1,6 @@
 """FLOPs (MACs) and parameter counts, measured with ptflops.
 
-Conventions (DESIGN.md section 6):
+Conventions (docs/flops.md):
 
 - ``mflops``: millions of multiply-accumulates of conv and linear layers, the papers'
   convention, with HetConv and FLGC counted at their effective connections (custom ptflops
