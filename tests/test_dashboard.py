@@ -7,7 +7,6 @@ SQLite file on 127.0.0.1 at a free port and is always terminated at the end.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -18,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from cli_process import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -54,9 +54,7 @@ def get_json(port: int, path: str, timeout: float = 10) -> dict:
 def results_dir(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("dashboard")
     d = work / "results"
-    cmd = [
-        sys.executable,
-        str(ROOT / "run_search.py"),
+    args = [
         "--preset",
         "quick",
         "--epochs",
@@ -69,9 +67,7 @@ def results_dir(tmp_path_factory) -> Path:
         "--results-dir",
         str(d),
     ]
-    proc = subprocess.run(
-        cmd, cwd=work, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    )
+    proc = run_cli(args, cwd=work, timeout=300)
     assert proc.returncode == 0, f"search failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
     assert (d / "studies.db").exists()
     return d

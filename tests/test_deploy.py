@@ -13,16 +13,15 @@ import contextlib
 import importlib
 import io
 import json
-import os
 import re
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
+from cli_process import cli_env, run_cli
 from torch import nn
 
 from layers import ChannelGather, ConvSum, FLGConv2d, GroupSplitConv, HetConv2d
@@ -559,16 +558,8 @@ def write_config(path: Path, arch: Architecture) -> Path:
     return path
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(REPO / "run_search.py"), *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+def deploy_cli(*args: str) -> subprocess.CompletedProcess:
+    return run_cli(args, cwd=REPO, timeout=240, env=cli_env(PYTHONWARNINGS="ignore"))
 
 
 def test_deploy_command_with_trained_weights(tmp_path):
@@ -579,7 +570,7 @@ def test_deploy_command_with_trained_weights(tmp_path):
     model = trained_like(arch, seed=11)
     torch.save(model.state_dict(), tmp_path / "trial_3.pt")
 
-    result = run_cli("deploy", str(config), "--onnx")
+    result = deploy_cli("deploy", str(config), "--onnx")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "trained weights" in out and "untrained" not in out
@@ -606,7 +597,7 @@ def test_deploy_command_with_trained_weights(tmp_path):
 def test_deploy_command_rejects_an_illegal_architecture(tmp_path):
     arch = Architecture("vgg16", WIDTH, 10, (LayerSpec.hetconv(3),) * 12)  # 3 divides no layer
     config = write_config(tmp_path / "bad.json", arch)
-    result = run_cli("deploy", str(config))
+    result = deploy_cli("deploy", str(config))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr

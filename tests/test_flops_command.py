@@ -7,13 +7,12 @@ shared by the tests. Expected MFLOPs are computed from the layer shapes in docs/
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from cli_process import start_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,17 +39,8 @@ COMMANDS = {
 
 @pytest.fixture(scope="module")
 def cli() -> dict[str, subprocess.CompletedProcess]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     procs = {
-        key: subprocess.Popen(
-            [sys.executable, "run_search.py", *args],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for key, args in COMMANDS.items()
+        key: start_cli(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for key, args in COMMANDS.items()
     }
     results = {}
     for key, proc in procs.items():

@@ -15,11 +15,11 @@ import json
 import os
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_process import cli_env, run_cli
 
 from layers import FLGConv2d, HetConv2d
 from models import build_model
@@ -146,15 +146,8 @@ def test_training_step_never_synchronises(name, tmp_path):
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]}  # one GPU
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "run_search.py"), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+    one_gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
+    proc = run_cli(args, cwd, env=cli_env(CUDA_VISIBLE_DEVICES=one_gpu, OMP_NUM_THREADS=None))
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-4000:]}"
     return proc
 

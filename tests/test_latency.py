@@ -11,15 +11,14 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
 from _studies import load
+from cli_process import run_cli
 from optuna.trial import TrialState
 
 from search.evaluation.latency import LatencyTable, device_key, measure_latency, model_latency_ms
@@ -43,12 +42,9 @@ def table(space) -> LatencyTable:
     return LatencyTable.build(space, CPU, batch=1, repeats=2)
 
 
-def run_cli(args: list, cwd: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(ROOT / "run_search.py"), *map(str, args)]
-    proc = subprocess.run(
-        cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    )
-    assert proc.returncode == 0, f"{' '.join(cmd[1:])}\nexit {proc.returncode}\n{proc.stderr[-4000:]}"
+def search_cli(args: list, cwd: Path) -> subprocess.CompletedProcess:
+    proc = run_cli(args, cwd)
+    assert proc.returncode == 0, f"{' '.join(map(str, args))}\nexit {proc.returncode}\n{proc.stderr[-4000:]}"
     return proc
 
 
@@ -135,7 +131,7 @@ def _complete(results: Path, study: str) -> list[optuna.trial.FrozenTrial]:
 @pytest.mark.parametrize("mode", ["table", "measured"])
 def test_search_on_latency_records_it_and_reports_accuracy_against_latency(tmp_path, mode):
     results = tmp_path / "results"
-    run_cli(
+    search_cli(
         [
             *QUICK,
             "--space",
@@ -183,7 +179,7 @@ def test_search_on_accuracy_and_latency_alone_with_early_stopping(tmp_path):
     stopping judges trials at rung 1 on (accuracy, latency): still a front, a report and
     exports."""
     results = tmp_path / "results"
-    run_cli(
+    search_cli(
         [
             *QUICK,
             "--epochs",

@@ -23,6 +23,7 @@ import pytest
 from search.storage import StorageError, open_storage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_process import start_cli
 from pg_server import create_database, postgres_url  # noqa: E402,F401  (the session fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
@@ -35,16 +36,7 @@ optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "run_search.py"), *map(str, args)],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    return start_cli(args, cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
 def _finish(procs: list[subprocess.Popen], timeout: float = TIMEOUT) -> list[subprocess.CompletedProcess]:
