@@ -30,13 +30,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from search.files import atomic_torch_save
 
 __all__ = ["Digits32Recipe", "RECIPE", "generate_digits32", "load_digits32"]
 
@@ -208,13 +208,7 @@ def load_digits32(data_dir: str | Path, recipe: Digits32Recipe | None = None) ->
     try:
         folder.mkdir(parents=True, exist_ok=True)
         payload = {f"{s}_{k}": t for s, split in zip(("train", "val", "test"), splits) for k, t in zip("xy", split)}
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(payload, tmp)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        atomic_torch_save(payload, path)
     except OSError:
         pass  # a read-only data directory only costs the regeneration next time
     return splits

@@ -31,6 +31,7 @@ from torch import nn
 
 from layers import create_conv2d
 from models import Architecture, LayerSlot, LayerSpec, build_model, deploy
+from search.files import atomic_write_text
 from spaces import SearchSpace
 
 __all__ = ["LatencyTable", "device_key", "measure_latency", "model_latency_ms"]
@@ -187,7 +188,5 @@ class LatencyTable:
             return cls(data["key"], data["fixed_ms"], data["layers"], data["scale"])
         table = cls.build(space, device, batch, repeats)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(table.to_json(), indent=1))
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(table.to_json(), indent=1))
         return table

@@ -15,7 +15,6 @@ GPUs without bfloat16, the gradient scaler still checks for overflow once per st
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ from torch import nn
 
 from layers import param_groups_without_logit_decay
 from search.evaluation.data import BatchLoader, Dataset
+from search.files import atomic_torch_save
 from search.settings import TrainingSettings
 
 __all__ = [
@@ -308,6 +308,4 @@ def _save_checkpoint(path: Path, model, optimizer, scaler, loader, step: int, ep
         "epoch": epoch,
         "history": [record.to_json() for record in history],
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a kill while saving never leaves a torn checkpoint
+    atomic_torch_save(state, path)  # a kill while saving never leaves a torn checkpoint
