@@ -57,10 +57,9 @@ def measure_latency(run: Callable[[], Any], device: torch.device, warmup: int = 
     return statistics.median(times)
 
 
-def _prepare(module: nn.Module, device: torch.device) -> tuple[nn.Module, torch.memory_format]:
+def _prepare(module: nn.Module, device: torch.device) -> nn.Module:
     # channels_last is the fast layout for convolutions on current CPUs and GPUs.
-    fmt = torch.channels_last
-    return module.to(device, memory_format=fmt).eval(), fmt
+    return module.to(device, memory_format=torch.channels_last).eval()
 
 
 def model_latency_ms(
@@ -72,7 +71,7 @@ def model_latency_ms(
         torch.manual_seed(0)
         model = build_model(arch).to(device)
         model = deploy(model, hetconv_form="auto", flgc_form="auto", example_input=x)  # the fastest exact forms here
-    model, fmt = _prepare(model, device)
+    model = _prepare(model, device)
     return measure_latency(lambda: model(x), device, warmup, repeats)
 
 
@@ -83,7 +82,7 @@ def _layer_latency_ms(slot: LayerSlot, spec: LayerSpec, device: torch.device, ba
     x = torch.randn(batch, slot.in_channels, slot.input_size, slot.input_size, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
     wrapped = deploy(nn.Sequential(layer).to(device), hetconv_form="auto", flgc_form="auto", example_input=x)
-    wrapped, fmt = _prepare(wrapped, device)
+    wrapped = _prepare(wrapped, device)
     return measure_latency(lambda: wrapped(x), device, warmup=3, repeats=repeats)
 
 
