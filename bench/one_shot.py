@@ -61,12 +61,9 @@ candidates took 24 min instead of ~3): expect **2-4 hours** for the full command
 from __future__ import annotations
 
 import argparse
-import csv
 import inspect
-import json
 import math
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -76,89 +73,21 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CSV_COLUMNS = (
-    "seed",
-    "candidate",
-    "arch",
-    "mflops",
-    "one_shot_score",
-    "standalone_accuracy",
-    "standalone_retest",
-    "score_seconds",
-    "train_seconds",
+from bench._one_shot_report import (
+    correlations,
+    print_summary,
+    study_hypervolume,
+    trained_epochs,
+    write_csv,
+    write_plot,
+    write_summary,
 )
+from bench._one_shot_settings import one_shot_settings, train_each_settings
+
 # The random candidates must not be the sub-networks the supernet trained on first (its
 # sandwich sampler uses torch.Generator().manual_seed(seed)): another stream.
 CANDIDATE_SEED_OFFSET = 1_000_003
 RETEST_SEED_OFFSET = 7_919  # another training seed for the retest of the same candidate
-MEDIAN_KEYS = (
-    "kendall_tau",
-    "spearman",
-    "kendall_retest",
-    "kendall_tau_mean",
-    "standalone_range",
-    "hv_one_shot_retrained",
-    "hv_train_each",
-    "hv_one_shot_scores",
-    "epochs_one_shot",
-    "epochs_train_each",
-    "seconds_one_shot",
-    "seconds_train_each",
-)
-
-
-# ----------------------------------------------------------------------------- settings
-
-
-def training_for(args: argparse.Namespace):
-    """The quick preset's training recipe on digits, with ``--epochs`` and ``--threads``."""
-    from search.settings import PRESETS, TrainingSettings
-
-    quick = PRESETS["quick"]
-    return TrainingSettings(
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        epochs=args.epochs,
-        batch_size=quick["batch_size"],
-        lr=quick["lr"],
-        warmup_epochs=quick["warmup_epochs"],
-        threads=args.threads,
-        device=args.device,
-    )
-
-
-def one_shot_settings(args: argparse.Namespace, seed: int, results_dir: Path):
-    from search.settings import Settings
-
-    return Settings(
-        space=args.space,
-        budget=args.search_candidates,
-        width=args.width,
-        training=training_for(args),
-        sampler="nsga2",
-        seed=seed,
-        results_dir=str(results_dir),
-        strategy="one-shot",
-        retrain_top=args.retrain_top,
-        supernet_epochs=args.supernet_epochs,
-        quiet=True,
-    )
-
-
-def train_each_settings(args: argparse.Namespace, seed: int, budget: int, results_dir: Path):
-    from search.settings import Settings
-
-    return Settings(
-        space=args.space,
-        budget=budget,
-        width=args.width,
-        training=training_for(args),
-        sampler=args.sampler,
-        seed=seed,
-        results_dir=str(results_dir),
-        quiet=True,
-        early_stop="none",  # budget = epochs // --epochs trials holds only if every trial trains to the end
-    )
 
 
 def num_random_default() -> int:
@@ -260,53 +189,6 @@ def rank_candidates(args: argparse.Namespace, supernet, data, training, seed: in
     return rows
 
 
-def _rank_correlation(x: list[float], y: list[float]) -> tuple[float, float, float, float]:
-    """Kendall tau, its p-value, Spearman rho, its p-value (NaN for constant input)."""
-    from scipy import stats
-
-    if len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2:
-        return math.nan, math.nan, math.nan, math.nan
-    tau, rho = stats.kendalltau(x, y), stats.spearmanr(x, y)
-    return float(tau.statistic), float(tau.pvalue), float(rho.statistic), float(rho.pvalue)
-
-
-def correlations(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """One-shot score against stand-alone accuracy; with a retest, also stand-alone against
-    itself (how well training ranks candidates at all: the ceiling of any proxy) and the
-    one-shot score against the mean of both stand-alone runs (less training noise)."""
-    scores = [r["one_shot_score"] for r in rows]
-    first = [r["standalone_accuracy"] for r in rows]
-    tau, tau_p, rho, rho_p = _rank_correlation(scores, first)
-    out = {
-        "kendall_tau": tau,
-        "kendall_p": tau_p,
-        "spearman": rho,
-        "spearman_p": rho_p,
-        "standalone_range": max(first) - min(first) if first else math.nan,
-    }
-    if rows and all("standalone_retest" in r for r in rows):
-        again = [r["standalone_retest"] for r in rows]
-        out["kendall_retest"], _, out["spearman_retest"], _ = _rank_correlation(first, again)
-        mean = [(a + b) / 2 for a, b in zip(first, again)]
-        out["kendall_tau_mean"], _, out["spearman_mean"], _ = _rank_correlation(scores, mean)
-    return out
-
-
-def _hypervolume(study) -> tuple[float, dict[str, float]]:
-    from search.reporting.front import front_hypervolume
-    from search.storage import load_records, study_objectives
-
-    reference = {k: float(v) for k, v in dict(study.user_attrs["reference_point"]).items()}
-    return front_hypervolume(load_records(study), study_objectives(study), reference), reference
-
-
-def _epochs(study) -> int:
-    from optuna.trial import TrialState
-
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    return sum(int(t.user_attrs.get("epochs_run") or 0) for t in trials)
-
-
 def compare_budgets(
     args: argparse.Namespace, seed: int, settings, supernet: dict[str, Any], work_dir: Path
 ) -> dict[str, Any]:
@@ -321,9 +203,9 @@ def compare_budgets(
     one_shot_study = run_one_shot_search(settings)
     search_seconds = time.perf_counter() - started
     retrained_study = optuna.load_study(study_name=settings.study, storage=open_storage(settings.storage_url))
-    hv_retrained, reference = _hypervolume(retrained_study)
-    hv_scores, _ = _hypervolume(one_shot_study)
-    retrain_epochs = _epochs(retrained_study)
+    hv_retrained, reference = study_hypervolume(retrained_study)
+    hv_scores, _ = study_hypervolume(one_shot_study)
+    retrain_epochs = trained_epochs(retrained_study)
     retrained = len(retrained_study.get_trials(deepcopy=False))
     retrain_seconds = sum(
         float(t.user_attrs.get("train_seconds") or 0) for t in retrained_study.get_trials(deepcopy=False)
@@ -342,7 +224,7 @@ def compare_budgets(
     started = time.perf_counter()
     train_each = run_optuna_search(train_each_settings(args, seed, budget, work_dir / f"train-each-seed{seed}"))
     train_each_seconds = time.perf_counter() - started
-    hv_train_each, reference_train_each = _hypervolume(train_each)
+    hv_train_each, reference_train_each = study_hypervolume(train_each)
     if reference_train_each != reference:
         raise RuntimeError(f"the two studies have different reference points: {reference} vs {reference_train_each}")
     return {
@@ -354,7 +236,7 @@ def compare_budgets(
         "epochs_supernet_counted": epochs_one_shot - retrain_epochs,
         "epochs_retrained": retrain_epochs,
         "retrained": retrained,
-        "epochs_train_each": _epochs(train_each),
+        "epochs_train_each": trained_epochs(train_each),
         "budget_train_each": budget,
         "scored_candidates": settings.budget,
         "supernet_reused": reused,
@@ -410,101 +292,6 @@ def run_seed(args: argparse.Namespace, seed: int, work_dir: Path) -> tuple[list[
         flush=True,
     )
     return rows, summary
-
-
-# ----------------------------------------------------------------------------- outputs
-
-
-def medians(summaries: list[dict[str, Any]]) -> dict[str, float]:
-    out = {}
-    for key in MEDIAN_KEYS:
-        values = [float(s[key]) for s in summaries if s.get(key) is not None and not math.isnan(float(s[key]))]
-        out[key] = statistics.median(values) if values else math.nan
-    return out
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(
-                {
-                    **row,
-                    "mflops": f"{row['mflops']:.6g}",
-                    "one_shot_score": f"{row['one_shot_score']:.6g}",
-                    "standalone_accuracy": f"{row['standalone_accuracy']:.6g}",
-                    "standalone_retest": f"{row['standalone_retest']:.6g}" if "standalone_retest" in row else "",
-                    "score_seconds": f"{row['score_seconds']:.3f}",
-                    "train_seconds": f"{row['train_seconds']:.3f}",
-                }
-            )
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def write_summary(path: Path, args: argparse.Namespace, summaries: list[dict[str, Any]]) -> None:
-    config = dict(vars(args))
-    payload = {"config": config, "num_random": num_random_default(), "seeds": summaries, "median": medians(summaries)}
-    path.write_text(json.dumps(_json_safe(payload), indent=2))
-
-
-def write_plot(path: Path, rows: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> Path:
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    by_seed = {s["seed"]: s for s in summaries}
-    for seed in sorted({r["seed"] for r in rows}):
-        mine = [r for r in rows if r["seed"] == seed]
-        tau = by_seed.get(seed, {}).get("kendall_tau", math.nan)
-        fig.add_trace(
-            go.Scatter(
-                x=[r["one_shot_score"] for r in mine],
-                y=[r["standalone_accuracy"] for r in mine],
-                mode="markers",
-                name=f"seed {seed} (Kendall tau {tau:.2f})",
-                text=[f"candidate {r['candidate']}<br>{r['mflops']:.2f} MFLOPs<br>{r['arch']}" for r in mine],
-                hovertemplate="one-shot %{x:.4f}<br>stand-alone %{y:.4f}<br>%{text}<extra></extra>",
-                marker={"size": 9, "opacity": 0.8},
-            )
-        )
-    med = medians(summaries)
-    fig.update_layout(
-        title=f"One-shot score vs stand-alone accuracy (median Kendall tau {med['kendall_tau']:.3f}, "
-        f"Spearman {med['spearman']:.3f})",
-        xaxis_title="one-shot score (validation accuracy, inherited weights, BN recalibrated)",
-        yaxis_title="stand-alone validation accuracy (trained from scratch)",
-        template="plotly_white",
-        height=560,
-        width=900,
-    )
-    html = path.with_suffix(".html")
-    fig.write_html(html, include_plotlyjs="cdn")
-    return html
-
-
-def print_summary(summaries: list[dict[str, Any]]) -> None:
-    if not summaries:
-        return
-    med = medians(summaries)
-    print(
-        f"\nmedian over {len(summaries)} seed(s): Kendall tau {med['kendall_tau']:.3f}, Spearman {med['spearman']:.3f} "
-        f"(stand-alone vs its retest {med['kendall_retest']:.3f}, one-shot vs the mean of both "
-        f"{med['kendall_tau_mean']:.3f}; stand-alone accuracies span {med['standalone_range']:.4f}) | "
-        f"HV one-shot retrained {med['hv_one_shot_retrained']:.4g} vs train-each {med['hv_train_each']:.4g} "
-        f"(one-shot scores, another fidelity: {med['hv_one_shot_scores']:.4g}) | epochs one-shot "
-        f"{med['epochs_one_shot']:g}, train-each {med['epochs_train_each']:g} | seconds one-shot "
-        f"{med['seconds_one_shot']:.0f}, train-each {med['seconds_train_each']:.0f}"
-    )
 
 
 # ----------------------------------------------------------------------------- command line
@@ -579,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += seed_rows
             summaries.append(summary)
             write_csv(out, rows)  # after every seed: a long benchmark leaves its partial results
-            write_summary(out.with_suffix(".json"), args, summaries)
+            write_summary(out.with_suffix(".json"), args, summaries, num_random_default())
     finally:
         if not args.work_dir:
             shutil.rmtree(work_dir, ignore_errors=True)
