@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
+import search.objectives as objective_table
+
 __all__ = [
     "BACKENDS",
     "CHOICES",
@@ -39,14 +41,14 @@ __all__ = [
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 BACKENDS = ("optuna", "ray")
-OBJECTIVES = ("accuracy", "mflops", "params", "latency_ms")
+OBJECTIVES = tuple(objective_table.OBJECTIVES)  # names, from the one table of objectives
 # Names the command line also accepts for an objective.
 OBJECTIVE_ALIASES = {"latency": "latency_ms", "flops": "mflops"}
 LATENCY_MODES = ("measured", "table")
 STRATEGIES = ("train-each", "one-shot")
 # Direction of every objective the tool knows.
 EARLY_STOP_MODES = ("auto", "mo-asha", "none")
-OBJECTIVE_SENSES = {"accuracy": "max", "mflops": "min", "params": "min", "latency_ms": "min"}
+OBJECTIVE_SENSES = objective_table.OBJECTIVE_SENSES
 # Training hyperparameters that --tune can add to a space, with their search ranges.
 TUNABLE: dict[str, tuple[str, Any]] = {
     "lr": ("log", (1e-3, 0.4)),

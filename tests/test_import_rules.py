@@ -2,7 +2,7 @@
 functions):
 
 - one way down: ``layers`` < ``models`` < ``spaces`` < ``search``, and inside ``search`` the
-  steps of the data flow (settings < storage < evaluation and reporting < strategies <
+  steps of the data flow (objectives < settings < storage < evaluation and reporting < strategies <
   backends and artifacts < commands); nothing imports a step above its own;
 - no underscore name is imported across top-level packages (a package that needs another's
   internals gets a public function instead).
@@ -18,6 +18,7 @@ PACKAGES = ("layers", "models", "spaces", "search")
 TOP_RANK = {"layers": 0, "models": 1, "spaces": 2, "search": 3}
 # search's steps, lowest first; a module may import its own step and those below it
 SEARCH_RANK = {
+    "objectives": -1,  # the table of objectives, below the settings that read it
     "settings": 0,
     "compat": 0,
     "quiet": 0,

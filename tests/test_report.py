@@ -1,4 +1,4 @@
-"""Tests for search/reporting/report.py on real SQLite studies built without training.
+"""Tests for search/reporting/report/ on real SQLite studies built without training.
 
 Trials are added with ``optuna.trial.create_trial`` carrying the user attributes the tool
 writes (``search.evaluation.evaluate.result_attributes`` plus status / baseline / fail_reason), with
@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from models import Architecture
 from search.reporting import report as report_module
 from search.reporting.report import ReportFiles, trials_frame, write_report
+from search.reporting.report import images as report_images
 from search.storage import load_records
 from spaces import get_space
 
@@ -392,12 +393,12 @@ def test_extra_objectives_add_a_scatter(tmp_path, space):
 
 def test_png_notice_without_chromium(populated, tmp_path, monkeypatch):
     study, _ = populated
-    monkeypatch.setattr(report_module, "_find_chromium", lambda: None)
+    monkeypatch.setattr(report_images, "find_chromium", lambda: None)
 
     def never(*args, **kwargs):
         raise AssertionError("kaleido must not be tried without a browser")
 
-    monkeypatch.setattr(report_module, "_write_pngs", never)
+    monkeypatch.setattr(report_images, "write_pngs", never)
     files = write_report(study, tmp_path / "out")
     assert files.pngs == []
     assert files.png_notice and "no Chromium" in files.png_notice and "\n" not in files.png_notice
@@ -406,7 +407,7 @@ def test_png_notice_without_chromium(populated, tmp_path, monkeypatch):
 
 def test_png_write_failure_becomes_a_notice(populated, tmp_path, monkeypatch):
     study, _ = populated
-    monkeypatch.setattr(report_module, "_find_chromium", lambda: "/nonexistent/chromium")
+    monkeypatch.setattr(report_images, "find_chromium", lambda: "/nonexistent/chromium")
     import kaleido
 
     def broken(*args, **kwargs):
@@ -418,7 +419,7 @@ def test_png_write_failure_becomes_a_notice(populated, tmp_path, monkeypatch):
     assert "browser crashed" in files.png_notice and "\n" not in files.png_notice
 
 
-@pytest.mark.skipif(report_module._find_chromium() is None, reason="no Chromium for kaleido")
+@pytest.mark.skipif(report_images.find_chromium() is None, reason="no Chromium for kaleido")
 def test_pngs_with_chromium(tmp_path, space):
     study = _edge_study(tmp_path, space, "one_trial")
     files = write_report(study, tmp_path / "out")
