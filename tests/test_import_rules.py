@@ -21,6 +21,7 @@ SEARCH_RANK = {
     "settings": 0,
     "compat": 0,
     "quiet": 0,
+    "versions": 0,
     "storage": 1,
     "evaluation": 2,
     "reporting": 2,
