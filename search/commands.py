@@ -9,10 +9,18 @@ from pathlib import Path
 from typing import Any
 
 from search.evaluation.cost import architecture_cost, cheapest_and_dearest
+from search.settings import (
+    Settings,
+    StorageTarget,
+    check_device_available,
+    check_number,
+    check_study_name,
+    check_text,
+    mask_url,
+)
 from spaces import get_space, space_names
 
 __all__ = [
-    "check_device_available",
     "check_output_dir",
     "check_search",
     "deploy_config",
@@ -109,26 +117,7 @@ def _check_output_dir(path: Path) -> None:
         raise UserError(f"--results-dir {results_dir} cannot be created ({parent} is not a writable folder)")
 
 
-def check_device_available(name: str) -> None:
-    """The device exists here: a missing GPU index would otherwise fail every trial."""
-    import torch
-
-    from search.errors import UserError
-    from search.evaluation.train import resolve_device
-
-    try:
-        device = resolve_device(name)
-    except (ValueError, RuntimeError) as err:
-        raise UserError(str(err)) from None
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(
-            f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0"
-        )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {name}: MPS (Apple GPU) is not available here; use --device cpu or auto")
-
-
-def check_search(settings) -> None:
+def check_search(settings: Settings) -> None:
     """Everything about a search that can be checked before a storage or the disk is touched:
     the options (Settings validates itself), the device, the space (and its file), the results
     folder and an explicit storage URL. The data are checked next, by loading them."""
@@ -137,25 +126,28 @@ def check_search(settings) -> None:
 
     check_device_available(settings.training.device)
     get_space(settings.space, width=settings.width, num_classes=num_classes_of(settings.training.dataset))
-    check_output_dir(settings.results_dir)
-    check_storage_url(settings.storage_url, "explicit" if settings.storage else "default")
+    target = settings.storage_target
+    check_output_dir(target.results_dir)
+    check_storage_url(target.url, "explicit" if target.explicit else "default")
 
 
-def _open_existing_study(name: str, storage_url: str | None, results_dir: str):
+def _open_existing_study(target: StorageTarget):
     """A study that must exist (never creates a file, a folder or a study)."""
     from search.errors import UserError
-    from search.settings import Settings, check_study_name, mask_url
     from search.storage import find_study, open_storage
 
-    check_study_name(name, "--study")
-    url = storage_url or Settings(results_dir=results_dir).storage_url
-    storage = open_storage(url, create=False)
-    study = find_study(storage, name)
+    check_study_name(target.study_name, "--study")
+    if not target.explicit:  # the default storage lies in --results-dir: checked as a search checks it
+        check_text("results_dir", target.results_dir, optional=False)
+    storage = open_storage(target.url, create=False)
+    study = find_study(storage, target.study_name)
     if study is None:
         import optuna
 
         names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
-        raise UserError(f"no study '{name}' in {mask_url(url)}; studies there: {', '.join(names) or 'none'}")
+        raise UserError(
+            f"no study '{target.study_name}' in {mask_url(target.url)}; studies there: {', '.join(names) or 'none'}"
+        )
     return study
 
 
@@ -172,12 +164,12 @@ def write_outputs(study, study_dir: Path, out=sys.stderr) -> None:
     print(f"exported {len(configs)} Pareto-optimal configs to {study_dir / 'pareto'}", file=out)
 
 
-def search(settings, write_report: bool = True) -> None:
+def search(settings: Settings, write_report: bool = True) -> None:
     check_search(settings)
     run_search(settings, write_report)
 
 
-def run_search(settings, write_report: bool = True) -> None:
+def run_search(settings: Settings, write_report: bool = True) -> None:
     """The search itself, once :func:`check_search` has passed."""
     from search.backends.workers import packed_workers
 
@@ -185,16 +177,16 @@ def run_search(settings, write_report: bool = True) -> None:
         from search.backends.one_shot import one_shot_study_name, run_one_shot_search
 
         study = run_one_shot_search(settings)
+        target = settings.storage_target
         if write_report:  # the one-shot study (both fronts), then the retrained trials' own study
-            write_outputs(study, Path(settings.results_dir) / one_shot_study_name(settings))
-            retrained = _open_existing_study(settings.study, settings.storage, settings.results_dir)
-            write_outputs(retrained, settings.study_dir)
+            write_outputs(study, Path(target.results_dir) / one_shot_study_name(settings))
+            write_outputs(_open_existing_study(target), target.study_dir)
         return
     elif settings.backend == "ray":
         from search.backends.ray_driver import run_ray_search
 
         study = run_ray_search(settings)
-    elif settings.worker_index is None and (workers := packed_workers(settings)) > 1:
+    elif settings.local_workers.index is None and (workers := packed_workers(settings)) > 1:
         from search.backends.workers import run_workers
 
         study = run_workers(settings.replace(workers=workers))
@@ -203,14 +195,14 @@ def run_search(settings, write_report: bool = True) -> None:
 
         study = run_optuna_search(settings)
     if write_report:
-        write_outputs(study, settings.study_dir)
+        write_outputs(study, settings.storage_target.study_dir)
 
 
 def report(name: str, storage_url: str | None, results_dir: str) -> None:
     from search.reporting.report import write_report
 
     check_output_dir(results_dir)
-    study = _open_existing_study(name, storage_url, results_dir)
+    study = _open_existing_study(StorageTarget.of(results_dir, storage_url, name))
     files = write_report(study, Path(results_dir) / name)
     print(f"report: {files.html}")
     if files.png_notice:
@@ -221,7 +213,7 @@ def export(name: str, storage_url: str | None, results_dir: str) -> None:
     from search.reporting.export import export_pareto
 
     check_output_dir(results_dir)
-    study = _open_existing_study(name, storage_url, results_dir)
+    study = _open_existing_study(StorageTarget.of(results_dir, storage_url, name))
     configs = export_pareto(study, Path(results_dir) / name / "pareto")
     print(f"exported {len(configs)} Pareto-optimal configs to {Path(results_dir) / name / 'pareto'}")
     for path in configs:
@@ -240,7 +232,6 @@ def retrain(config: str, epochs: int | None, device: str | None, data_dir: str |
 
 def deploy_config(config: str, weights: str | None, onnx: bool, hetconv_form: str, flgc_form: str, batch: int) -> None:
     from search.artifacts.deployment import export_deployed
-    from search.settings import check_number
 
     check_number("batch", batch)
     summary = export_deployed(

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import search.strategies.early_stopping as es
-from search.strategies.early_stopping import MultiObjectiveASHA, RungResult, peers_from_attrs, rung_attr
+from search.strategies.early_stopping import MultiObjectiveASHA, RungResult, peers_from_attrs, rung_attr, stopping_rule
 
 
 # ---------------------------------------------------------------------------
@@ -427,7 +427,7 @@ def test_early_stopping_default_is_on_when_there_is_a_rung(mode, epochs, min_epo
     )
     assert Settings().early_stop == "auto"
     assert settings.stops_early is stops
-    rule = settings.stopping_rule()
+    rule = stopping_rule(settings.early_stopping)
     assert (rule is not None) is stops
     if stops:
         assert list(rule.rungs) == [r for r in (1, 3, 9) if min_epochs <= r < epochs]
@@ -458,7 +458,7 @@ def test_the_search_rule_knows_the_chance_level_of_its_data_set():
     from search.settings import Settings, TrainingSettings
 
     for dataset, chance in (("digits", 0.1), ("cifar100", 0.01)):
-        rule = Settings(training=TrainingSettings(dataset=dataset, epochs=9)).stopping_rule()
+        rule = stopping_rule(Settings(training=TrainingSettings(dataset=dataset, epochs=9)).early_stopping)
         assert rule.decide(1, "k", (chance, 1.0), [RungResult("p", (0.9, 0.5))])
         assert not rule.decide(1, "k", (2 * chance, 1.0), [RungResult("p", (0.9, 0.5))])
     with pytest.raises(ValueError, match="chance_level"):

@@ -39,7 +39,7 @@ from search.evaluation.train import EpochRecord
 from search.reporting.front import pareto_records
 from search.settings import Settings, TrainingSettings
 from search.storage import load_records, study_objectives
-from search.strategies.early_stopping import rung_attr
+from search.strategies.early_stopping import rung_attr, stopping_rule
 from spaces import get_space
 
 pytestmark = [
@@ -162,7 +162,7 @@ def _costs(arch) -> dict[str, float]:
 def test_optuna_rung_callback_decisions(constructed):
     context, _, mflops = constructed
     study = context.study
-    assert context.settings.stopping_rule().rungs == (1, 3)
+    assert stopping_rule(context.settings.early_stopping).rungs == (1, 3)
     for offset, (name, value, steps) in enumerate(CANDIDATES):
         arch = context.space.uniform(value)
         study.enqueue_trial(context.space.to_params(arch))

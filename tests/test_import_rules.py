@@ -23,6 +23,7 @@ SEARCH_RANK = {
     "compat": 0,
     "quiet": 0,
     "files": 0,
+    "versions": 0,
     "storage": 1,
     "evaluation": 2,
     "reporting": 2,

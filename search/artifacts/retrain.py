@@ -13,7 +13,7 @@ from models import Architecture, ArchitectureError, validate
 from search.errors import UserError
 from search.evaluation.cost import architecture_cost
 from search.evaluation.evaluate import evaluate
-from search.settings import NUMBERS, SettingsError, TrainingSettings, check_number
+from search.settings import NUMBERS, SettingsError, TrainingSettings, check_device_available, check_number
 
 __all__ = ["check_writable", "config_training", "load_config", "retrain_config"]
 
@@ -97,8 +97,6 @@ def retrain_config(
     check_writable(path)
     arch = Architecture.from_json(config["architecture"])
     training = config_training(config, path, epochs=epochs, device=device, data_dir=data_dir)
-    from search.commands import check_device_available
-
     check_device_available(training.device)
     weights = path.with_suffix(".pt")
     result = evaluate(

@@ -34,7 +34,7 @@ from search.evaluation.candidate import CostedEpochCallback, Outcome, evaluate_c
 from search.evaluation.train import EpochRecord
 from search.reporting.front import front_summary
 from search.settings import Settings, mask_url
-from search.strategies.early_stopping import peers_from_attrs, rung_attr
+from search.strategies.early_stopping import early_stop_line, peers_from_attrs, rung_attr, stopping_rule
 
 __all__ = ["make_sampler", "run_optuna_search"]
 
@@ -71,7 +71,7 @@ def _rung_callback(context: SearchContext, trial: optuna.Trial) -> CostedEpochCa
     """Early stopping through the storage: at a rung, record this trial's objectives there
     (user attribute ``rung_<epoch>``) and compare with every trial recorded at that rung so
     far, in any worker or machine (asynchronous, nobody waits)."""
-    rule = context.settings.stopping_rule()
+    rule = stopping_rule(context.settings.early_stopping)
 
     def on_epoch(record: EpochRecord, costs: dict[str, float]) -> bool:
         if not rule.is_rung(record.epoch):
@@ -148,7 +148,7 @@ def run_optuna_search(settings: Settings) -> optuna.Study:
     progress.message(
         f"study '{study.study_name}' in {mask_url(settings.storage_url)}: {done}/{settings.budget} finished trials; "
         f"space {context.space.name} ({len(context.space.slots)} layers, {context.space.size:.3g} candidates); "
-        f"{settings.early_stop_line()}"
+        f"{early_stop_line(settings.early_stopping)}"
     )
     infeasible_in_a_row = failures_in_a_row = 0
     while (done := count_finished(study)) < settings.budget:

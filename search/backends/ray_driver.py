@@ -41,7 +41,7 @@ from search.evaluation.train import EpochRecord
 from search.reporting.front import front_summary
 from search.settings import Settings, mask_url
 from search.storage import OBJECTIVE_SENSES
-from search.strategies.early_stopping import RungResult, peers_from_attrs, rung_attr
+from search.strategies.early_stopping import RungResult, early_stop_line, peers_from_attrs, rung_attr, stopping_rule
 from spaces import SearchSpace
 
 __all__ = ["recover_orphaned_trials", "run_ray_search"]
@@ -123,7 +123,7 @@ def _make_scheduler(context: SearchContext):
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
     settings = context.settings
-    rule = settings.stopping_rule()
+    rule = stopping_rule(settings.early_stopping)
     # Trials of earlier runs of this study count as peers at their rungs too.
     # Keys are Optuna trial numbers, as in the Optuna backend, so ties break the same way;
     # failed trials are no peers (a retry must not compete with its own failed original).
@@ -158,7 +158,7 @@ def _make_searcher(context: SearchContext, progress: Progress, done: list[int], 
     from ray.tune.search.optuna import OptunaSearch
 
     settings = context.settings
-    rule = settings.stopping_rule()
+    rule = stopping_rule(settings.early_stopping)
 
     class StudySearcher(OptunaSearch):
         """OptunaSearch that records each trial's outcome (attributes, constraint, state)
@@ -304,7 +304,7 @@ def run_ray_search(settings: Settings) -> optuna.Study:
         Path(storage_path).mkdir(parents=True, exist_ok=True)
     progress.message(
         f"study '{study.study_name}' in {mask_url(settings.storage_url)}: {done[0]}/{settings.budget} finished trials; "
-        f"Ray results in {storage_path}; {settings.early_stop_line()}"
+        f"Ray results in {storage_path}; {early_stop_line(settings.early_stopping)}"
     )
     gpus = settings.gpus_per_trial
     if gpus is None:  # default: one GPU per trial where the cluster has GPUs

@@ -8,12 +8,10 @@ dataset, objectives or training protocol differ is refused instead of mixing res
 from __future__ import annotations
 
 import json
-import platform
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from search.evaluation.cost import architecture_cost, cheapest_and_dearest
 from search.evaluation.evaluate import get_dataset
 from search.settings import TUNABLE, Settings, SettingsError, mask_url, scrub, url_secrets
 from search.storage import OBJECTIVE_SENSES, StudyMismatch, find_study, open_storage
+from search.versions import package_versions
 from spaces import SearchSpace, get_space
 
 __all__ = [
@@ -66,16 +65,6 @@ class SearchContext:
     storage: optuna.storages.BaseStorage
     reference: dict[str, float]
     latency: Callable[[Architecture], float] | None = None  # when latency is an objective
-
-
-def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in ("torch", "torchvision", "optuna", "ptflops", "ray", "numpy", "pandas", "plotly"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
 
 
 def _protocol(settings: Settings) -> dict[str, Any]:

@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DATASETS", "DataError", "Dataset", "load_dataset", "BatchLoader", "num_classes_of"]
+from search.settings import DATASET_CLASSES as _CLASSES
+from search.settings import DATASETS
 
-DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "digits", "digits32")
-_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10, "digits32": 10}
+__all__ = ["DATASETS", "DataError", "Dataset", "load_dataset", "BatchLoader", "num_classes_of"]
 
 
 def num_classes_of(name: str) -> int:

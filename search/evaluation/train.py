@@ -27,7 +27,7 @@ from torch import nn
 from layers import param_groups_without_logit_decay
 from search.evaluation.data import BatchLoader, Dataset
 from search.files import atomic_torch_save
-from search.settings import TrainingSettings
+from search.settings import TrainingSettings, resolve_device
 
 __all__ = [
     "CHECK_EVERY",
@@ -66,16 +66,6 @@ class EpochRecord:
 
 # Called after every epoch; returning True stops training early (used by early stopping).
 EpochCallback = Callable[[EpochRecord], bool | None]
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; ``cuda:1``, ``cpu`` etc. are taken as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} was asked for but CUDA is not available here; use --device cpu or auto")
-    return device
 
 
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:

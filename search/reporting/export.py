@@ -11,10 +11,10 @@ from typing import Any
 
 import optuna
 
-from search.backends.study import package_versions
 from search.reporting.front import pareto_records
 from search.settings import TrainingSettings
 from search.storage import TrialRecord, load_records, study_objectives
+from search.versions import package_versions
 
 __all__ = ["CONFIG_FORMAT", "config_of", "export_pareto"]
 

@@ -72,12 +72,15 @@ from typing import Any
 import numpy as np
 
 from search.reporting.pareto import crowding_distance, hypervolume_contributions, non_dominated_sort
+from search.settings import DATASET_CLASSES, OBJECTIVE_SENSES, EarlyStopping
 
 __all__ = [
     "RungResult",
     "MultiObjectiveASHA",
+    "early_stop_line",
     "rung_attr",
     "peers_from_attrs",
+    "stopping_rule",
 ]
 
 Key = str | int
@@ -425,3 +428,29 @@ class MultiObjectiveASHA:
             chance_level=data.get("chance_level"),
             accuracy_index=data.get("accuracy_index", 0),
         )
+
+
+def stopping_rule(part: EarlyStopping) -> MultiObjectiveASHA | None:
+    """The early-stopping rule of a run (``settings.early_stopping``), or None when it is off."""
+    if not part.enabled:
+        return None
+    senses = [OBJECTIVE_SENSES[o] for o in part.objectives]
+    return MultiObjectiveASHA(
+        part.min_epochs,
+        part.eta,
+        part.max_epochs,
+        senses,
+        chance_level=1 / DATASET_CLASSES[part.dataset],
+        accuracy_index=part.objectives.index("accuracy"),
+    )
+
+
+def early_stop_line(part: EarlyStopping) -> str:
+    """What the start of a search says about early stopping (it is on by default)."""
+    rule = stopping_rule(part)
+    if rule is None:
+        return "early stopping off"
+    return (
+        f"early stopping mo-asha at epochs {', '.join(map(str, rule.rungs))} of {part.max_epochs}, the best "
+        f"1/{part.eta} go on (--early-stop none: train every trial to the end)"
+    )
