@@ -144,19 +144,6 @@ def test_crowding_keeps_extremes_when_front_exceeds_quota():
     assert asha.ranking(results) == bf_ranking(results, ("max", "min"))
 
 
-def test_hypervolume_tie_break():
-    pairs = [(0, (0.9, 10.0)), (1, (0.8, 5.0)), (2, (0.5, 1.0)), (3, (0.4, 12.0))]
-    results = _results(pairs)
-    crowd = MultiObjectiveASHA(1, 3, 27)
-    hv = MultiObjectiveASHA(1, 3, 27, tie_break="hypervolume", reference=(0.0, 20.0))
-    # exclusive contributions on the front: key 0 -> 1.0, key 1 -> 1.5, key 2 -> 2.0
-    assert crowd.ranking(results) == [0, 2, 1, 3]
-    assert hv.ranking(results) == [2, 1, 0, 3]
-    # eta 3, n = 4 -> quota 2
-    assert [hv.decide(1, k, v, results) for k, v in pairs] == [False, True, True, False]
-    assert [crowd.decide(1, k, v, results) for k, v in pairs] == [True, False, True, False]
-
-
 def test_arrival_order_matters_like_asha():
     asha = MultiObjectiveASHA(1, 2, 8)  # quota(n) = ceil(n / 2)
     strong = RungResult(0, (0.9, 5.0))
@@ -322,10 +309,6 @@ def test_three_objectives():
         ((1, 3, 27, "max"), {}, "senses"),
         ((1, 3, 27, ()), {}, "senses"),
         ((1, 3, 27, ("max", "maximize")), {}, "senses"),
-        ((1, 3, 27), {"tie_break": "random"}, "tie_break"),
-        ((1, 3, 27), {"tie_break": "hypervolume"}, "reference"),
-        ((1, 3, 27), {"reference": (0.0,)}, "reference"),
-        ((1, 3, 27), {"reference": (0.0, math.nan)}, "reference"),
     ],
 )
 def test_argument_validation(args, kwargs, match):
@@ -356,7 +339,7 @@ def test_value_validation():
     [
         MultiObjectiveASHA(1, 3, 27),
         MultiObjectiveASHA(2, 2, 16, ("max", "min", "min")),
-        MultiObjectiveASHA(1, 4, 50, tie_break="hypervolume", reference=(0.0, 300.0)),
+        MultiObjectiveASHA(1, 4, 50, chance_level=0.1),
     ],
 )
 def test_json_round_trip(asha):
@@ -364,7 +347,6 @@ def test_json_round_trip(asha):
     back = MultiObjectiveASHA.from_json(data)
     assert back == asha
     assert back.rungs == asha.rungs and back.senses == asha.senses
-    assert back.tie_break == asha.tie_break and back.reference == asha.reference
     results = _results(NINE) if len(asha.senses) == 2 else _results([(k, (*v, 1.0)) for k, v in NINE])
     assert back.ranking(results) == asha.ranking(results)
 

@@ -15,10 +15,7 @@ rank from :func:`search.reporting.pareto.non_dominated_sort` on the rung objecti
 example ``(accuracy at the rung, MFLOPs)``), then, inside a front, the crowding
 distance from :func:`search.reporting.pareto.crowding_distance` computed within that
 front, largest first (``inf`` extremes first), and finally the trial key as a
-deterministic tie-break (ints before strings, each in natural order).  With
-``tie_break="hypervolume"`` the exclusive hypervolume contribution
-(:func:`search.reporting.pareto.hypervolume_contributions` within the front, against
-``reference``) is used before the crowding distance.  So a cheap, low-accuracy
+deterministic tie-break (ints before strings, each in natural order).  So a cheap, low-accuracy
 trial that lies on the front (and, being the cheapest, is an extreme with
 infinite crowding) is kept, where a single-metric scheduler would stop it.
 
@@ -71,7 +68,7 @@ from typing import Any
 
 import numpy as np
 
-from search.reporting.pareto import crowding_distance, hypervolume_contributions, non_dominated_sort
+from search.reporting.pareto import crowding_distance, non_dominated_sort
 from search.settings import DATASET_CLASSES, OBJECTIVE_SENSES, EarlyStopping
 
 __all__ = [
@@ -85,7 +82,6 @@ __all__ = [
 
 Key = str | int
 
-_TIE_BREAKS = ("crowding", "hypervolume")
 _JSON_KIND = "MultiObjectiveASHA"
 
 
@@ -174,11 +170,6 @@ class MultiObjectiveASHA:
     senses:
         ``"max"``/``"min"`` per objective, default ``("max", "min")`` for
         (accuracy, MFLOPs); e.g. ``("max", "min", "min")`` to add params.
-    tie_break:
-        ``"crowding"`` (default) or ``"hypervolume"`` for the order inside a
-        front; ``"hypervolume"`` needs ``reference`` (in the original senses,
-        e.g. ``(0.0, dense_mflops)``) and falls back to crowding on equal
-        contributions.
     chance_level:
         Accuracy of guessing (``1 / classes``). A trial whose accuracy at the
         first rung is at most ``CHANCE_MARGIN`` times this has learned nothing
@@ -203,8 +194,6 @@ class MultiObjectiveASHA:
         max_epochs: int,
         senses: Sequence[str] = ("max", "min"),
         *,
-        tie_break: str = "crowding",
-        reference: Sequence[float] | None = None,
         chance_level: float | None = None,
         accuracy_index: int = 0,
     ) -> None:
@@ -224,18 +213,6 @@ class MultiObjectiveASHA:
             if s not in ("max", "min"):
                 raise ValueError(f"senses[{j}] = {s!r} is invalid; expected 'max' or 'min'")
         self._senses: tuple[str, ...] = senses
-        if tie_break not in _TIE_BREAKS:
-            raise ValueError(f"tie_break must be one of {_TIE_BREAKS}, got {tie_break!r}")
-        self._tie_break = tie_break
-        if reference is not None:
-            ref = tuple(float(x) for x in reference)
-            if len(ref) != len(senses) or any(math.isnan(x) for x in ref):
-                raise ValueError(f"reference must be {len(senses)} numbers without NaN, got {list(reference)!r}")
-            self._reference: tuple[float, ...] | None = ref
-        else:
-            self._reference = None
-        if tie_break == "hypervolume" and self._reference is None:
-            raise ValueError("tie_break='hypervolume' needs a reference point")
         if chance_level is not None and not 0 < float(chance_level) < 1:
             raise ValueError(f"chance_level must be in (0, 1), got {chance_level!r}")
         self._chance_level = None if chance_level is None else float(chance_level)
@@ -265,14 +242,6 @@ class MultiObjectiveASHA:
     @property
     def senses(self) -> tuple[str, ...]:
         return self._senses
-
-    @property
-    def tie_break(self) -> str:
-        return self._tie_break
-
-    @property
-    def reference(self) -> tuple[float, ...] | None:
-        return self._reference
 
     @property
     def rungs(self) -> tuple[int, ...]:
@@ -311,19 +280,15 @@ class MultiObjectiveASHA:
             idx = np.flatnonzero(fronts == f)
             sub = pts[idx]
             crowd = crowding_distance(sub, self._senses)
-            if self._tie_break == "hypervolume":
-                hv = hypervolume_contributions(sub, self._senses, self._reference)
-            else:
-                hv = np.zeros(idx.size)
             # idx is in key order, so a stable sort leaves key order as the last tie-break
-            order = sorted(range(idx.size), key=lambda i: (-hv[i], -crowd[i]))
+            order = sorted(range(idx.size), key=lambda i: -crowd[i])
             out.extend(keys[idx[i]] for i in order)
         return out
 
     def ranking(self, results: Sequence[RungResult]) -> list[Key]:
         """Keys of ``results`` best first.
 
-        Order: Pareto rank, then (hypervolume contribution and) crowding
+        Order: Pareto rank, then crowding
         distance within the front descending, then key order; results with
         NaN come after all others.  Keys must be unique.
         """
@@ -381,11 +346,7 @@ class MultiObjectiveASHA:
         return hash(repr(self))
 
     def __repr__(self) -> str:
-        extra = (
-            f", tie_break={self._tie_break!r}, reference={self._reference!r}"
-            if self._tie_break != "crowding" or self._reference
-            else ""
-        )
+        extra = ""
         if self._chance_level is not None:
             extra += f", chance_level={self._chance_level!r}, accuracy_index={self._accuracy_index}"
         return (
@@ -401,8 +362,6 @@ class MultiObjectiveASHA:
             "eta": self._eta,
             "max_epochs": self._max_epochs,
             "senses": list(self._senses),
-            "tie_break": self._tie_break,
-            "reference": None if self._reference is None else list(self._reference),
             "chance_level": self._chance_level,
             "accuracy_index": self._accuracy_index,
         }
@@ -423,8 +382,6 @@ class MultiObjectiveASHA:
             data["eta"],
             data["max_epochs"],
             tuple(data.get("senses", ("max", "min"))),
-            tie_break=data.get("tie_break", "crowding"),
-            reference=data.get("reference"),
             chance_level=data.get("chance_level"),
             accuracy_index=data.get("accuracy_index", 0),
         )
