@@ -4,14 +4,18 @@ from .create_conv2d import LAYER_TYPES, create_conv2d
 from .deployed import ChannelGather, ConvSum, GroupSplitConv
 from .flgc import FLGConv2d, balanced_assignment, device_balanced_assignment, param_groups_without_logit_decay
 from .hetconv import HetConv2d, hetconv_block_mask
+from .super_conv import ConvChoice, ConvSlot, SuperConv2d
 
 __all__ = [
     "LAYER_TYPES",
     "ChannelGather",
+    "ConvChoice",
+    "ConvSlot",
     "ConvSum",
     "GroupSplitConv",
     "FLGConv2d",
     "HetConv2d",
+    "SuperConv2d",
     "balanced_assignment",
     "device_balanced_assignment",
     "create_conv2d",

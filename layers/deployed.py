@@ -7,9 +7,10 @@
   and a 1x1 conv with the mask baked into its weights).
 - :class:`GroupSplitConv`: one small convolution per group, for FLGC with free (unbalanced)
   groups, which no single grouped convolution can run.
-"""
 
-from __future__ import annotations
+Annotations here are evaluated (no ``from __future__ import annotations``): TorchScript reads
+the class-level annotations of the buffers and needs real types, not strings.
+"""
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,9 @@ class ChannelGather(nn.Module):
     4x faster at 64 channels 32x32, a little slower at 512 channels 2x2), so
     :func:`models.deploy` times both where a gather remains and keeps the faster.
     """
+
+    index: torch.Tensor  # buffers, registered in __init__
+    selection: torch.Tensor
 
     def __init__(self, index: torch.Tensor) -> None:
         super().__init__()
@@ -75,6 +79,8 @@ class ConvSum(nn.Module):
 class GroupSplitConv(nn.Module):
     """Per-group convolutions for unbalanced groups: branch g gathers its input channels and
     convolves them; the concatenated outputs are put back in filter order."""
+
+    restore: torch.Tensor  # buffer, registered in __init__
 
     def __init__(
         self, convs: list[nn.Conv2d], in_indices: list[torch.Tensor], out_indices: list[torch.Tensor], out_channels: int

@@ -74,6 +74,9 @@ class HetConv2d(nn.Module):
         torch.Size([2, 128, 16, 16])
     """
 
+    mask: torch.Tensor | None  # buffers, registered in __init__ (None for P = 1)
+    _block_eye: torch.Tensor | None
+
     def __init__(
         self,
         in_channels: int,
@@ -102,9 +105,10 @@ class HetConv2d(nn.Module):
         self.gwc = nn.Conv2d(in_channels, out_channels, kernel_size, stride, self.padding, groups=part, bias=bias)
         if part > 1:
             self.pwc: nn.Conv2d | None = nn.Conv2d(in_channels, out_channels, 1, stride, 0, bias=False)
-            self.register_buffer("mask", hetconv_block_mask(out_channels, in_channels, part)[:, :, None, None])
+            mask = hetconv_block_mask(out_channels, in_channels, part)[:, :, None, None]
+            self.register_buffer("mask", mask)
             with torch.no_grad():
-                self.pwc.weight.mul_(self.mask)
+                self.pwc.weight.mul_(mask)
             # (P, 1, P, 1, 1, 1): 1 on the diagonal blocks, to place the grouped kernels.
             self.register_buffer("_block_eye", torch.eye(part)[:, None, :, None, None, None], persistent=False)
         else:
@@ -114,13 +118,13 @@ class HetConv2d(nn.Module):
 
     def pointwise_weight(self) -> torch.Tensor:
         """The 1x1 weight as the forward pass uses it (block diagonal exactly zero)."""
-        assert self.pwc is not None
+        assert self.pwc is not None and self.mask is not None  # P > 1
         return self.pwc.weight * self.mask
 
     def dense_weight(self) -> torch.Tensor:
         """(N, M, K, K): the grouped kernels on their diagonal blocks plus the masked 1x1
         kernels at the centre tap, differentiable; four small ops."""
-        assert self.pwc is not None
+        assert self.pwc is not None and self._block_eye is not None  # P > 1
         n, m, k, p = self.out_channels, self.in_channels, self.kernel_size, self.part
         grouped = (self.gwc.weight.view(p, n // p, 1, m // p, k, k) * self._block_eye).reshape(n, m, k, k)
         c = k // 2
@@ -188,7 +192,7 @@ class HetConv2d(nn.Module):
                 if i >= 2:
                     times.append(time.perf_counter() - start)
             timed[form] = statistics.median(times)
-        return min(timed, key=timed.get)
+        return min(timed, key=timed.__getitem__)
 
     @torch.no_grad()
     def deploy(self, form: str = "split") -> nn.Module:
@@ -229,7 +233,7 @@ class HetConv2d(nn.Module):
         centre = self.kernel_size // 2
         weight[:, :, centre, centre] += pwc.weight[:, :, 0, 0]
         dense.weight.copy_(weight)
-        if self.gwc.bias is not None:
+        if self.gwc.bias is not None and dense.bias is not None:
             dense.bias.copy_(self.gwc.bias)
         return dense
 
@@ -246,13 +250,18 @@ def _copy_conv(conv: nn.Conv2d) -> nn.Conv2d:
     copy = nn.Conv2d(
         conv.in_channels,
         conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
+        _pair(conv.kernel_size),
+        _pair(conv.stride),
+        conv.padding if isinstance(conv.padding, str) else _pair(conv.padding),
+        _pair(conv.dilation),
         conv.groups,
         bias=conv.bias is not None,
     )
     copy = copy.to(conv.weight.device, conv.weight.dtype)
     copy.load_state_dict(conv.state_dict())
     return copy
+
+
+def _pair(value: tuple[int, ...]) -> tuple[int, int]:
+    """A 2-d convolution's size (held as a tuple) as the pair its constructor takes."""
+    return (value[0], value[1])

@@ -13,6 +13,7 @@ from .registry import (
     searchable_layers,
     validate,
 )
+from .supernet import WeightSharingModel
 
 __all__ = [
     "Architecture",
@@ -30,4 +31,5 @@ __all__ = [
     "scaled_channels",
     "searchable_layers",
     "validate",
+    "WeightSharingModel",
 ]

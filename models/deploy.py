@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from typing import TypeGuard
 
 import torch
 from torch import nn
@@ -36,7 +37,7 @@ _PARAMETER_FREE = (nn.ReLU, nn.ReLU6, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvg
 _SHRINKING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 
 
-def _is_depthwise(m: nn.Module) -> bool:
+def _is_depthwise(m: nn.Module) -> TypeGuard[nn.Conv2d]:
     return isinstance(m, nn.Conv2d) and m.groups == m.in_channels == m.out_channels and m.groups > 1
 
 
@@ -44,7 +45,7 @@ def _per_channel(m: nn.Module) -> bool:
     return isinstance(m, (*_PARAMETER_FREE, nn.BatchNorm2d)) or _is_depthwise(m)
 
 
-def _dense(m: nn.Module) -> bool:
+def _dense(m: nn.Module) -> TypeGuard[nn.Conv2d]:
     return isinstance(m, nn.Conv2d) and m.groups == 1
 
 
@@ -76,7 +77,9 @@ def _fold_into_columns(conv: nn.Conv2d, inverse: torch.Tensor) -> None:
 
 def _fold_one(layers: list[nn.Module], i: int) -> bool:
     """Fold the gather at ``layers[i]`` backward or forward; True if it was removed."""
-    index = layers[i].index
+    gather = layers[i]
+    assert isinstance(gather, ChannelGather)
+    index = gather.index
     if torch.equal(index, torch.arange(index.numel(), device=index.device)):
         del layers[i]
         return True
@@ -85,26 +88,28 @@ def _fold_one(layers: list[nn.Module], i: int) -> bool:
     j = i - 1
     while j >= 0 and _per_channel(layers[j]):
         j -= 1
-    if j >= 0 and (_dense(layers[j]) or isinstance(layers[j], ChannelGather)):
+    producer = layers[j] if j >= 0 else None
+    if producer is not None and (_dense(producer) or isinstance(producer, ChannelGather)):
         for m in layers[j + 1 : i]:
             _permute_channels(m, index)
-        if isinstance(layers[j], ChannelGather):
-            layers[j].index = layers[j].index[index]
+        if isinstance(producer, ChannelGather):
+            producer.index = producer.index[index]
         else:
-            _fold_into_rows(layers[j], index)
+            _fold_into_rows(producer, index)
         del layers[i]
         return True
     k = i + 1
     while k < len(layers) and _per_channel(layers[k]):
         k += 1
-    if k < len(layers) and (_dense(layers[k]) or isinstance(layers[k], ChannelGather)):
+    consumer = layers[k] if k < len(layers) else None
+    if consumer is not None and (_dense(consumer) or isinstance(consumer, ChannelGather)):
         inverse = torch.argsort(index)
         for m in layers[i + 1 : k]:
             _permute_channels(m, inverse)
-        if isinstance(layers[k], ChannelGather):
-            layers[k].index = index[layers[k].index]
+        if isinstance(consumer, ChannelGather):
+            consumer.index = index[consumer.index]
         else:
-            _fold_into_columns(layers[k], inverse)
+            _fold_into_columns(consumer, inverse)
         del layers[i]
         return True
     return False
@@ -121,6 +126,7 @@ def _sink(layers: list[nn.Module], i: int) -> None:
     if last_pool is None:
         return
     gather = layers[i]
+    assert isinstance(gather, ChannelGather)
     inverse = torch.argsort(gather.index)
     for m in layers[i + 1 : last_pool + 1]:
         _permute_channels(m, inverse)
@@ -194,7 +200,7 @@ def _fastest_hetconv_forms(model: nn.Module, example: torch.Tensor) -> dict[str,
             form: _median_ms(layers[name].deploy(form).to(memory_format=torch.channels_last), x)
             for form in ("split", "dense")
         }
-        forms[name] = min(timed, key=timed.get)
+        forms[name] = min(timed, key=timed.__getitem__)
     return forms
 
 
@@ -203,7 +209,7 @@ def _remaining_gathers(model: nn.Module, example: torch.Tensor) -> list[tuple[Ch
     (without the batch dimension), found by running one sample."""
     inside_split = {id(m) for split in model.modules() if isinstance(split, GroupSplitConv) for m in split.modules()}
     left = _inputs_seen(model, example[:1], lambda m: isinstance(m, ChannelGather) and id(m) not in inside_split)
-    return [(gather, shape[1:]) for _, gather, shape in left]
+    return [(gather, shape[1:]) for _, gather, shape in left if isinstance(gather, ChannelGather)]
 
 
 class _GatherTimer:
@@ -323,9 +329,10 @@ def _fold_into_head(module: nn.Module) -> None:
     features, classifier = getattr(module, "features", None), getattr(module, "classifier", None)
     if not (isinstance(features, nn.Sequential) and len(features) and isinstance(features[-1], ChannelGather)):
         return
+    last = features[-1]
     linear = classifier[0] if isinstance(classifier, nn.Sequential) and len(classifier) else classifier
-    if isinstance(linear, nn.Linear) and linear.in_features == features[-1].index.numel():
-        linear.weight.copy_(linear.weight[:, torch.argsort(features[-1].index)])
+    if isinstance(linear, nn.Linear) and linear.in_features == last.index.numel():
+        linear.weight.copy_(linear.weight[:, torch.argsort(last.index)])
         module.features = nn.Sequential(*list(features)[:-1])
 
 
@@ -362,16 +369,22 @@ def deploy(
         if form == "auto" and example_input is None:
             raise ValueError(f"{what}='auto' needs an example_input to time the forms on")
     deployed = copy.deepcopy(model).eval()
-    hetconv_forms = _fastest_hetconv_forms(deployed, example_input) if hetconv_form == "auto" else hetconv_form
-    gather_timer = _GatherTimer(example_input) if flgc_form == "auto" else None
-    if flgc_form == "auto" and fold:
-        flgc_forms = _fastest_flgc_forms(deployed, example_input, hetconv_forms, gather_timer)
-    else:  # without folding every gather stays, and auto would only ever measure that
-        flgc_forms = "grouped" if flgc_form == "auto" else flgc_form
+    hetconv_forms: dict[str, str] | str = hetconv_form
+    flgc_forms: dict[str, str] | str = flgc_form
+    gather_timer: _GatherTimer | None = None
+    if example_input is not None:  # given wherever a form is auto (checked above)
+        if hetconv_form == "auto":
+            hetconv_forms = _fastest_hetconv_forms(deployed, example_input)
+        if flgc_form == "auto":
+            gather_timer = _GatherTimer(example_input)
+            # without folding every gather stays, and auto would only ever measure that
+            flgc_forms = (
+                _fastest_flgc_forms(deployed, example_input, hetconv_forms, gather_timer) if fold else "grouped"
+            )
     _convert(deployed, hetconv_forms, flgc_forms)
     if fold:
         _fold_model(deployed)
-    if gather_timer is not None:  # the gathers that remain run in their faster form (timed once per shape)
+    if gather_timer is not None and example_input is not None:  # the gathers that remain run in their faster form
         for gather, shape in _remaining_gathers(deployed, example_input):
             gather.run_as_conv(gather_timer(shape)[1], shape[0], example_input.dtype)
     return deployed.eval()  # after conversion: the new modules are in eval mode too

@@ -18,14 +18,15 @@ from .registry import ModelFamily, mark_searchable, register_model
 
 __all__ = ["VGG16", "vgg16_slots"]
 
-CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+# output channels of each 3x3 conv; "M" is a 2x2 max-pool
+CONFIG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
 
 def _conv_shapes(width: float) -> list[tuple[int, int, int]]:
     """(in_channels, out_channels, input_size) of the 13 convs."""
     shapes, channels, size = [], 3, 32
     for item in CONFIG:
-        if item == "M":
+        if isinstance(item, str):  # "M"
             size //= 2
         else:
             out = scaled_channels(item, width)

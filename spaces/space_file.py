@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from models import ArchitectureError, LayerSpec, get_model_family
+from models import ArchitectureError, LayerSlot, LayerSpec, get_model_family
 
 from .base import SearchSpace, SpaceError
 
@@ -35,7 +35,7 @@ class _NoAliasLoader(yaml.SafeLoader):
     """Safe YAML without aliases: ``*ref`` could expand a few bytes into gigabytes (an
     "alias bomb"), and a space file never needs one."""
 
-    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark
             raise yaml.YAMLError(f"aliases (*name) are not allowed in a space file (line {mark.line + 1})")
@@ -131,11 +131,11 @@ def load_space_file(path: str | Path, width: float | None, num_classes: int) -> 
         raise SpaceError(f"space file {path}: give 'choices' for all layers, or 'layers' for every layer")
     per_layer = {name: _specs(v, f"space file {path}: layer {name}") for name, v in overrides.items()}
 
-    def choose(slot):
+    def choose(slot: LayerSlot) -> list[LayerSpec]:
         if slot.name in per_layer:
             return per_layer[slot.name]  # explicit: must be legal, SearchSpace checks and names it
         legal = []
-        for spec in default:
+        for spec in default or []:  # (None only where every layer has its own list)
             try:
                 spec.check(slot)
             except ArchitectureError:

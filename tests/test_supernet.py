@@ -1,5 +1,6 @@
-"""Tests for search/strategies/supernet.py: an activated supernet computes exactly what the stand-alone
-model with the inherited weights computes; BN recalibration; sandwich training; save/load."""
+"""Tests for the one-shot supernet (layers/super_conv.py, models/supernet.py, search/strategies/supernet.py):
+an activated supernet computes exactly what the stand-alone model with the inherited weights computes;
+BN recalibration; sandwich training; save/load."""
 
 from __future__ import annotations
 
@@ -9,16 +10,16 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from layers import FLGConv2d, HetConv2d, param_groups_without_logit_decay
-from models import LayerSlot, LayerSpec, build_model, searchable_layers
+from layers import FLGConv2d, HetConv2d, SuperConv2d, param_groups_without_logit_decay
+from models import LayerSlot, LayerSpec, WeightSharingModel, build_model, searchable_layers
 from search.evaluation.cost import slot_macs
 from search.evaluation.data import load_dataset
 from search.evaluation.train import TrialFailed
 from search.settings import TrainingSettings
 from search.strategies.supernet import (
-    SuperConv2d,
     Supernet,
     load_supernet,
     recalibrate_bn,
@@ -211,6 +212,50 @@ def test_activate_rejects_choices_outside_the_space():
         net.activate(other)
     with pytest.raises(SpaceError):
         net.layers[0].activate(LayerSpec.flgc(2))
+
+
+def test_superconv_reuses_flgc_assignment_and_its_cache():
+    """Each FLGC choice's assignment is FLGConv2d's, cached while the shared logits hold (the
+    candidates of one supernet step do not recompute it) and recomputed once they change."""
+    slot = LayerSlot("t", 8, 16, 3, 1, 8)
+    torch.manual_seed(0)
+    sc = SuperConv2d(slot, SPECS).double()
+    randomize(sc, seed=11)
+    for spec in [s for s in SPECS if s.type == "flgc"]:
+        hard = sc.assignment(spec)
+        assert sc.assignment(spec) is hard
+        own = sc.standalone(spec).assignment()
+        for got, want in zip(hard, own):
+            assert torch.equal(got, want)
+    free, balanced = sc.assignment(LayerSpec.flgc(4, balanced=False)), sc.assignment(LayerSpec.flgc(4))
+    assert torch.equal(free.in_groups, sc.in_logits["4"].argmax(1))  # same logits, own assignment
+    assert torch.equal(torch.bincount(balanced.in_groups, minlength=4), torch.full((4,), 2))
+    with torch.no_grad():
+        sc.in_logits["4"].copy_(10.0 * F.one_hot(3 - balanced.in_groups, 4))
+    assert torch.equal(sc.assignment(LayerSpec.flgc(4)).in_groups, 3 - balanced.in_groups)
+    with pytest.raises(ValueError):
+        sc.assignment(LayerSpec.hetconv(2))
+
+
+def test_weight_sharing_model_without_a_space():
+    """models.WeightSharingModel needs no space: the first choices are active, a sub-network
+    outside its choices is refused with its own error, and it extracts like the Supernet."""
+    space = get_space("vgg_mixed", width=0.25)
+    torch.manual_seed(0)
+    net = WeightSharingModel(space.dense(), space.slots, space.choices)
+    assert net.active.layers == tuple(options[0] for options in space.choices)
+    other_width = get_space("vgg_mixed", width=0.5).dense()
+    not_a_choice = dataclasses.replace(space.dense(), layers=(LayerSpec.flgc(3),) * len(space.slots))
+    for arch in [other_width, not_a_choice]:
+        with pytest.raises(ValueError) as refused:
+            net.activate(arch)
+        assert not isinstance(refused.value, SpaceError)
+    arch = net.sample(torch.Generator().manual_seed(0))
+    net.activate(arch)
+    net.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net.extract(arch).eval()(x), net(x), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("space_name", SPACES)

@@ -1,10 +1,13 @@
-"""A weight-sharing supernet over a space's per-layer HetConv parts / FLGC groups.
+"""One-shot training and scoring of a weight-sharing supernet over a space's per-layer
+HetConv parts / FLGC groups.
 
 One-shot NAS in the style of Once-for-All (Cai et al., arXiv 1908.09791) and BigNAS (Yu et
 al., arXiv 2003.11142): every candidate of a :class:`spaces.SearchSpace` is a sub-network of
-one supernet whose searchable convolutions (:class:`SuperConv2d`) hold every choice of their
-layer with shared weights. The supernet is trained once; a candidate is then scored in
-seconds by activating it, recalibrating BatchNorm and evaluating, instead of being trained.
+one supernet whose searchable convolutions (:class:`layers.SuperConv2d`) hold every choice of
+their layer with shared weights (the model-level part is :class:`models.WeightSharingModel`;
+:class:`Supernet` binds it to a space). The supernet is trained once; a candidate is then
+scored in seconds by activating it, recalibrating BatchNorm and evaluating, instead of being
+trained.
 
 - **Sandwich rule** (BigNAS): every step trains the largest candidate, the smallest and a few
   random ones, with gradients accumulated into one optimizer step. The extremes bound the
@@ -27,17 +30,16 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
-from layers import create_conv2d, hetconv_block_mask
-from layers.flgc import device_balanced_assignment, one_hot, straight_through_one_hot
-from models import Architecture, LayerSlot, LayerSpec, build_model, mark_searchable, searchable_layers
+from layers import SuperConv2d
+from models import Architecture, WeightSharingModel
 from search.evaluation.cost import slot_macs
 from search.evaluation.data import BatchLoader, Dataset
 from search.evaluation.train import NonFiniteWatch, TrialFailed, evaluate_loader, lr_at, prepare_training
@@ -57,130 +59,10 @@ __all__ = [
 _FORMAT = "flgc-hetconv-nas/supernet-1"
 
 
-class SuperConv2d(nn.Module):
-    """One searchable layer holding every choice of its space with shared weights.
-
-    - ``weight`` (N, M, K, K): the KxK kernels. Dense (and HetConv P=1) uses all of them;
-      HetConv P uses its block-diagonal g x g blocks (what ``HetConv2d.gwc`` holds); FLGC G
-      uses it masked by the learned groups.
-    - ``pointwise`` (N, M): HetConv's 1x1 kernels, used off the block diagonal of the active P
-      (only present if some choice is a HetConv with P > 1).
-    - ``in_logits[str(G)]`` (M, G), ``out_logits[str(G)]`` (N, G): FLGC assignment logits per
-      group count; balanced assignment and straight-through as in :class:`FLGConv2d`.
-
-    ``forward`` computes exactly what the stand-alone layer of the active spec computes with
-    these weights (same ops, same order), which :meth:`standalone` builds. The layer has no
-    bias (every searchable conv of the models is followed by BatchNorm).
-    """
-
-    def __init__(self, slot: LayerSlot, choices: Sequence[LayerSpec]) -> None:
-        super().__init__()
-        self.slot, self.choices = slot, tuple(choices)
-        if not self.choices:
-            raise ValueError(f"layer {slot.name} has no choices")
-        for spec in self.choices:
-            spec.check(slot)
-        m, n, k = slot.in_channels, slot.out_channels, slot.kernel_size
-        self.stride, self.padding = slot.stride, k // 2
-        self.weight = nn.Parameter(torch.empty(n, m, k, k))
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Conv2d's default
-        parts = sorted({s.part for s in self.choices if s.type == "hetconv" and s.part > 1})
-        self.pointwise = nn.Parameter(torch.empty(n, m)) if parts else None
-        if parts:
-            nn.init.kaiming_uniform_(self.pointwise, a=math.sqrt(5))  # as HetConv2d's 1x1 conv
-        for p in parts:  # zero on the block diagonal of part p
-            self.register_buffer(f"_mask_p{p}", hetconv_block_mask(n, m, p), persistent=False)
-        groups = sorted({s.groups for s in self.choices if s.type == "flgc"})
-        self.in_logits = nn.ParameterDict({str(g): nn.Parameter(torch.randn(m, g) * 0.01) for g in groups})
-        self.out_logits = nn.ParameterDict({str(g): nn.Parameter(torch.randn(n, g) * 0.01) for g in groups})
-        for g in groups:  # last balanced assignments, as FLGConv2d caches them (not saved)
-            self.register_buffer(f"_in_groups_{g}", None, persistent=False)
-            self.register_buffer(f"_out_groups_{g}", None, persistent=False)
-        self.active = self.choices[0]
-
-    def activate(self, spec: LayerSpec) -> None:
-        if spec not in self.choices:
-            legal = ", ".join(s.label for s in self.choices)
-            raise SpaceError(f"{spec.label} is not a choice of layer {self.slot.name} ({legal})")
-        self.active = spec
-
-    def forward(self, x: Tensor) -> Tensor:
-        spec = self.active
-        if spec.type == "hetconv" and spec.part > 1:
-            y = F.conv2d(x, self._block_diagonal(spec.part), None, self.stride, self.padding, 1, spec.part)
-            pointwise = (self.pointwise * getattr(self, f"_mask_p{spec.part}"))[:, :, None, None]
-            return y + F.conv2d(x, pointwise, None, self.stride)
-        if spec.type == "flgc":
-            out_groups, in_groups = self._groups(spec)
-            g = str(spec.groups)
-            if self.training:
-                b_out = straight_through_one_hot(self.out_logits[g], out_groups)
-                b_in = straight_through_one_hot(self.in_logits[g], in_groups)
-            else:
-                b_out = one_hot(out_groups, spec.groups, self.weight.dtype)
-                b_in = one_hot(in_groups, spec.groups, self.weight.dtype)
-            mask = b_out @ b_in.t()
-            weight = self.weight * mask[:, :, None, None].to(self.weight.dtype)
-            return F.conv2d(x, weight, None, self.stride, self.padding)
-        return F.conv2d(x, self.weight, None, self.stride, self.padding)  # dense, HetConv P=1
-
-    def _block_diagonal(self, part: int) -> Tensor:
-        """(N, M/P, K, K): filter block g's kernels on channel block g, as ``HetConv2d.gwc``."""
-        n, m, k, _ = self.weight.shape
-        blocks = self.weight.view(part, n // part, part, m // part, k, k).diagonal(dim1=0, dim2=2)
-        return blocks.permute(4, 0, 1, 2, 3).reshape(n, m // part, k, k)
-
-    def _groups(self, spec: LayerSpec) -> tuple[Tensor, Tensor]:
-        """(output groups (N,), input groups (M,)) of FLGC ``spec`` from its logits."""
-        g = str(spec.groups)
-        if not spec.balanced:
-            return self.out_logits[g].detach().argmax(1), self.in_logits[g].detach().argmax(1)
-        assigned = []
-        for side, logits in (("out", self.out_logits[g]), ("in", self.in_logits[g])):
-            name = f"_{side}_groups_{g}"
-            assignment = device_balanced_assignment(logits, getattr(self, name))
-            setattr(self, name, assignment)
-            assigned.append(assignment)
-        return assigned[0], assigned[1]
-
-    @torch.no_grad()
-    def standalone(self, spec: LayerSpec) -> nn.Module:
-        """The stand-alone layer of ``spec`` (``layers.create_conv2d``) holding copies of the
-        shared weights: it computes what this layer computes with ``spec`` active."""
-        if spec not in self.choices:
-            raise SpaceError(f"{spec.label} is not a choice of layer {self.slot.name}")
-        s = self.slot
-        layer = create_conv2d(s.in_channels, s.out_channels, s.kernel_size, s.stride, **spec.conv_kwargs())
-        layer = layer.to(self.weight.device, self.weight.dtype)
-        if spec.type == "hetconv" and spec.part > 1:
-            layer.gwc.weight.copy_(self._block_diagonal(spec.part))
-            layer.pwc.weight.copy_((self.pointwise * getattr(self, f"_mask_p{spec.part}"))[:, :, None, None])
-        elif spec.type == "hetconv":
-            layer.gwc.weight.copy_(self.weight)
-        elif spec.type == "flgc":
-            g = str(spec.groups)
-            layer.weight.copy_(self.weight)
-            layer.in_logits.copy_(self.in_logits[g])
-            layer.out_logits.copy_(self.out_logits[g])
-            if spec.balanced:  # same cached assignment, so that near-ties resolve the same way
-                for side in ("in", "out"):
-                    cached = getattr(self, f"_{side}_groups_{g}")
-                    setattr(layer, f"_{side}_groups", None if cached is None else cached.clone())
-        else:
-            layer.weight.copy_(self.weight)
-        return layer.train(self.training)
-
-    def extra_repr(self) -> str:
-        s = self.slot
-        return (
-            f"{s.name}: {s.in_channels}, {s.out_channels}, kernel_size={s.kernel_size}, "
-            f"choices={len(self.choices)}, active={self.active.label}"
-        )
-
-
-class Supernet(nn.Module):
-    """The dense model of ``space`` with every searchable conv replaced by a
-    :class:`SuperConv2d`; everything else (stem, BatchNorm, depthwise, head) is shared as is.
+class Supernet(WeightSharingModel):
+    """The weight-sharing model (:class:`models.WeightSharingModel`) of ``space``: its dense
+    model with every searchable conv replaced by a :class:`SuperConv2d` over that layer's
+    choices in the space; the largest candidate is active after construction.
 
     Example:
         >>> from spaces import get_space
@@ -191,35 +73,14 @@ class Supernet(nn.Module):
     """
 
     def __init__(self, space: SearchSpace) -> None:
-        super().__init__()
+        super().__init__(space.dense(), space.slots, space.choices, error=SpaceError)
         self.space = space
-        self.model = build_model(space.dense())
-        found = searchable_layers(self.model)
-        if len(found) != len(space.slots):
-            raise ValueError(f"{space.model} has {len(found)} searchable convs, the space {len(space.slots)} slots")
-        layers = []
-        for (parent, attr), slot, choices in zip(found, space.slots, space.choices):
-            conv = getattr(parent, attr)
-            shape = (conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.stride[0])
-            if shape != (slot.in_channels, slot.out_channels, slot.kernel_size, slot.stride):
-                raise ValueError(f"slot {slot.name} does not match searchable conv {shape} (slot order?)")
-            layer = SuperConv2d(slot, choices)
-            with torch.no_grad():
-                layer.weight.copy_(conv.weight)
-            setattr(parent, attr, mark_searchable(layer))
-            layers.append(layer)
-        self.layers: tuple[SuperConv2d, ...] = tuple(layers)  # plain attribute; registered via self.model
         self.activate(self.largest())
 
-    def activate(self, arch: Architecture) -> None:
+    def check(self, arch: Architecture) -> None:
+        """Raise :class:`SpaceError` unless ``arch`` is a candidate of the space."""
         if not self.space.contains(arch):
             raise SpaceError(f"architecture {arch.summary()!r} is not a candidate of space {self.space.name}")
-        for layer, spec in zip(self.layers, arch.layers):
-            layer.activate(spec)
-        self.active = arch
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)
 
     def _pick(self, choose: Callable[[list[int]], int]) -> Architecture:
         specs = []
@@ -235,39 +96,6 @@ class Supernet(nn.Module):
     def smallest(self) -> Architecture:
         """Per layer the choice with the fewest closed-form MACs (first one on ties)."""
         return self._pick(min)
-
-    def sample(self, generator: torch.Generator) -> Architecture:
-        """A uniform random choice per layer (``generator`` on the CPU)."""
-        specs = [options[int(torch.randint(len(options), (), generator=generator))] for options in self.space.choices]
-        return Architecture(self.space.model, self.space.width, self.space.num_classes, tuple(specs))
-
-    @torch.no_grad()
-    def extract(self, arch: Architecture) -> nn.Module:
-        """``build_model(arch)`` with the inherited weights: the searchable layers get
-        :meth:`SuperConv2d.standalone` weights, every other module the supernet's parameters
-        and buffers (BatchNorm statistics included). Its output equals the supernet's with
-        ``arch`` active. The global RNG state is left untouched."""
-        if not self.space.contains(arch):
-            raise SpaceError(f"architecture {arch.summary()!r} is not a candidate of space {self.space.name}")
-        reference = self.layers[0].weight
-        with torch.random.fork_rng(devices=[]):
-            model = build_model(arch).to(reference.device, reference.dtype)
-        shared = _without_searchable(self.model)
-        target = _without_searchable(model)
-        if shared.keys() != target.keys():
-            raise RuntimeError(f"supernet and {arch.model} differ outside the searchable layers")
-        missing, unexpected = model.load_state_dict(shared, strict=False)
-        assert not unexpected and len(missing) + len(shared) == len(model.state_dict())
-        for (parent, attr), layer, spec in zip(searchable_layers(model), self.layers, arch.layers):
-            setattr(parent, attr, mark_searchable(layer.standalone(spec)))
-        return model.train(self.training)
-
-
-def _without_searchable(model: nn.Module) -> dict[str, Tensor]:
-    """State dict entries that do not belong to a searchable layer."""
-    searchable = {id(getattr(parent, attr)) for parent, attr in searchable_layers(model)}
-    prefixes = tuple(name + "." for name, module in model.named_modules() if id(module) in searchable)
-    return {key: value for key, value in model.state_dict().items() if not key.startswith(prefixes)}
 
 
 def train_supernet(
