@@ -23,12 +23,11 @@ and device.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .timing import median_ms
 
 __all__ = ["TRAINING_FORMS", "HetConv2d", "clear_form_cache", "hetconv_block_mask"]
 
@@ -177,21 +176,17 @@ class HetConv2d(nn.Module):
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
             probe.to(memory_format=torch.channels_last)  # the layout cuDNN will see
         sample = x.detach().clone().requires_grad_(self.training)
+
+        def step() -> None:
+            with torch.enable_grad() if self.training else torch.no_grad():
+                out = probe(sample)
+                if self.training:
+                    out.float().square().mean().backward()
+
         timed = {}
         for form in ("split", "dense"):
             probe.training_form = form
-            times = []
-            for i in range(repeats + 2):
-                torch.cuda.synchronize(x.device)
-                start = time.perf_counter()
-                with torch.enable_grad() if self.training else torch.no_grad():
-                    out = probe(sample)
-                    if self.training:
-                        out.float().square().mean().backward()
-                torch.cuda.synchronize(x.device)
-                if i >= 2:
-                    times.append(time.perf_counter() - start)
-            timed[form] = statistics.median(times)
+            timed[form] = median_ms(step, x.device, warmup=2, repeats=repeats)
         return min(timed, key=timed.__getitem__)
 
     @torch.no_grad()

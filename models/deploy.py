@@ -22,14 +22,13 @@ tolerance) and exports to TorchScript.
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 from typing import TypeGuard
 
 import torch
 from torch import nn
 
 from layers import ChannelGather, FLGConv2d, GroupSplitConv, HetConv2d
+from layers.timing import median_ms
 
 __all__ = ["count_gathers", "deploy"]
 
@@ -148,16 +147,7 @@ def _fold_sequential(seq: nn.Sequential) -> nn.Sequential:
 
 def _median_ms(layer: nn.Module, x: torch.Tensor, repeats: int = 7) -> float:
     with torch.inference_mode():
-        for _ in range(2):
-            layer(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            layer(x)
-            if x.is_cuda:
-                torch.cuda.synchronize(x.device)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+        return median_ms(lambda: layer(x), x.device, warmup=2, repeats=repeats)
 
 
 def _inputs_seen(model: nn.Module, example: torch.Tensor, wanted) -> list[tuple[str, nn.Module, torch.Size]]:

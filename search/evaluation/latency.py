@@ -21,7 +21,6 @@ import hashlib
 import json
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from layers import create_conv2d
+from layers.timing import median_ms
 from models import Architecture, LayerSlot, LayerSpec, build_model, deploy
 from search.files import atomic_write_text
 from spaces import SearchSpace
@@ -37,24 +37,10 @@ from spaces import SearchSpace
 __all__ = ["LatencyTable", "device_key", "measure_latency", "model_latency_ms"]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.inference_mode()
 def measure_latency(run: Callable[[], Any], device: torch.device, warmup: int = 5, repeats: int = 20) -> float:
-    """Median wall-clock milliseconds of ``run()`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        run()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    """Median wall-clock milliseconds of ``run()`` after ``warmup`` calls (no autograd)."""
+    return median_ms(run, device, warmup, repeats)
 
 
 def _prepare(module: nn.Module, device: torch.device) -> nn.Module:
