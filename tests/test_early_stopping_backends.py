@@ -32,7 +32,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from search.backends.optuna_driver import _rung_callback, make_sampler
+from search.backends.optuna_driver import _rung_callback
+from search.backends.sampler import make_sampler
 from search.backends.study import count_finished, open_search
 from search.evaluation.cost import architecture_cost
 from search.evaluation.train import EpochRecord

@@ -303,3 +303,50 @@ def test_one_shot_study_does_not_mix_scores_of_two_supernets(tmp_path, fake_trai
     run_one_shot_search(_settings(tmp_path, budget=2, supernet_epochs=1))
     with pytest.raises(StudyMismatch, match="supernet"):
         run_one_shot_search(_settings(tmp_path, budget=4, supernet_epochs=2))
+
+
+@pytest.fixture
+def failing_score(monkeypatch):
+    """Stand-ins for supernet training and scoring; scoring raises the ValueError the real
+    ``score`` raises for the candidates whose call number is in ``failing`` (all: None)."""
+    import search.strategies.supernet as supernet_module
+
+    state: dict = {"calls": 0, "failing": {1}}
+
+    def train(supernet, data, training, seed, device, **kwargs):
+        return [{"epoch": 1}]
+
+    def score(supernet, arch, data, **kwargs):
+        state["calls"] += 1
+        if state["failing"] is None or state["calls"] - 1 in state["failing"]:
+            raise ValueError("score needs a validation split; the data set has none")
+        return 0.5
+
+    monkeypatch.setattr(supernet_module, "train_supernet", train)
+    monkeypatch.setattr(supernet_module, "score", score)
+    return state
+
+
+def test_a_scoring_error_fails_only_that_trial(tmp_path, failing_score):
+    from search.backends.one_shot import run_one_shot_search
+
+    study = run_one_shot_search(_settings(tmp_path, budget=3))
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE], states
+    failed = study.trials[1]
+    assert failed.user_attrs["status"] == "failed"
+    assert failed.user_attrs["fail_reason"] == "ValueError: score needs a validation split; the data set has none"
+    assert failed.user_attrs["fidelity"] == "one-shot" and "architecture" in failed.user_attrs
+    for t in complete(study):
+        assert t.user_attrs["status"] == "ok" and t.values[0] == 0.5
+
+
+def test_scoring_errors_in_a_row_stop_the_one_shot_search(tmp_path, failing_score):
+    from search.backends.one_shot import run_one_shot_search
+    from search.errors import SearchAborted
+
+    failing_score["failing"] = None
+    with pytest.raises(SearchAborted, match="2 trials in a row failed"):
+        run_one_shot_search(_settings(tmp_path, budget=3, max_failures=2))
+    study = load(tmp_path / "D", ONE_SHOT)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]

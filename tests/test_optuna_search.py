@@ -31,10 +31,11 @@ from optuna.trial import TrialState
 
 from models import Architecture, validate
 from search.backends.study import baseline_architectures
-from search.evaluation.candidate import CONSTRAINT_KEY, evaluate_candidate
+from search.backends.trial import CONSTRAINT_KEY, evaluation_plan
+from search.evaluation.candidate import evaluate_candidate
 from search.evaluation.cost import architecture_cost, cheapest_and_dearest
 from search.evaluation.evaluate import evaluate
-from search.evaluation.train import TrialFailed
+from search.evaluation.train import TrialFailed, resolve_device
 from search.settings import TUNABLE, Settings, TrainingSettings
 from spaces import get_space
 
@@ -463,7 +464,8 @@ def test_nan_loss_through_the_shared_candidate_path(space):
     settings = Settings(training=TrainingSettings(dataset="digits", epochs=3, batch_size=64, lr=1e6, warmup_epochs=0.5))
     arch = space.uniform(2)
     started = time.perf_counter()
-    outcome = evaluate_candidate(arch, {}, settings, seed=0, number=7)
+    plan = evaluation_plan(settings, space, resolve_device(settings.training.device))
+    outcome = evaluate_candidate(arch, {}, plan, seed=0, number=7)
     assert outcome.state == "failed"
     assert outcome.values is None
     assert outcome.attrs["status"] == "failed"

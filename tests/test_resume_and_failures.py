@@ -43,9 +43,11 @@ import search.storage
 from search.backends.budget import take_slot
 from search.backends.optuna_driver import run_optuna_search
 from search.backends.study import count_finished, open_search, trial_seed
+from search.backends.trial import evaluation_plan
 from search.errors import SearchAborted
 from search.evaluation.candidate import evaluate_candidate
 from search.evaluation.evaluate import evaluate
+from search.evaluation.train import resolve_device
 from search.settings import Settings, TrainingSettings
 from search.storage import open_storage
 from spaces import get_space
@@ -269,6 +271,11 @@ def space():
     return get_space("vgg_hetconv", width=0.25)
 
 
+def plan_of(settings: Settings, space):
+    """The evaluation plan a search of ``settings`` gives the candidate path."""
+    return evaluation_plan(settings, space, resolve_device(settings.training.device))
+
+
 def quick_settings(tmp_path: Path, **changes: Any) -> Settings:
     training = TrainingSettings(dataset="digits", epochs=1, batch_size=64, lr=0.1, warmup_epochs=0.5, threads=1)
     return Settings(
@@ -359,7 +366,7 @@ def test_exception_in_training_is_a_failed_outcome(space, tmp_path, monkeypatch,
 
     monkeypatch.setattr(search.evaluation.evaluate, "train_model", boom)
     arch = space.uniform("4")
-    outcome = evaluate_candidate(arch, {}, quick_settings(tmp_path), seed=3, number=5)
+    outcome = evaluate_candidate(arch, {}, plan_of(quick_settings(tmp_path), space), seed=3, number=5)
     assert outcome.state == "failed"
     assert outcome.values is None
     assert outcome.attrs["status"] == "failed"
@@ -374,7 +381,7 @@ def test_exception_in_training_is_a_failed_outcome(space, tmp_path, monkeypatch,
 def test_nan_loss_is_a_failed_outcome(space, tmp_path, release_spy):
     settings = quick_settings(tmp_path).replace(training=quick_settings(tmp_path).training.replace(lr=1e6))
     started = time.perf_counter()
-    outcome = evaluate_candidate(space.uniform("2"), {}, settings, seed=0, number=1)
+    outcome = evaluate_candidate(space.uniform("2"), {}, plan_of(settings, space), seed=0, number=1)
     assert outcome.state == "failed" and outcome.values is None
     reason = outcome.attrs["fail_reason"]
     assert "loss" in reason and re.search(r"\b(nan|inf)\b", reason), reason
@@ -410,7 +417,7 @@ def _oom_run(space, tmp_path, monkeypatch, release_spy) -> tuple[Any, list[weakr
     monkeypatch.setattr(search.evaluation.evaluate, "build_model", build)
     monkeypatch.setattr(search.evaluation.evaluate, "train_model", oom)
     monkeypatch.setattr(search.evaluation.candidate, "release_memory", spy)
-    outcome = evaluate_candidate(space.uniform("2"), {}, quick_settings(tmp_path), seed=0, number=2)
+    outcome = evaluate_candidate(space.uniform("2"), {}, plan_of(quick_settings(tmp_path), space), seed=0, number=2)
     return outcome, models, dead_at_release
 
 

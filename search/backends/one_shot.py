@@ -24,11 +24,12 @@ import torch
 from optuna.trial import TrialState
 
 from search.backends.progress import Progress
+from search.backends.sampler import study_sampler
 from search.backends.study import count_finished, open_search, write_run_json
+from search.backends.trial import Streaks, tell_outcome
 from search.errors import SearchAborted
-from search.evaluation.candidate import CONSTRAINT_KEY
-from search.evaluation.cost import architecture_cost
-from search.evaluation.train import TrialFailed, resolve_device
+from search.evaluation.candidate import score_candidate
+from search.evaluation.train import resolve_device
 from search.reporting.front import front_summary, pareto_records
 from search.settings import Settings
 from search.storage import StudyMismatch, load_records, study_objectives
@@ -61,7 +62,7 @@ def supernet_path(settings: Settings, fingerprint: dict) -> Path:
     return settings.study_dir / "supernet" / f"supernet-{digest}.pt"
 
 
-def _trained_supernet(settings: Settings, space, data, progress: Progress):
+def _trained_supernet(settings: Settings, space, data, device: torch.device, progress: Progress):
     from search.strategies.supernet import Supernet, load_supernet, save_supernet, train_supernet
 
     path = supernet_path(settings, space.fingerprint())
@@ -69,7 +70,6 @@ def _trained_supernet(settings: Settings, space, data, progress: Progress):
         supernet, _ = load_supernet(space, path)
         progress.message(f"reusing the trained supernet {path}")
         return supernet, path
-    device = resolve_device(settings.training.device)
     epochs = settings.supernet_epochs_or_default()
     progress.message(
         f"training the supernet of {space.name} for {epochs} epochs (sandwich rule, in-place distillation)"
@@ -116,9 +116,10 @@ def run_one_shot_search(settings: Settings) -> optuna.Study:
         raise SearchAborted("--strategy one-shot supports the accuracy, mflops and params objectives")
     if settings.training.threads:
         torch.set_num_threads(settings.training.threads)
-    standalone = open_search(settings)  # the ordinary study: checks and creates it
+    device = resolve_device(settings.training.device)  # once: supernet training and scoring
+    standalone = open_search(settings, device=device)  # the ordinary study: checks and creates it
     one_shot_settings = settings.replace(study_name=one_shot_study_name(settings))
-    context = open_search(one_shot_settings, heartbeat=False)
+    context = open_search(one_shot_settings, heartbeat=False, device=device)
     study = context.study
     # Scores of two different supernets must not share a front.
     supernet_name = supernet_path(settings, context.space.fingerprint()).name
@@ -135,55 +136,37 @@ def run_one_shot_search(settings: Settings) -> optuna.Study:
 
     data = get_dataset(settings.training)
     supernet, path = _trained_supernet(
-        settings, context.space, data, Progress(settings.budget, 0, quiet=settings.quiet)
+        settings, context.space, data, device, Progress(settings.budget, 0, quiet=settings.quiet)
     )
     progress = Progress(settings.budget, count_finished(study), quiet=settings.quiet)  # times scoring only
     write_run_json(context, {"strategy": "one-shot", "supernet": str(path)})
-    device = resolve_device(settings.training.device)
     supernet.to(device)
-    from search.backends.optuna_driver import make_sampler
-
-    sampler = make_sampler(settings.sampler, settings.seed + len(study.get_trials(deepcopy=False)))
+    sampler = study_sampler(settings, study, shared=False)
     study = optuna.load_study(study_name=study.study_name, storage=context.storage, sampler=sampler)
     progress.message(
         f"one-shot study '{study.study_name}': {count_finished(study)}/{settings.budget} scored candidates"
     )
+    attrs = {"fidelity": "one-shot", "supernet": path.name}
+    # An infeasible candidate costs no scoring: only failures in a row stop this search.
+    streaks = Streaks(settings.max_failures, settings.max_mflops, max_infeasible=None)
     while (done := count_finished(study)) < settings.budget:
         trial = study.ask()
         arch = context.space.sample(trial)
-        cost = architecture_cost(arch)
-        attrs = {
-            "architecture": arch.to_json(),
-            "mflops": cost.mflops,
-            "mflops_all_ops": cost.mflops_all_ops,
-            "params": cost.params,
-            "fidelity": "one-shot",
-            "supernet": path.name,
-        }
-        if settings.max_mflops is not None:
-            trial.set_constraint(CONSTRAINT_KEY, cost.mflops - settings.max_mflops)
-        if settings.max_mflops is not None and cost.mflops > settings.max_mflops:
-            attrs["status"] = "infeasible"
-            accuracy = 0.0
-        else:
-            started = time.perf_counter()
-            try:
-                accuracy = score(supernet, arch, data, device=device, seed=settings.seed)
-            except TrialFailed as err:
-                trial.set_user_attr("fail_reason", str(err))
-                study.tell(trial, state=TrialState.FAIL)
-                continue
-            attrs.update(status="ok", score_seconds=round(time.perf_counter() - started, 3))
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        values = {"accuracy": accuracy, "mflops": cost.mflops, "params": float(cost.params)}
-        study.tell(trial, [values[o] for o in settings.objectives])
-        if attrs["status"] == "ok" and (done + 1) % max(1, settings.budget // 20) == 0:
-            progress.trial(
-                done + 1,
-                *front_summary(study),
-                f"trial {trial.number}: score {accuracy:.4f} @ {cost.mflops:.2f} MFLOPs",
-            )
+        # Through the shared path: a candidate over --max-mflops is infeasible and not scored,
+        # and a scoring error fails this trial only (the search goes on, as train-each does).
+        outcome = score_candidate(
+            arch,
+            context.plan,
+            trial.number,
+            lambda candidate: score(supernet, candidate, data, device=device, seed=settings.seed),
+            attrs,
+        )
+        tell_outcome(study, trial, outcome, settings.objectives, with_constraint=settings.max_mflops is not None)
+        if outcome.state == "failed":
+            progress.message(outcome.line)
+        streaks.count(outcome)
+        if outcome.state == "complete" and (done + 1) % max(1, settings.budget // 20) == 0:
+            progress.trial(done + 1, *front_summary(study), outcome.line)
     if settings.retrain_top:
         _retrain_top(settings, study, standalone, progress)
     return study

@@ -8,16 +8,13 @@ spending budget.
 
 from __future__ import annotations
 
-import os
-import socket
 import time
-import zlib
 
 import optuna
-from optuna.trial import TrialState
 
 from search.backends.budget import Heartbeat, budget_lock, take_slot
 from search.backends.progress import Progress
+from search.backends.sampler import study_sampler
 from search.backends.study import (
     SearchContext,
     count_finished,
@@ -29,42 +26,17 @@ from search.backends.study import (
     trial_seed,
     write_run_json,
 )
-from search.errors import SearchAborted
-from search.evaluation.candidate import CostedEpochCallback, Outcome, evaluate_candidate, record_outcome
+from search.backends.trial import Streaks, checkpoint_path, rung_peers, tell_outcome
+from search.evaluation.candidate import CostedEpochCallback, Outcome, evaluate_candidate
 from search.evaluation.train import EpochRecord
 from search.reporting.front import front_summary
 from search.settings import Settings, mask_url
-from search.strategies.early_stopping import early_stop_line, peers_from_attrs, rung_attr, stopping_rule
+from search.strategies.early_stopping import early_stop_line, rung_attr, stopping_rule
 
-__all__ = ["make_sampler", "run_optuna_search"]
+__all__ = ["run_optuna_search"]
 
 # A worker with no slot (the rest of the budget runs elsewhere) checks again after this.
 WAIT_FOR_OTHERS_SECONDS = 2.0
-# Give up when this many candidates in a row are over the FLOPs ceiling.
-MAX_INFEASIBLE_IN_A_ROW = 500
-
-
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise ValueError(f"unknown sampler {name!r}")
-
-
-def _sampler_seed(settings: Settings, study: optuna.Study) -> int:
-    """The sampler's seed: offset by the trials already there (a continued study must not
-    replay the first run's random start-up candidates) and by the worker. On a shared
-    server storage (several machines start the same command at once) the host and process
-    are mixed in too, or every machine would propose the same candidates."""
-    seed = settings.seed + len(study.get_trials(deepcopy=False)) + 1000 * (settings.worker_index or 0)
-    if not settings.storage_url.startswith("sqlite"):
-        seed += zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 1_000_000
-    return seed
 
 
 def _rung_callback(context: SearchContext, trial: optuna.Trial) -> CostedEpochCallback:
@@ -78,13 +50,7 @@ def _rung_callback(context: SearchContext, trial: optuna.Trial) -> CostedEpochCa
             return False
         values = [record.val_accuracy if o == "accuracy" else costs[o] for o in context.settings.objectives]
         trial.set_user_attr(rung_attr(record.epoch), values)
-        # Failed trials are no peers: a retry must not compete with its own failed original.
-        others = [
-            (t.number, t.user_attrs)
-            for t in context.study.get_trials(deepcopy=False)
-            if t.number != trial.number and t.state != TrialState.FAIL
-        ]
-        keep = rule.decide(record.epoch, trial.number, values, peers_from_attrs(others, record.epoch))
+        keep = rule.decide(record.epoch, trial.number, values, rung_peers(context.study, record.epoch, trial.number))
         if not keep:
             trial.set_user_attr("stopped_at_rung", record.epoch)
         return not keep
@@ -99,26 +65,20 @@ def _run_trial(context: SearchContext, trial: optuna.Trial) -> Outcome:
     arch = context.space.sample(trial)
     hyperparameters = sample_hyperparameters(trial, settings)
     # A retry keeps its original's seed and checkpoint, so it resumes the same training.
-    checkpoint = settings.study_dir / "checkpoints" / f"trial_{origin}.pt" if settings.checkpoint_every else None
     on_epoch = _rung_callback(context, trial) if settings.stops_early else None
     with Heartbeat(study, trial):
         outcome = evaluate_candidate(
             arch,
             hyperparameters,
-            settings,
+            context.plan,
             trial_seed(settings, origin),
             trial.number,
             on_epoch=on_epoch,
-            checkpoint=checkpoint,
-            latency=context.latency,
+            checkpoint=checkpoint_path(settings, origin),
         )
-    record_outcome(trial, outcome, with_constraint=settings.max_mflops is not None)
     if origin != trial.number:
         trial.set_user_attr("retry_of", origin)
-    if outcome.state in ("complete", "infeasible"):
-        study.tell(trial, outcome.objective_values(settings.objectives))
-    else:
-        study.tell(trial, state=TrialState.PRUNED if outcome.state == "early_stopped" else TrialState.FAIL)
+    tell_outcome(study, trial, outcome, settings.objectives, with_constraint=settings.max_mflops is not None)
     return outcome
 
 
@@ -131,9 +91,7 @@ def run_optuna_search(settings: Settings) -> optuna.Study:
     context = open_search(settings)
     study = context.study
     done = count_finished(study)
-    # Offset the sampler's seed by the trials already there, so a continued study does not
-    # replay the random start-up candidates of the first run.
-    sampler = make_sampler(settings.sampler, _sampler_seed(settings, study))
+    sampler = study_sampler(settings, study, shared=True)
     study = optuna.load_study(study_name=study.study_name, storage=context.storage, sampler=sampler)
     context.study = study
     if settings.worker_index is None:  # --workers: the parent wrote it
@@ -150,7 +108,7 @@ def run_optuna_search(settings: Settings) -> optuna.Study:
         f"space {context.space.name} ({len(context.space.slots)} layers, {context.space.size:.3g} candidates); "
         f"{early_stop_line(settings.early_stopping)}"
     )
-    infeasible_in_a_row = failures_in_a_row = 0
+    streaks = Streaks(settings.max_failures, settings.max_mflops)
     while (done := count_finished(study)) < settings.budget:
         trial = take_slot(study, settings.storage_url, settings.budget, count_finished)
         if trial is None:  # the rest of the budget is running in other workers
@@ -162,25 +120,11 @@ def run_optuna_search(settings: Settings) -> optuna.Study:
             layers = {slot.name for slot in context.space.slots}
             fail_and_requeue(study, study.get_trials(deepcopy=False)[trial.number], "interrupted", layers)
             raise
-        if outcome.state == "failed":
-            failures_in_a_row += 1
+        spent = outcome.state in ("complete", "early_stopped")  # failed and infeasible trials spend no budget
+        if not spent:
             progress.message(outcome.line)
-            if failures_in_a_row >= settings.max_failures:
-                raise SearchAborted(
-                    f"{failures_in_a_row} trials in a row failed (last: {outcome.attrs.get('fail_reason')}); "
-                    "the study is kept, fix the cause and run the same command again"
-                )
-            continue
-        failures_in_a_row = 0
-        if outcome.state == "infeasible":
-            progress.message(outcome.line)
-            infeasible_in_a_row += 1
-            if infeasible_in_a_row >= MAX_INFEASIBLE_IN_A_ROW:
-                raise SearchAborted(
-                    f"{MAX_INFEASIBLE_IN_A_ROW} candidates in a row were over --max-mflops {settings.max_mflops}; raise the ceiling"
-                )
-            continue
-        infeasible_in_a_row = 0
-        pareto_size, best = front_summary(study)
-        progress.trial(count_finished(study), pareto_size, best, outcome.line)
+        streaks.count(outcome)  # raises past too many failed (or infeasible) trials in a row
+        if spent:
+            pareto_size, best = front_summary(study)
+            progress.trial(count_finished(study), pareto_size, best, outcome.line)
     return study

@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.backends.progress import Progress
+from search.backends.sampler import study_sampler
 from search.backends.study import (
     SearchContext,
     count_finished,
@@ -33,20 +34,26 @@ from search.backends.study import (
     trial_seed,
     write_run_json,
 )
+from search.backends.trial import (
+    checkpoint_path,
+    evaluation_plan,
+    hyperparameters_of,
+    rung_peers,
+    stopped_outcome,
+    tell_outcome,
+)
 from search.compat import ray_searcher_completed, ray_searcher_study, ray_searcher_trials
 from search.errors import SearchAborted
-from search.evaluation.candidate import Outcome, evaluate_candidate, latency_function, record_outcome
+from search.evaluation.candidate import Outcome, evaluate_candidate, failed_outcome
 from search.evaluation.cost import architecture_cost
-from search.evaluation.train import EpochRecord
+from search.evaluation.train import EpochRecord, resolve_device
 from search.reporting.front import front_summary
 from search.settings import Settings, mask_url
 from search.storage import OBJECTIVE_SENSES
-from search.strategies.early_stopping import RungResult, early_stop_line, peers_from_attrs, rung_attr, stopping_rule
+from search.strategies.early_stopping import RungResult, early_stop_line, rung_attr, stopping_rule
 from spaces import SearchSpace
 
 __all__ = ["recover_orphaned_trials", "run_ray_search"]
-
-EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "seconds")
 
 # Quiet, local-friendly Ray defaults; any value the user exported wins.
 _RAY_ENV = {
@@ -80,7 +87,6 @@ def _train_candidate(config: dict[str, Any], space: SearchSpace, settings: Setti
 
     number, origin = int(config["trial_number"]), int(config["origin_number"])
     arch = space.from_params(config)
-    hyper = {key[3:]: value for key, value in config.items() if key.startswith("hp_")}
     training = settings.training
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     if not gpu_ids:
@@ -90,6 +96,8 @@ def _train_candidate(config: dict[str, Any], space: SearchSpace, settings: Setti
     if cpus > 0 and training.threads is None:
         training = training.replace(threads=cpus)
     settings = settings.replace(training=training)
+    # Resolved here, on the node that runs the trial: the driver's device may not exist here.
+    plan = evaluation_plan(settings, space, resolve_device(training.device))
 
     cost = architecture_cost(arch)  # cached: evaluate_candidate's own count reuses it
 
@@ -99,16 +107,14 @@ def _train_candidate(config: dict[str, Any], space: SearchSpace, settings: Setti
         epoch = {k: float("nan") if v is None else v for k, v in record.to_json().items()}
         tune.report({**epoch, **cost.to_json(), **costs, "accuracy": epoch["val_accuracy"]})
 
-    checkpoint = settings.study_dir / "checkpoints" / f"trial_{origin}.pt" if settings.checkpoint_every else None
     outcome = evaluate_candidate(
         arch,
-        hyper,
-        settings,
+        hyperparameters_of(config),
+        plan,
         trial_seed(settings, origin),
         number,
         on_epoch=report_epoch,
-        checkpoint=checkpoint,
-        latency=latency_function(settings, space),
+        checkpoint=checkpoint_path(settings, origin),
     )
     # Where it ran, so placement on a cluster can be checked afterwards.
     outcome.attrs.update(ray_node_id=ray.get_runtime_context().get_node_id(), ray_gpu_ids=gpu_ids)
@@ -125,12 +131,8 @@ def _make_scheduler(context: SearchContext):
     settings = context.settings
     rule = stopping_rule(settings.early_stopping)
     # Trials of earlier runs of this study count as peers at their rungs too.
-    # Keys are Optuna trial numbers, as in the Optuna backend, so ties break the same way;
-    # failed trials are no peers (a retry must not compete with its own failed original).
-    previous = [
-        (t.number, t.user_attrs) for t in context.study.get_trials(deepcopy=False) if t.state != TrialState.FAIL
-    ]
-    recorded: dict[int, list[RungResult]] = {epoch: peers_from_attrs(previous, epoch) for epoch in rule.rungs}
+    # Keys are Optuna trial numbers, as in the Optuna backend, so ties break the same way.
+    recorded: dict[int, list[RungResult]] = {epoch: rung_peers(context.study, epoch) for epoch in rule.rungs}
 
     class MultiObjectiveASHAScheduler(FIFOScheduler):
         def __init__(self) -> None:
@@ -179,26 +181,14 @@ def _make_searcher(context: SearchContext, progress: Progress, done: list[int], 
 
         def _stopped_outcome(self, trial_id: str, rung: int) -> Outcome:
             trial = ray_searcher_trials(self)[trial_id]
-            curve = self.curves.get(trial_id, [])
-            last = curve[-1]
-            attrs = {
-                "status": "early_stopped",
-                "stopped_at_rung": rung,
-                "architecture": context.space.from_params(trial.params).to_json(),
-                "mflops": last["mflops"],
-                "mflops_all_ops": last["mflops_all_ops"],
-                "params": int(last["params"]),
-                "curve": [{k: r[k] for k in EPOCH_KEYS} for r in curve],
-                "epochs_run": len(curve),
-                "seed": trial_seed(settings, retry_origin(ray_searcher_study(self), trial.number)),
-                "fidelity": "full",
-                "train_seconds": round(sum(float(r["seconds"]) for r in curve), 3),
-            }
-            hyperparameters = {k[3:]: v for k, v in trial.params.items() if k.startswith("hp_")}
-            if hyperparameters:
-                attrs["hyperparameters"] = hyperparameters
-            line = f"trial {trial.number}: stopped at rung {rung} (acc {last['accuracy']:.4f} @ {last['mflops']:.2f} MFLOPs)"
-            return Outcome("early_stopped", None, attrs, None, line)
+            return stopped_outcome(
+                trial.number,
+                context.space.from_params(trial.params),
+                self.curves.get(trial_id, []),
+                trial_seed(settings, retry_origin(ray_searcher_study(self), trial.number)),
+                hyperparameters_of(trial.params),
+                rung,
+            )
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             if trial_id in ray_searcher_completed(self) or trial_id not in ray_searcher_trials(self):
@@ -212,20 +202,9 @@ def _make_searcher(context: SearchContext, progress: Progress, done: list[int], 
                 outcome = Outcome.from_json(result["outcome"])
             else:
                 reason = "the Ray trial errored on every attempt (see Ray's logs)" if error else "no result from Ray"
-                outcome = Outcome(
-                    "failed",
-                    None,
-                    {"status": "failed", "fail_reason": reason},
-                    None,
-                    f"trial {trial.number}: failed ({reason})",
-                )
-            record_outcome(trial, outcome, with_constraint=settings.max_mflops is not None)
-            if outcome.state in ("complete", "infeasible"):
-                ray_searcher_study(self).tell(trial, outcome.objective_values(settings.objectives))
-            else:
-                ray_searcher_study(self).tell(
-                    trial, state=TrialState.PRUNED if outcome.state == "early_stopped" else TrialState.FAIL
-                )
+                outcome = failed_outcome(trial.number, reason)
+            with_constraint = settings.max_mflops is not None
+            tell_outcome(ray_searcher_study(self), trial, outcome, settings.objectives, with_constraint)
             ray_searcher_completed(self).add(trial_id)
             self.curves.pop(trial_id, None)
             if outcome.state in ("complete", "early_stopped"):
@@ -238,16 +217,10 @@ def _make_searcher(context: SearchContext, progress: Progress, done: list[int], 
         space=_SampleCandidate(context.space, settings),
         metric=list(settings.objectives),
         mode=[OBJECTIVE_SENSES[o] for o in settings.objectives],
-        sampler=_sampler(settings, context.study),
+        sampler=study_sampler(settings, context.study, shared=False),
         storage=context.storage,
         study_name=context.study.study_name,
     )
-
-
-def _sampler(settings: Settings, study: optuna.Study) -> optuna.samplers.BaseSampler:
-    from search.backends.optuna_driver import make_sampler
-
-    return make_sampler(settings.sampler, settings.seed + len(study.get_trials(deepcopy=False)))
 
 
 def recover_orphaned_trials(study: optuna.Study, space: SearchSpace) -> int:

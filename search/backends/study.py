@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from models import Architecture
+from search.backends.trial import evaluation_plan
 from search.compat import fail_trial
-from search.evaluation.candidate import latency_function
+from search.evaluation.candidate import EvaluationPlan
 from search.evaluation.cost import architecture_cost, cheapest_and_dearest
 from search.evaluation.evaluate import get_dataset
+from search.evaluation.train import resolve_device
 from search.settings import TUNABLE, Settings, SettingsError, mask_url, scrub, url_secrets
 from search.storage import OBJECTIVE_SENSES, StudyMismatch, find_study, open_storage
 from search.versions import package_versions
@@ -64,7 +66,7 @@ class SearchContext:
     study: optuna.Study
     storage: optuna.storages.BaseStorage
     reference: dict[str, float]
-    latency: Callable[[Architecture], float] | None = None  # when latency is an objective
+    plan: EvaluationPlan  # how this process evaluates a candidate (device resolved once)
 
 
 def _protocol(settings: Settings) -> dict[str, Any]:
@@ -109,9 +111,11 @@ def _check_compatible(study: optuna.Study, expected: dict[str, Any]) -> None:
         )
 
 
-def open_search(settings: Settings, heartbeat: bool = True) -> SearchContext:
+def open_search(settings: Settings, heartbeat: bool = True, device: torch.device | None = None) -> SearchContext:
     """Load the data (fail fast when it is missing), build the space, and open or create the
-    study, checking that an existing study searches the same thing."""
+    study, checking that an existing study searches the same thing. ``device``: where this
+    process evaluates candidates (and measures the reference latency); resolved from
+    ``--device`` when not given."""
     data = get_dataset(settings.training)
     space = get_space(settings.space, width=settings.width, num_classes=data.num_classes)
     dense = architecture_cost(space.dense())
@@ -134,14 +138,14 @@ def open_search(settings: Settings, heartbeat: bool = True) -> SearchContext:
         directions=["maximize" if OBJECTIVE_SENSES[o] == "max" else "minimize" for o in settings.objectives],
         load_if_exists=True,  # another worker may create it at the same moment
     )
-    latency = latency_function(settings, space)
+    plan = evaluation_plan(settings, space, resolve_device(settings.training.device) if device is None else device)
     _check_compatible_or_initialise(study, expected, space, dense, settings.training.to_json())
-    if latency is not None and "latency_ms" not in study.user_attrs["reference_point"]:
+    if plan.latency is not None and "latency_ms" not in study.user_attrs["reference_point"]:
         study.set_user_attr(
-            "reference_point", {**study.user_attrs["reference_point"], "latency_ms": latency(space.dense())}
+            "reference_point", {**study.user_attrs["reference_point"], "latency_ms": plan.latency(space.dense())}
         )
     reference = dict(study.user_attrs["reference_point"])
-    return SearchContext(settings, space, study, storage, reference, latency)
+    return SearchContext(settings, space, study, storage, reference, plan)
 
 
 def _check_compatible_or_initialise(

@@ -6,7 +6,7 @@ import functools
 import gc
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from search.evaluation.data import Dataset, load_dataset
 from search.evaluation.train import EpochCallback, EpochRecord, resolve_device, train_model
 from search.settings import TrainingSettings
 
-__all__ = ["TrialResult", "evaluate", "get_dataset", "release_memory", "result_attributes"]
+__all__ = ["TrialResult", "evaluate", "get_dataset", "release_memory", "result_attributes", "trained_attributes"]
 
 
 @dataclass
@@ -37,7 +37,6 @@ class TrialResult:
     seed: int
     epochs_run: int
     stopped_early: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
         return {"accuracy": self.accuracy, "mflops": self.cost.mflops, "params": float(self.cost.params)}
@@ -69,17 +68,20 @@ def evaluate(
     model_hook: Callable[[torch.nn.Module], None] | None = None,
     checkpoint: Path | None = None,
     checkpoint_every: int = 0,
+    device: torch.device | None = None,
 ) -> TrialResult:
     """Build ``arch``, train it with ``training`` and measure it.
 
     Search uses the validation split (``full_train=False``); final retraining trains on the
     whole training set and measures the test split (``full_train=True``). FLOPs are counted
     on the trained model, which matters only for free (unbalanced) FLGC, whose connections
-    are learned.
+    are learned. ``device``: where to train (the search resolves it once per process);
+    ``training.device`` when not given.
     """
     if training.threads:
         torch.set_num_threads(training.threads)
-    device = resolve_device(training.device)
+    if device is None:
+        device = resolve_device(training.device)
     data = get_dataset(training, full_train=full_train)
     if arch.num_classes != data.num_classes:
         raise ValueError(f"architecture has {arch.num_classes} classes but {data.name} has {data.num_classes}")
@@ -120,19 +122,29 @@ def evaluate(
     return result
 
 
+def trained_attributes(
+    cost: Cost, curve: list[dict[str, Any]], train_seconds: float, stopped_early: bool
+) -> dict[str, Any]:
+    """The user attributes of a trained (or early-stopped) candidate: its cost, its curve (one
+    :meth:`EpochRecord.to_json` an epoch) and its training time, whichever backend trained it."""
+    return {
+        "status": "early_stopped" if stopped_early else "ok",
+        "mflops": cost.mflops,
+        "mflops_all_ops": cost.mflops_all_ops,
+        "params": cost.params,
+        "curve": curve,
+        "train_seconds": round(train_seconds, 3),
+        "epochs_run": len(curve),
+        "fidelity": "full",
+    }
+
+
 def result_attributes(result: TrialResult) -> dict[str, Any]:
     """The user attributes a trial records (both backends write exactly these)."""
+    curve = [record.to_json() for record in result.curve]
     return {
-        "status": "early_stopped" if result.stopped_early else "ok",
         "architecture": result.architecture.to_json(),
-        "mflops": result.cost.mflops,
-        "mflops_all_ops": result.cost.mflops_all_ops,
-        "params": result.cost.params,
-        "curve": [record.to_json() for record in result.curve],
-        "train_seconds": round(result.train_seconds, 3),
-        "epochs_run": result.epochs_run,
+        **trained_attributes(result.cost, curve, result.train_seconds, result.stopped_early),
         "device": result.device,
         "seed": result.seed,
-        "fidelity": "full",
-        **result.extra,
     }
