@@ -33,13 +33,13 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from cli_process import cli_command, cli_env, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = "vgg_hetconv-digits"  # the template study (default name: <space>-<dataset>)
@@ -231,13 +231,6 @@ SUBPROCESS = ("unknown-space", "study-other-epochs", "storage-password-masked", 
 # ------------------------------------------------------------------------------- helpers
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = "1"
-    env.pop("PYTHONWARNINGS", None)
-    return env
-
-
 def run_in_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """``python run_search.py ARGS`` in this process (``run_search.main``) in ``cwd``, with
     stdout and stderr captured."""
@@ -255,12 +248,11 @@ def run_in_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(ROOT / "run_search.py"), *args]
     try:
-        return subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=CASE_TIMEOUT)
+        return run_cli(args, cwd, timeout=CASE_TIMEOUT, env=cli_env(PYTHONWARNINGS=None))
     except subprocess.TimeoutExpired as err:
         return subprocess.CompletedProcess(
-            command, -1, str(err.stdout or ""), f"TIMEOUT after {CASE_TIMEOUT}s\n{err.stderr or ''}"
+            cli_command(args), -1, str(err.stdout or ""), f"TIMEOUT after {CASE_TIMEOUT}s\n{err.stderr or ''}"
         )
 
 

@@ -22,13 +22,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import optuna
 import pytest
+from cli_process import ray_cli_env, run_cli, start_cli
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
@@ -409,17 +409,14 @@ class _Search:
 
     def __init__(self, backend: str, results_dir: Path, ray_tmpdir: str | None) -> None:
         self.backend, self.results_dir = backend, results_dir
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "OMP_NUM_THREADS"}
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env = ray_cli_env()
         extra = ["--threads", "1"]
         if backend == "ray":
-            env["RAY_TMPDIR"] = ray_tmpdir
+            env = ray_cli_env(ray_tmpdir)
             extra = ["--backend", "ray", "--max-concurrent", "2"]
-        self.args = [sys.executable, "run_search.py", *E2E_ARGS, *extra, "--results-dir", str(results_dir)]
+        self.args = [*E2E_ARGS, *extra, "--results-dir", str(results_dir)]
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            self.args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        self.proc = start_cli(self.args, ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self._result: tuple[int, str, str, float] | None = None
 
     def result(self) -> tuple[int, str, str, float]:
@@ -520,13 +517,7 @@ def test_end_to_end(backend, e2e_searches):
     trials_csv = pd.read_csv(files.trials_csv)
     assert set(trials_csv.loc[trials_csv["number"].isin(pruned_numbers), "status"]) == {"early_stopped"}
 
-    proc = subprocess.run(
-        [sys.executable, "run_search.py", "export", "--study", STUDY, "--results-dir", str(results_dir)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_cli(["export", "--study", STUDY, "--results-dir", str(results_dir)], ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     exported = sorted((out_dir / "pareto").glob("trial_*.json"))
     assert exported

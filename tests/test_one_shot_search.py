@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
 from _studies import load
+from cli_process import run_cli
 from optuna.trial import TrialState
 
 from models import Architecture
@@ -58,10 +57,8 @@ RUN_TIMEOUT = 600
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
-def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(ROOT / "run_search.py"), *map(str, args)]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+def one_shot_cli(args: list, cwd: Path) -> subprocess.CompletedProcess:
+    return run_cli(args, cwd, timeout=RUN_TIMEOUT)
 
 
 def describe(proc: subprocess.CompletedProcess) -> str:
@@ -87,7 +84,7 @@ def supernet_files(results: Path) -> list[Path]:
 def first_run(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("one_shot")
     results = work / "D"
-    proc = run_cli([*COMMAND, "--budget", "12", "--results-dir", results], work)
+    proc = one_shot_cli([*COMMAND, "--budget", "12", "--results-dir", results], work)
     files = supernet_files(results)
     return {
         "work": work,
@@ -104,7 +101,7 @@ def second_run(first_run) -> dict:
     results = first_run["results"]
     before = load(results, STUDY)
     retrained_before = [t.user_attrs.get("from_one_shot") for t in before.get_trials(deepcopy=False)]
-    proc = run_cli([*COMMAND, "--budget", "16", "--results-dir", results], first_run["work"])
+    proc = one_shot_cli([*COMMAND, "--budget", "16", "--results-dir", results], first_run["work"])
     return {"proc": proc, "retrained_before": retrained_before}
 
 

@@ -12,21 +12,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pytest
 from _studies import load, storage_url
+from cli_process import CliRunner
 from optuna.trial import TrialState
 
 from models import Architecture, validate
@@ -50,47 +46,6 @@ optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 # ------------------------------------------------------------------------------- helpers
-
-
-class Runner:
-    """Runs the CLI in subprocesses; remembers every process so that teardown can end the ones
-    still running (by their own id) when a test fails early."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._procs: list[subprocess.Popen] = []
-        self._closed = False
-        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cli")
-        self.env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-
-    def run(self, args: list[str], cwd: Path, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, str(ROOT / "run_search.py"), *map(str, args)]
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("runner closed")
-            proc = subprocess.Popen(
-                cmd, cwd=cwd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-            self._procs.append(proc)
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-            raise AssertionError(f"{' '.join(cmd[1:])} did not finish in {timeout}s; stderr:\n{err[-3000:]}") from None
-        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        return self.pool.submit(fn, *args)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        for proc in self._procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=30)
 
 
 def describe(proc: subprocess.CompletedProcess) -> str:
@@ -120,7 +75,7 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
 
 @pytest.fixture(scope="module")
 def runner():
-    r = Runner()
+    r = CliRunner(timeout=RUN_TIMEOUT)
     yield r
     r.close()
 
@@ -140,13 +95,13 @@ def ceiling(space) -> float:
     return round(cheapest + 0.2 * (dense - cheapest), 3)
 
 
-def _job_ceiling(runner: Runner, work: Path, ceiling: float) -> dict:
+def _job_ceiling(runner: CliRunner, work: Path, ceiling: float) -> dict:
     d = work / "results"
     proc = runner.run([*QUICK, "--budget", "2", "--max-mflops", ceiling, "--results-dir", d], work)
     return {"proc": proc, "dir": d}
 
 
-def _job_tuned(runner: Runner, work: Path) -> dict:
+def _job_tuned(runner: CliRunner, work: Path) -> dict:
     d = work / "results"
     proc = runner.run(
         [*QUICK, "--tune", "lr,batch_size", "--budget", "2", "--study-name", "tuned", "--results-dir", d], work
@@ -157,7 +112,7 @@ def _job_tuned(runner: Runner, work: Path) -> dict:
     return {"proc": proc, "untuned": untuned, "before": before, "after": after, "dir": d}
 
 
-def _job_baselines(runner: Runner, work: Path) -> dict:
+def _job_baselines(runner: CliRunner, work: Path) -> dict:
     d = work / "results"
     proc = runner.run([*QUICK, "--baselines", "--budget", "3", "--space", "vgg_hetconv", "--results-dir", d], work)
     return {"proc": proc, "dir": d}
@@ -171,7 +126,7 @@ choices: [dense, "hetconv:2", "hetconv:4"]
 SPACE_FILE_CHOICES = {"dense", "hetconv:2", "hetconv:4"}
 
 
-def _job_space_file(runner: Runner, work: Path) -> dict:
+def _job_space_file(runner: CliRunner, work: Path) -> dict:
     d = work / "results"
     path = work / "tiny_space.yaml"
     path.write_text(SPACE_FILE)
@@ -179,7 +134,7 @@ def _job_space_file(runner: Runner, work: Path) -> dict:
     return {"proc": proc, "dir": d, "study": "tiny_space-digits"}
 
 
-def _job_failures(runner: Runner, work: Path) -> dict:
+def _job_failures(runner: CliRunner, work: Path) -> dict:
     d = work / "results"
     proc = runner.run([*QUICK, "--lr", "1e6", "--max-failures", "2", "--budget", "3", "--results-dir", d], work)
     return {"proc": proc, "dir": d}

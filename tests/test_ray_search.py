@@ -25,7 +25,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from cli_process import ray_cli_env, run_cli, start_cli
 from optuna.trial import FrozenTrial, TrialState
 
 from search.settings import PRESETS, Settings, TrainingSettings
@@ -139,23 +139,9 @@ def in_process_ray(ray_tmpdir: str, monkeypatch: pytest.MonkeyPatch):
     optuna.logging.set_verbosity(level)
 
 
-def _cli_env(ray_tmpdir: str) -> dict[str, str]:
-    # No RAY_* from outside (the CLI sets its own defaults), and no OMP_NUM_THREADS, so that
-    # Ray sets it per trial (1 for one CPU per trial) as it would for a user.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "OMP_NUM_THREADS"}
-    return {**env, "RAY_TMPDIR": ray_tmpdir, "PYTHONDONTWRITEBYTECODE": "1"}
-
-
 def _run_cli(args: list[str], ray_tmpdir: str, timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
     started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "run_search.py", *args],
-        cwd=ROOT,
-        env=_cli_env(ray_tmpdir),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    proc = run_cli(args, ROOT, timeout=timeout, env=ray_cli_env(ray_tmpdir))
     return proc, time.perf_counter() - started
 
 
@@ -428,13 +414,8 @@ def test_killed_driver_is_resumed_by_the_same_command(tmp_path: Path, ray_tmpdir
     ]
     log_path = tmp_path / "first_run.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "run_search.py", *args],
-            cwd=ROOT,
-            env=_cli_env(ray_tmpdir),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        proc = start_cli(
+            args, ROOT, env=ray_cli_env(ray_tmpdir), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
         started = time.perf_counter()

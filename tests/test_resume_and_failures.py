@@ -20,12 +20,10 @@ import re
 import signal
 import sqlite3
 import subprocess
-import sys
-import threading
 import time
 import weakref
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ import optuna
 import pytest
 import torch
 from _studies import load, storage_url
+from cli_process import CliRunner
 from optuna.trial import TrialState
 
 import search.backends.optuna_driver
@@ -66,65 +65,6 @@ optuna.logging.set_verbosity(optuna.logging.ERROR)
 # ------------------------------------------------------------------------------- helpers
 
 
-class Runner:
-    """Starts the CLI in subprocesses, each in its own session (process group); remembers them
-    so that teardown ends the ones still running (by their own group id) if a test fails."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._procs: list[subprocess.Popen] = []
-        self._closed = False
-        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cli")
-        self.env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-
-    def start(self, args: list[Any], cwd: Path, log: str) -> subprocess.Popen:
-        cmd = [sys.executable, str(ROOT / "run_search.py"), *map(str, args)]
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("runner closed")
-            # Output to files: nobody reads a pipe while the test polls the storage.
-            out, err = open(cwd / f"{log}.out", "w"), open(cwd / f"{log}.err", "w")  # noqa: SIM115
-            proc = subprocess.Popen(cmd, cwd=cwd, env=self.env, stdout=out, stderr=err, start_new_session=True)
-            out.close()
-            err.close()
-            proc.log = (cwd / f"{log}.out", cwd / f"{log}.err")  # type: ignore[attr-defined]
-            self._procs.append(proc)
-        return proc
-
-    @staticmethod
-    def kill(proc: subprocess.Popen) -> None:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait(timeout=60)
-
-    def wait(self, proc: subprocess.Popen, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill(proc)
-            raise AssertionError(
-                f"{' '.join(proc.args[2:])} did not finish in {timeout}s; stderr:\n{proc.log[1].read_text()[-3000:]}"
-            ) from None  # type: ignore[attr-defined]
-        out, err = (path.read_text() for path in proc.log)  # type: ignore[attr-defined]
-        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-    def run(self, args: list[Any], cwd: Path, log: str, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
-        return self.wait(self.start(args, cwd, log), timeout)
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        return self.pool.submit(fn, *args)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        for proc in self._procs:
-            self.kill(proc)
-
-
 def describe(proc: subprocess.CompletedProcess) -> str:
     return f"command: {' '.join(map(str, proc.args[2:]))}\nexit code {proc.returncode}\nstderr:\n{proc.stderr[-4000:]}"
 
@@ -150,7 +90,7 @@ def _db_rows(db: Path) -> list[tuple[int, str, str | None, str | None]]:
 # ------------------------------------------------------------------------------- CLI jobs (background)
 
 
-def _job_kill_and_resume(runner: Runner, work: Path) -> dict[str, Any]:
+def _job_kill_and_resume(runner: CliRunner, work: Path) -> dict[str, Any]:
     """Start a search, SIGKILL its whole process group while a trial is running (after at least
     one finished), then run the same command again to the end."""
     d = work / "results"
@@ -202,13 +142,13 @@ def _job_kill_and_resume(runner: Runner, work: Path) -> dict[str, Any]:
     }
 
 
-def _job_workers(runner: Runner, work: Path) -> dict[str, Any]:
+def _job_workers(runner: CliRunner, work: Path) -> dict[str, Any]:
     d = work / "results"
     proc = runner.run([*QUICK, "--epochs", 1, "--workers", 2, "--budget", 5, "--results-dir", d], work, "workers")
     return {"dir": d, "proc": proc}
 
 
-def _job_checkpoint_cli(runner: Runner, work: Path) -> dict[str, Any]:
+def _job_checkpoint_cli(runner: CliRunner, work: Path) -> dict[str, Any]:
     d = work / "results"
     proc = runner.run(
         [*QUICK, "--epochs", 2, "--checkpoint-every", 1, "--budget", 1, "--results-dir", d], work, "checkpoint"
@@ -216,7 +156,7 @@ def _job_checkpoint_cli(runner: Runner, work: Path) -> dict[str, Any]:
     return {"dir": d, "proc": proc}
 
 
-def _job_max_failures_cli(runner: Runner, work: Path) -> dict[str, Any]:
+def _job_max_failures_cli(runner: CliRunner, work: Path) -> dict[str, Any]:
     d = work / "results"
     # lr 1e6: every trial's loss becomes NaN in its first epoch.
     proc = runner.run(
@@ -244,7 +184,7 @@ BACKGROUND_TESTS = {
 
 @pytest.fixture(scope="module")
 def runner():
-    r = Runner()
+    r = CliRunner(timeout=RUN_TIMEOUT)
     yield r
     r.close()
 

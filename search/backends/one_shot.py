@@ -48,7 +48,7 @@ def supernet_path(settings: Settings, fingerprint: dict) -> Path:
                 "space": fingerprint,
                 "training": settings.training.to_json(),
                 "seed": settings.seed,
-                "epochs": settings.supernet_epochs_or_default(),
+                "epochs": settings.one_shot.supernet_epochs,
             },
             sort_keys=True,
             default=str,
@@ -70,7 +70,7 @@ def _trained_supernet(settings: Settings, space, data, device: torch.device, pro
         supernet, _ = load_supernet(space, path)
         progress.message(f"reusing the trained supernet {path}")
         return supernet, path
-    epochs = settings.supernet_epochs_or_default()
+    epochs = settings.one_shot.supernet_epochs
     progress.message(
         f"training the supernet of {space.name} for {epochs} epochs (sandwich rule, in-place distillation)"
     )
@@ -167,7 +167,7 @@ def run_one_shot_search(settings: Settings) -> optuna.Study:
         streaks.count(outcome)
         if outcome.state == "complete" and (done + 1) % max(1, settings.budget // 20) == 0:
             progress.trial(done + 1, *front_summary(study), outcome.line)
-    if settings.retrain_top:
+    if settings.one_shot.retrain_top:
         _retrain_top(settings, study, standalone, progress)
     return study
 
@@ -177,7 +177,7 @@ def _retrain_top(settings: Settings, study: optuna.Study, standalone, progress: 
     from search.backends.optuna_driver import run_optuna_search
 
     front = pareto_records(load_records(study), study_objectives(study))
-    chosen = _spread(front, settings.retrain_top)
+    chosen = _spread(front, settings.one_shot.retrain_top)
     target = standalone.study
     # Configurations already retrained (or queued) are not trained again, however often the
     # one-shot sampler proposes them.
@@ -196,7 +196,7 @@ def _retrain_top(settings: Settings, study: optuna.Study, standalone, progress: 
     progress.message(
         f"retraining {queued} configuration(s) of the one-shot front from scratch in study '{target.study_name}'"
         + (f" ({len(chosen) - queued} already retrained)" if queued < len(chosen) else "")
-        + (f"; the front has only {len(front)}" if len(front) < settings.retrain_top else "")
+        + (f"; the front has only {len(front)}" if len(front) < settings.one_shot.retrain_top else "")
     )
     waiting = len(target.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     budget = count_finished(target) + waiting

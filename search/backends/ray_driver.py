@@ -242,8 +242,8 @@ def _init_ray(settings: Settings) -> bool:
     for key, value in _RAY_ENV.items():
         os.environ.setdefault(key, value)
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
-    if settings.ray_address:
-        ray.init(address=settings.ray_address, **kwargs)
+    if settings.ray.address:
+        ray.init(address=settings.ray.address, **kwargs)
     else:
         # "local": always a private Ray, never one found through RAY_ADDRESS or the address
         # file that `ray start` leaves behind.
@@ -272,19 +272,19 @@ def run_ray_search(settings: Settings) -> optuna.Study:
     if settings.baselines:
         enqueue_baselines(context)
     started_ray = _init_ray(settings)
-    storage_path = settings.ray_storage or str((settings.study_dir / "ray").resolve())
+    storage_path = settings.ray.storage or str((settings.study_dir / "ray").resolve())
     if "://" not in storage_path:
         Path(storage_path).mkdir(parents=True, exist_ok=True)
     progress.message(
         f"study '{study.study_name}' in {mask_url(settings.storage_url)}: {done[0]}/{settings.budget} finished trials; "
         f"Ray results in {storage_path}; {early_stop_line(settings.early_stopping)}"
     )
-    gpus = settings.gpus_per_trial
+    gpus = settings.ray.gpus_per_trial
     if gpus is None:  # default: one GPU per trial where the cluster has GPUs
         import ray
 
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    resources = {"cpu": settings.cpus_per_trial, "gpu": gpus}
+    resources = {"cpu": settings.ray.cpus_per_trial, "gpu": gpus}
     trainable = tune.with_resources(
         tune.with_parameters(_train_candidate, space=context.space, settings=settings), resources
     )
@@ -300,13 +300,13 @@ def run_ray_search(settings: Settings) -> optuna.Study:
                     search_alg=searcher,
                     scheduler=scheduler,
                     num_samples=settings.budget - done[0],
-                    max_concurrent_trials=settings.max_concurrent,
+                    max_concurrent_trials=settings.ray.max_concurrent,
                     reuse_actors=True,
                 ),
                 run_config=tune.RunConfig(
                     name=f"{study.study_name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}",
                     storage_path=storage_path,
-                    failure_config=tune.FailureConfig(max_failures=settings.ray_retries),
+                    failure_config=tune.FailureConfig(max_failures=settings.ray.retries),
                     verbose=0,
                 ),
             )

@@ -48,11 +48,12 @@ EPOCH_KEYS = tuple(f.name for f in fields(EpochRecord))
 def evaluation_plan(settings: Settings, space: SearchSpace, device: torch.device) -> EvaluationPlan:
     """What evaluating a candidate of ``space`` on ``device`` needs of ``settings``; with the
     latency function when latency is an objective."""
+    scoring = settings.scoring
     latency = None
-    if "latency_ms" in settings.objectives:
+    if "latency_ms" in scoring.objectives:
         tables = Path(settings.results_dir) / "latency_tables"
-        latency = latency_function(space, device, settings.latency, settings.latency_batch, tables)
-    return EvaluationPlan(settings.training, device, settings.max_mflops, settings.checkpoint_every, latency)
+        latency = latency_function(space, device, scoring.latency, scoring.latency_batch, tables)
+    return EvaluationPlan(settings.training, device, scoring.max_mflops, settings.checkpoint_every, latency)
 
 
 def checkpoint_path(settings: Settings, origin: int) -> Path | None:

@@ -33,8 +33,8 @@ def packed_workers(settings: Settings, gpus: int | None = None) -> int:
     """Worker processes to start: ``--workers`` if it asks for more than one; else, for the
     Optuna backend training each candidate on CUDA, ``--trials-per-gpu`` (default
     :data:`DEFAULT_TRIALS_PER_GPU`) per visible GPU, never more than the budget; else 1."""
-    if settings.workers > 1:
-        return settings.workers
+    if settings.local_workers.count > 1:
+        return settings.local_workers.count
     if settings.backend != "optuna" or settings.strategy != "train-each":
         return 1
     device = settings.training.device
@@ -43,12 +43,16 @@ def packed_workers(settings: Settings, gpus: int | None = None) -> int:
 
         gpus = torch.cuda.device_count() if device in ("auto", "cuda") or device.startswith("cuda") else 0
     if not gpus or device not in ("auto", "cuda"):
-        if settings.trials_per_gpu not in (None, 1) and device.startswith("cuda:"):
+        if settings.local_workers.trials_per_gpu not in (None, 1) and device.startswith("cuda:"):
             raise SettingsError(
                 f"--trials-per-gpu with --device {device}: use --device cuda and CUDA_VISIBLE_DEVICES={device[5:]}"
             )
         return 1
-    per_gpu = DEFAULT_TRIALS_PER_GPU if settings.trials_per_gpu is None else settings.trials_per_gpu
+    per_gpu = (
+        DEFAULT_TRIALS_PER_GPU
+        if settings.local_workers.trials_per_gpu is None
+        else settings.local_workers.trials_per_gpu
+    )
     return max(1, min(per_gpu * gpus, settings.budget))
 
 
@@ -63,7 +67,7 @@ def _worker(settings: Settings, gpu: int | None) -> None:
     try:
         run_optuna_search(settings)
     except SearchAborted as err:
-        print(f"worker {settings.worker_index}: error: {err}", file=sys.stderr)
+        print(f"worker {settings.local_workers.index}: error: {err}", file=sys.stderr)
         sys.exit(1)
 
 
@@ -73,11 +77,11 @@ def run_workers(settings: Settings) -> optuna.Study:
     from search.backends.study import open_search, write_run_json
 
     # Create (or check) the study once here, so workers never race to create it.
-    write_run_json(open_search(settings, heartbeat=False), {"workers": settings.workers})
+    write_run_json(open_search(settings, heartbeat=False), {"workers": settings.local_workers.count})
     gpus = torch.cuda.device_count()
     context = multiprocessing.get_context("spawn")  # no CUDA or thread state copied by fork
     processes = []
-    for index in range(settings.workers):
+    for index in range(settings.local_workers.count):
         worker_settings = settings.replace(worker_index=index)
         process = context.Process(target=_worker, args=(worker_settings, index % gpus if gpus else None))
         process.start()

@@ -11,8 +11,8 @@ a frozen view made on demand (properties, not fields, so the record is unchanged
 - ``settings.storage_target`` -> :class:`StorageTarget` (storage URL, study name, results
   folder): search.storage (its ``url``), search.commands (the outputs' folder; report and
   export build one for a study that must exist), search.backends.study;
-- ``settings.scoring`` -> :class:`Scoring` (objectives, latency, FLOPs ceiling):
-  search.evaluation.candidate;
+- ``settings.scoring`` -> :class:`Scoring` (objectives, latency, FLOPs ceiling): what
+  search.backends.trial.evaluation_plan hands search.evaluation (which never sees Settings);
 - ``settings.early_stopping`` -> :class:`EarlyStopping` (mode, rungs, epochs): the
   ``stopping_rule`` and ``early_stop_line`` of search.strategies.early_stopping;
 - ``settings.one_shot`` -> :class:`OneShotSettings`: search.backends.one_shot;
@@ -20,8 +20,8 @@ a frozen view made on demand (properties, not fields, so the record is unchanged
 - ``settings.ray`` -> :class:`RaySettings`: search.backends.ray_driver.
 
 The drivers in search.backends orchestrate the whole run and take the whole ``Settings``
-(the shortcuts ``study``, ``storage_url``, ``study_dir``, ``stops_early`` read its parts);
-their helpers move to the parts named above.
+(the shortcuts ``study``, ``storage_url``, ``study_dir``, ``stops_early`` read its parts),
+and hand each step below them its part.
 
 Modules (private; import from ``search.settings``):
 

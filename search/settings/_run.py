@@ -137,9 +137,6 @@ class Settings:
 
     # ------------------------------------------------------------ shortcuts into the parts
 
-    def supernet_epochs_or_default(self) -> int:
-        return self.one_shot.supernet_epochs
-
     @property
     def stops_early(self) -> bool:
         """Whether trials of this run are early-stopped (:attr:`EarlyStopping.enabled`)."""

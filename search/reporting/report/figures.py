@@ -58,36 +58,24 @@ def hypervolume_figure(records: list[TrialRecord], hv_objectives: list[str], ref
         else:
             minutes.append(None)
     hover = "trial #%{customdata}<br>hypervolume %{y:.5g}<extra></extra>"
-    fig.add_trace(
-        go.Scatter(
-            x=count,
-            y=values,
-            customdata=numbers,
+
+    def staircase(x: list, y: list, trials: list) -> go.Scatter:
+        return go.Scatter(
+            x=x,
+            y=y,
+            customdata=trials,
             mode="lines+markers",
             line={"shape": "hv", "color": COLORS["ok"]},
             marker={"size": 5},
             hovertemplate=hover,
             name="hypervolume",
-        ),
-        row=1,
-        col=1,
-    )
+        )
+
+    fig.add_trace(staircase(count, values, numbers), row=1, col=1)
     timed = [(m, v, n) for m, v, n in zip(minutes, values, numbers) if m is not None]
     if timed:
-        fig.add_trace(
-            go.Scatter(
-                x=[t[0] for t in timed],
-                y=[t[1] for t in timed],
-                customdata=[t[2] for t in timed],
-                mode="lines+markers",
-                line={"shape": "hv", "color": COLORS["ok"]},
-                marker={"size": 5},
-                hovertemplate=hover,
-                name="hypervolume",
-            ),
-            row=1,
-            col=2,
-        )
+        x, y, trials = (list(column) for column in zip(*timed))
+        fig.add_trace(staircase(x, y, trials), row=1, col=2)
     return fig
 
 
