@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +27,7 @@ from search.evaluation.cost import architecture_cost, cheapest_and_dearest
 from search.evaluation.evaluate import get_dataset
 from search.evaluation.train import resolve_device
 from search.settings import TUNABLE, Settings, SettingsError, mask_url, scrub, url_secrets
-from search.storage import OBJECTIVE_SENSES, StudyMismatch, find_study, open_storage
+from search.storage import OBJECTIVE_SENSES, StorageError, StudyMismatch, find_study, open_storage
 from search.versions import package_versions
 from spaces import SearchSpace, get_space
 
@@ -148,10 +149,17 @@ def open_search(settings: Settings, heartbeat: bool = True, device: torch.device
     return SearchContext(settings, space, study, storage, reference, plan)
 
 
+# The attribute a study's creator writes last: a study without it is still being set up.
+INITIALISED = "created"
+# How long a process waits for another one to finish setting up a study they both opened.
+INITIALISE_WAIT_SECONDS = 60
+
+
 def _check_compatible_or_initialise(
     study: optuna.Study, expected: dict[str, Any], space: SearchSpace, dense, training: dict[str, Any]
 ) -> None:
     if "space" in study.user_attrs:  # an existing study (or one a parallel worker just created)
+        _wait_until_initialised(study)
         _check_compatible(study, expected)
         return
     for key, value in expected.items():
@@ -163,8 +171,22 @@ def _check_compatible_or_initialise(
     study.set_user_attr("reference_point", {"accuracy": 0.0, "mflops": dense.mflops, "params": float(dense.params)})
     study.set_user_attr("dense_cost", dense.to_json())
     study.set_user_attr("training", training)
-    study.set_user_attr("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
     study.set_metric_names(list(expected["objectives"]))
+    study.set_user_attr(INITIALISED, datetime.now(timezone.utc).isoformat(timespec="seconds"))  # last: see above
+
+
+def _wait_until_initialised(study: optuna.Study) -> None:
+    """Wait while another process that has just created the study is still writing its
+    attributes (machines started together on a new database): "space" is written first, and
+    ``INITIALISED`` last."""
+    deadline = time.monotonic() + INITIALISE_WAIT_SECONDS
+    while INITIALISED not in study.user_attrs:
+        if time.monotonic() > deadline:
+            raise StorageError(
+                f"study '{study.study_name}' was created by another process that did not finish setting it up "
+                f"in {INITIALISE_WAIT_SECONDS} s; if that process died, start again with --study-name NEW"
+            )
+        time.sleep(0.2)
 
 
 def write_run_json(context: SearchContext, extra: dict[str, Any] | None = None) -> Path:

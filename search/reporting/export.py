@@ -4,13 +4,13 @@ and retrain the exact model anywhere (architecture, metrics, training recipe, se
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import optuna
 
+from search.files import atomic_write_text
 from search.reporting.front import pareto_records
 from search.settings import TrainingSettings
 from search.storage import TrialRecord, load_records, study_objectives
@@ -52,12 +52,6 @@ def config_of(study: optuna.Study, record: TrialRecord) -> dict[str, Any]:
     }
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def export_pareto(study: optuna.Study, out_dir: Path) -> list[Path]:
     """Write ``trial_<n>.json`` for every Pareto-optimal trial into ``out_dir`` and remove
     configs of trials that are no longer on the front (the front moves as a search runs)."""
@@ -66,7 +60,7 @@ def export_pareto(study: optuna.Study, out_dir: Path) -> list[Path]:
     written = []
     for record in front:
         path = out_dir / f"trial_{record.number}.json"
-        _write_atomic(path, json.dumps(config_of(study, record), indent=2, sort_keys=False))
+        atomic_write_text(path, json.dumps(config_of(study, record), indent=2, sort_keys=False))
         written.append(path)
     configs = {p for p in out_dir.glob("trial_*.json") if p.stem[len("trial_") :].isdigit()}
     for stale in configs - set(written):  # retrain outputs (trial_N.retrain.json, .pt) stay

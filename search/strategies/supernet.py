@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -43,6 +42,7 @@ from models import Architecture, WeightSharingModel
 from search.evaluation.cost import slot_macs
 from search.evaluation.data import BatchLoader, Dataset
 from search.evaluation.train import NonFiniteWatch, TrialFailed, evaluate_loader, lr_at, prepare_training
+from search.files import atomic_torch_save
 from search.settings import TrainingSettings
 from spaces import SearchSpace, SpaceError
 
@@ -272,9 +272,7 @@ def save_supernet(supernet: Supernet, path: str | Path, meta: dict) -> None:
         "meta": json.dumps(meta, sort_keys=True),
         "state_dict": {k: v.detach().cpu() for k, v in supernet.state_dict().items()},
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(state, path)
 
 
 def load_supernet(space: SearchSpace, path: str | Path) -> tuple[Supernet, dict]:
