@@ -21,6 +21,17 @@ def test_text_and_torch_files_are_written_and_replaced(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "state.pt"]
 
 
+def test_files_get_the_mode_of_any_new_file(tmp_path: Path) -> None:
+    """Not mkstemp's private 0600: others sharing a results folder must read exports."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic_write_text(tmp_path / "atomic.txt", "x")
+    atomic_torch_save({}, tmp_path / "atomic.pt")
+    mode = plain.stat().st_mode & 0o777
+    assert (tmp_path / "atomic.txt").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "atomic.pt").stat().st_mode & 0o777 == mode
+
+
 def test_a_failing_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
     path = tmp_path / "table.json"
     path.write_text("old")

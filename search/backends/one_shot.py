@@ -41,6 +41,10 @@ def one_shot_study_name(settings: Settings) -> str:
     return f"{settings.study}-oneshot"
 
 
+# What a supernet learns from the same settings changed with this number (see supernet_path).
+SUPERNET_VERSION = 2
+
+
 def supernet_path(settings: Settings, fingerprint: dict) -> Path:
     key = json.loads(
         json.dumps(
@@ -49,6 +53,9 @@ def supernet_path(settings: Settings, fingerprint: dict) -> Path:
                 "training": settings.training.to_json(),
                 "seed": settings.seed,
                 "epochs": settings.one_shot.supernet_epochs,
+                # 2: FLGC choices train with FLGConv2d's exact 0/1 mask (1: a straight-through
+                # product, off by float rounding); a supernet of version 1 is never reused.
+                "version": SUPERNET_VERSION,
             },
             sort_keys=True,
             default=str,
