@@ -104,7 +104,7 @@ def train_and_save_supernet(args: argparse.Namespace, settings, space, data, see
     import torch
 
     from search.backends.one_shot import supernet_path
-    from search.evaluation.train import resolve_device
+    from search.settings import resolve_device
     from search.strategies.supernet import Supernet, save_supernet, train_supernet
 
     torch.manual_seed(seed)  # the initial weights too (Supernet() draws from the global RNG)
@@ -153,7 +153,7 @@ def rank_candidates(args: argparse.Namespace, supernet, data, training, seed: in
     """One-shot score and stand-alone accuracy of ``--candidates`` random architectures."""
     from search.evaluation.cost import architecture_cost
     from search.evaluation.evaluate import evaluate
-    from search.evaluation.train import resolve_device
+    from search.settings import resolve_device
     from search.strategies.supernet import score
 
     rows = []

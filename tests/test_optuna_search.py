@@ -31,8 +31,8 @@ from search.backends.trial import CONSTRAINT_KEY, evaluation_plan
 from search.evaluation.candidate import evaluate_candidate
 from search.evaluation.cost import architecture_cost, cheapest_and_dearest
 from search.evaluation.evaluate import evaluate
-from search.evaluation.train import TrialFailed, resolve_device
-from search.settings import TUNABLE, Settings, TrainingSettings
+from search.evaluation.train import TrialFailed
+from search.settings import TUNABLE, Settings, TrainingSettings, resolve_device
 from spaces import get_space
 
 pytestmark = pytest.mark.slow

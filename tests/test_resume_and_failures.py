@@ -46,8 +46,7 @@ from search.backends.trial import evaluation_plan
 from search.errors import SearchAborted
 from search.evaluation.candidate import evaluate_candidate
 from search.evaluation.evaluate import evaluate
-from search.evaluation.train import resolve_device
-from search.settings import Settings, TrainingSettings
+from search.settings import Settings, TrainingSettings, resolve_device
 from search.storage import open_storage
 from spaces import get_space
 

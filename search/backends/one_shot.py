@@ -29,9 +29,8 @@ from search.backends.study import count_finished, open_search, write_run_json
 from search.backends.trial import Streaks, tell_outcome
 from search.errors import SearchAborted
 from search.evaluation.candidate import score_candidate
-from search.evaluation.train import resolve_device
 from search.reporting.front import front_summary, pareto_records
-from search.settings import Settings
+from search.settings import Settings, resolve_device
 from search.storage import StudyMismatch, load_records, study_objectives
 
 __all__ = ["one_shot_study_name", "run_one_shot_search"]

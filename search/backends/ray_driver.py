@@ -46,9 +46,9 @@ from search.compat import ray_searcher_completed, ray_searcher_study, ray_search
 from search.errors import SearchAborted
 from search.evaluation.candidate import Outcome, evaluate_candidate, failed_outcome
 from search.evaluation.cost import architecture_cost
-from search.evaluation.train import EpochRecord, resolve_device
+from search.evaluation.train import EpochRecord
 from search.reporting.front import front_summary
-from search.settings import Settings, mask_url
+from search.settings import Settings, mask_url, resolve_device
 from search.storage import OBJECTIVE_SENSES
 from search.strategies.early_stopping import RungResult, early_stop_line, rung_attr, stopping_rule
 from spaces import SearchSpace

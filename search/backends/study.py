@@ -25,8 +25,7 @@ from search.compat import fail_trial
 from search.evaluation.candidate import EvaluationPlan
 from search.evaluation.cost import architecture_cost, cheapest_and_dearest
 from search.evaluation.evaluate import get_dataset
-from search.evaluation.train import resolve_device
-from search.settings import TUNABLE, Settings, SettingsError, mask_url, scrub, url_secrets
+from search.settings import TUNABLE, Settings, SettingsError, mask_url, resolve_device, scrub, url_secrets
 from search.storage import OBJECTIVE_SENSES, StorageError, StudyMismatch, find_study, open_storage
 from search.versions import package_versions
 from spaces import SearchSpace, get_space

@@ -15,8 +15,8 @@ import torch
 from models import Architecture, build_model
 from search.evaluation.cost import Cost, count_cost
 from search.evaluation.data import Dataset, load_dataset
-from search.evaluation.train import EpochCallback, EpochRecord, resolve_device, train_model
-from search.settings import TrainingSettings
+from search.evaluation.train import EpochCallback, EpochRecord, train_model
+from search.settings import TrainingSettings, resolve_device
 
 __all__ = ["TrialResult", "evaluate", "get_dataset", "release_memory", "result_attributes", "trained_attributes"]
 

@@ -27,7 +27,7 @@ from torch import nn
 from layers import param_groups_without_logit_decay
 from search.evaluation.data import BatchLoader, Dataset
 from search.files import atomic_torch_save
-from search.settings import TrainingSettings, resolve_device
+from search.settings import TrainingSettings
 
 __all__ = [
     "CHECK_EVERY",
@@ -37,7 +37,6 @@ __all__ = [
     "TrialFailed",
     "evaluate_loader",
     "prepare_training",
-    "resolve_device",
     "train_model",
     "training_step",
 ]

@@ -152,7 +152,7 @@ class Settings:
 
     @property
     def study_dir(self) -> Path:
-        return Path(self.results_dir) / self.study
+        return self.storage_target.study_dir
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

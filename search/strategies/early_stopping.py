@@ -346,9 +346,11 @@ class MultiObjectiveASHA:
         return hash(repr(self))
 
     def __repr__(self) -> str:
-        extra = ""
-        if self._chance_level is not None:
-            extra += f", chance_level={self._chance_level!r}, accuracy_index={self._accuracy_index}"
+        extra = (
+            f", chance_level={self._chance_level!r}, accuracy_index={self._accuracy_index}"
+            if self._chance_level is not None
+            else ""
+        )
         return (
             f"MultiObjectiveASHA(min_epochs={self._min_epochs}, eta={self._eta}, "
             f"max_epochs={self._max_epochs}, senses={self._senses!r}{extra})"
