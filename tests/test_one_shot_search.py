@@ -302,6 +302,29 @@ def test_one_shot_study_does_not_mix_scores_of_two_supernets(tmp_path, fake_trai
         run_one_shot_search(_settings(tmp_path, budget=4, supernet_epochs=2))
 
 
+def test_a_supernet_that_did_not_learn_is_refused(tmp_path, monkeypatch):
+    """A supernet whose largest candidate is still at chance after training would give every
+    candidate a guess for a score: the search stops with one line, before scoring anything,
+    and again when a rerun would reuse that supernet."""
+    import search.strategies.supernet as supernet_module
+    from search.backends.one_shot import one_shot_study_name, run_one_shot_search
+    from search.errors import SearchAborted
+
+    def train(supernet, data, training, seed, device, **kwargs):
+        return [{"epoch": 1, "val_accuracy_largest": 0.12, "val_accuracy_smallest": 0.1}]  # digits: chance 0.1
+
+    monkeypatch.setattr(supernet_module, "train_supernet", train)
+    settings = _settings(tmp_path, budget=2)
+    for attempt in ("trained", "reused"):
+        with pytest.raises(
+            SearchAborted, match=r"the supernet did not learn: .* scores 0\.120 \(chance 0\.100\)"
+        ) as err:
+            run_one_shot_search(settings)
+        assert "\n" not in str(err.value), attempt
+        assert supernet_files(tmp_path / "D"), attempt  # kept, named in the message
+    assert not load(tmp_path / "D", one_shot_study_name(settings)).trials  # nothing was scored
+
+
 @pytest.fixture
 def failing_score(monkeypatch):
     """Stand-ins for supernet training and scoring; scoring raises the ValueError the real

@@ -347,6 +347,47 @@ def test_train_supernet_and_score_on_digits(digits):
     assert score(net, net.smallest(), digits, device="cpu") == score(net, net.smallest(), digits, device="cpu")
 
 
+def test_a_sandwich_step_is_the_step_of_the_mean_loss(digits):
+    """One step follows the gradient of the sandwich's mean loss (largest: cross-entropy,
+    the others: KL to its predictions), so it is as large as a stand-alone step at the same
+    lr; the sum of the losses took steps len(sandwich) times larger, and on digits32 the
+    supernet never left chance."""
+    import copy
+
+    from search.evaluation.train import lr_at, prepare_training
+
+    one_batch = dataclasses.replace(
+        digits, train_images=digits.train_images[:64], train_labels=digits.train_labels[:64]
+    )
+    training = TrainingSettings(dataset="digits", epochs=1, batch_size=64, lr=0.1, warmup_epochs=0.0)
+    torch.manual_seed(0)
+    net = Supernet(get_space("vgg_hetconv", width=0.25))
+    manual = copy.deepcopy(net)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    train_supernet(net, one_batch, training, seed=0, device="cpu", num_random=0)
+
+    setup = prepare_training(manual, one_batch, training, 0, torch.device("cpu"))
+    (images, labels), *rest = list(setup.loader)
+    assert not rest
+    for group in setup.optimizer.param_groups:
+        group["lr"] = lr_at(0, 1, 0, training.lr)
+    manual.train()
+    manual.activate(manual.largest())
+    logits = manual(images)
+    teacher = logits.detach().softmax(dim=1)
+    manual.activate(manual.smallest())
+    distill = F.kl_div(manual(images).log_softmax(dim=1), teacher, reduction="batchmean")
+    ((F.cross_entropy(logits, labels) + distill) / 2).backward()
+    setup.optimizer.step()
+
+    moved = 0
+    for name, param in net.named_parameters():
+        expected = dict(manual.named_parameters())[name]
+        torch.testing.assert_close(param, expected, rtol=1e-4, atol=1e-6, msg=name)
+        moved += not torch.equal(param, before[name])
+    assert moved > len(before) // 2  # the step moved the weights: the comparison is not vacuous
+
+
 def _tiny(data):
     return dataclasses.replace(
         data,

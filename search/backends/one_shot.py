@@ -32,6 +32,7 @@ from search.evaluation.candidate import score_candidate
 from search.reporting.front import front_summary, pareto_records
 from search.settings import Settings, resolve_device
 from search.storage import StudyMismatch, load_records, study_objectives
+from search.strategies.early_stopping import CHANCE_MARGIN
 
 __all__ = ["one_shot_study_name", "run_one_shot_search"]
 
@@ -41,7 +42,7 @@ def one_shot_study_name(settings: Settings) -> str:
 
 
 # What a supernet learns from the same settings changed with this number (see supernet_path).
-SUPERNET_VERSION = 2
+SUPERNET_VERSION = 3
 
 
 def supernet_path(settings: Settings, fingerprint: dict) -> Path:
@@ -53,7 +54,8 @@ def supernet_path(settings: Settings, fingerprint: dict) -> Path:
                 "seed": settings.seed,
                 "epochs": settings.one_shot.supernet_epochs,
                 # 2: FLGC choices train with FLGConv2d's exact 0/1 mask (1: a straight-through
-                # product, off by float rounding); a supernet of version 1 is never reused.
+                # product, off by float rounding); 3: the sandwich's mean loss, not its sum.
+                # A supernet of an older version is never reused.
                 "version": SUPERNET_VERSION,
             },
             sort_keys=True,
@@ -73,8 +75,9 @@ def _trained_supernet(settings: Settings, space, data, device: torch.device, pro
 
     path = supernet_path(settings, space.fingerprint())
     if path.exists():
-        supernet, _ = load_supernet(space, path)
+        supernet, meta = load_supernet(space, path)
         progress.message(f"reusing the trained supernet {path}")
+        _check_learned(meta.get("history") or [], data.num_classes, path)
         return supernet, path
     epochs = settings.one_shot.supernet_epochs
     progress.message(
@@ -100,7 +103,21 @@ def _trained_supernet(settings: Settings, space, data, device: torch.device, pro
         "seconds": time.perf_counter() - started,
     }
     save_supernet(supernet, path, meta)
+    _check_learned(history, data.num_classes, path)
     return supernet, path
+
+
+def _check_learned(history: list[dict], num_classes: int, path: Path) -> None:
+    """Refuse a supernet whose largest candidate still guesses after training: every score
+    it gives would be a guess too, and the one-shot front a random one."""
+    accuracy = history[-1].get("val_accuracy_largest") if history else None
+    chance = 1 / num_classes
+    if accuracy is not None and accuracy <= CHANCE_MARGIN * chance:
+        raise SearchAborted(
+            f"the supernet did not learn: after {len(history)} epochs its largest candidate scores {accuracy:.3f} "
+            f"(chance {chance:.3f}), so its scores would be guesses; train it longer (--supernet-epochs) "
+            f"or at a lower --lr (it is kept in {path})"
+        )
 
 
 def _spread(records: list, k: int) -> list:

@@ -10,7 +10,9 @@ scored in seconds by activating it, recalibrating BatchNorm and evaluating, inst
 trained.
 
 - **Sandwich rule** (BigNAS): every step trains the largest candidate, the smallest and a few
-  random ones, with gradients accumulated into one optimizer step. The extremes bound the
+  random ones, with the gradient of their mean loss in one optimizer step (the mean, not
+  the sum, so the stand-alone learning rate fits: summed, 4 sub-networks at the quick
+  preset's lr 0.1 never left chance on ``digits32``). The extremes bound the
   space, so training them every step improves all candidates in between.
 - **In-place distillation** (OFA, BigNAS): only the largest sees the labels; the others learn
   the largest's (detached) soft predictions of the same batch, which is a better and free
@@ -112,8 +114,9 @@ def train_supernet(
 
     Per step: the largest candidate with cross-entropy on the labels (label smoothing from
     ``training``); the smallest and ``num_random`` uniform random candidates with the KL
-    divergence to the largest's detached predictions; gradients accumulated, then one SGD
-    Nesterov step with train.py's schedule (``lr_at``) and decay groups. After every epoch the
+    divergence to the largest's detached predictions; the gradient of their mean loss, then
+    one SGD Nesterov step with train.py's schedule (``lr_at``) and decay groups, so that a
+    supernet step is as large as a stand-alone step at the same learning rate. After every epoch the
     largest and smallest are scored (:func:`score`: BN recalibrated, validation accuracy).
     Returns one record per epoch ``{epoch, loss, distill_loss, val_accuracy_largest,
     val_accuracy_smallest, lr, seconds}``; ``on_epoch(record)`` returning True stops.
@@ -150,7 +153,9 @@ def train_supernet(
                     teacher = logits.detach().softmax(dim=1)
                 else:
                     loss = F.kl_div(logits.log_softmax(dim=1), teacher, reduction="batchmean")
-                scaler.scale(loss).backward()
+                # The mean over the sandwich, not the sum: one step is then as large as a
+                # stand-alone step at the same --lr (the sum of 4 stuck digits32 at chance).
+                scaler.scale(loss / len(candidates)).backward()
                 losses.append(loss.detach())
             scaler.step(optimizer)
             scaler.update()
