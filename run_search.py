@@ -128,9 +128,9 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--early-stop",
-        default="auto",
+        default="none",
         help="mo-asha: stop trials that cannot reach the front, at rungs; none: train every trial to the "
-        "end; auto: mo-asha when --epochs is above --min-epochs (default: auto)",
+        "end; auto: mo-asha when --epochs is above --min-epochs (default: none)",
     )
     g.add_argument("--min-epochs", type=_n("min_epochs"), default=1, help="first rung of --early-stop (default: 1)")
     g.add_argument(

@@ -393,21 +393,21 @@ def test_doctests():
 @pytest.mark.parametrize(
     ("mode", "epochs", "min_epochs", "stops"),
     [
-        ("auto", 5, 1, True),  # the default: on when a rung lies below the last epoch
+        ("auto", 5, 1, True),  # on when a rung lies below the last epoch
         ("auto", 1, 1, False),  # nothing to stop at
         ("auto", 3, 3, False),
         ("mo-asha", 5, 1, True),
-        ("none", 5, 1, False),
-        (None, 5, 1, False),  # None: off, as before "auto" existed
+        ("none", 5, 1, False),  # the default
+        (None, 5, 1, False),  # None: off
     ],
 )
-def test_early_stopping_default_is_on_when_there_is_a_rung(mode, epochs, min_epochs, stops):
+def test_early_stopping_is_off_by_default_and_auto_where_there_is_a_rung(mode, epochs, min_epochs, stops):
     from search.settings import Settings, TrainingSettings
 
     settings = Settings(
         training=TrainingSettings(dataset="digits", epochs=epochs), early_stop=mode, min_epochs=min_epochs
     )
-    assert Settings().early_stop == "auto"
+    assert Settings().early_stop == "none"
     assert settings.stops_early is stops
     rule = stopping_rule(settings.early_stopping)
     assert (rule is not None) is stops
@@ -440,7 +440,9 @@ def test_the_search_rule_knows_the_chance_level_of_its_data_set():
     from search.settings import Settings, TrainingSettings
 
     for dataset, chance in (("digits", 0.1), ("cifar100", 0.01)):
-        rule = stopping_rule(Settings(training=TrainingSettings(dataset=dataset, epochs=9)).early_stopping)
+        rule = stopping_rule(
+            Settings(training=TrainingSettings(dataset=dataset, epochs=9), early_stop="mo-asha").early_stopping
+        )
         assert rule.decide(1, "k", (chance, 1.0), [RungResult("p", (0.9, 0.5))])
         assert not rule.decide(1, "k", (2 * chance, 1.0), [RungResult("p", (0.9, 0.5))])
     with pytest.raises(ValueError, match="chance_level"):

@@ -175,9 +175,8 @@ def test_search_on_latency_records_it_and_reports_accuracy_against_latency(tmp_p
 
 @pytest.mark.slow
 def test_search_on_accuracy_and_latency_alone_with_early_stopping(tmp_path):
-    """Latency without MFLOPs as the cost objective, with 2 epochs so that the default early
-    stopping judges trials at rung 1 on (accuracy, latency): still a front, a report and
-    exports."""
+    """Latency without MFLOPs as the cost objective, with early stopping at rung 1 of 2
+    epochs judging trials on (accuracy, latency): still a front, a report and exports."""
     results = tmp_path / "results"
     search_cli(
         [
@@ -192,6 +191,8 @@ def test_search_on_accuracy_and_latency_alone_with_early_stopping(tmp_path):
             "accuracy,latency",
             "--latency",
             "table",
+            "--early-stop",
+            "mo-asha",
             "--results-dir",
             results,
         ],

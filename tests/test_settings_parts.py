@@ -79,14 +79,19 @@ def test_an_explicit_storage_is_the_target() -> None:
 
 
 def test_the_stopping_rule_is_built_from_the_early_stopping_part() -> None:
-    part = Settings(training=TrainingSettings(dataset="digits", epochs=10)).early_stopping
+    part = Settings(training=TrainingSettings(dataset="digits", epochs=10), early_stop="mo-asha").early_stopping
     assert part.enabled and stopping_rule(part).rungs == (1, 3, 9)
     assert early_stop_line(part) == (
         "early stopping mo-asha at epochs 1, 3, 9 of 10, the best 1/3 go on "
         "(--early-stop none: train every trial to the end)"
     )
     off = Settings(early_stop="none").early_stopping
-    assert not off.enabled and stopping_rule(off) is None and early_stop_line(off) == "early stopping off"
+    assert (
+        not off.enabled
+        and stopping_rule(off) is None
+        and early_stop_line(off)
+        == ("early stopping off (--early-stop mo-asha: stop trials that cannot reach the front)")
+    )
 
 
 def test_a_device_this_machine_lacks_is_an_options_error() -> None:

@@ -50,7 +50,7 @@ class Settings:
     strategy: str = "train-each"  # or "one-shot": a weight-sharing supernet scores candidates
     retrain_top: int = 3  # one-shot: configurations of its front retrained from scratch
     supernet_epochs: int | None = None  # one-shot: supernet training epochs (default 4 x --epochs)
-    early_stop: str | None = "auto"  # "mo-asha" (multi-objective successive halving), "none", or "auto"
+    early_stop: str | None = "none"  # "mo-asha" (multi-objective successive halving), "none", or "auto"
     min_epochs: int = 1  # first rung
     eta: int = 3  # a trial continues past a rung if among the best 1/eta there
     workers: int = 1  # worker processes on this machine

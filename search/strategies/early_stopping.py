@@ -405,10 +405,10 @@ def stopping_rule(part: EarlyStopping) -> MultiObjectiveASHA | None:
 
 
 def early_stop_line(part: EarlyStopping) -> str:
-    """What the start of a search says about early stopping (it is on by default)."""
+    """What the start of a search says about early stopping (off by default)."""
     rule = stopping_rule(part)
     if rule is None:
-        return "early stopping off"
+        return "early stopping off (--early-stop mo-asha: stop trials that cannot reach the front)"
     return (
         f"early stopping mo-asha at epochs {', '.join(map(str, rule.rungs))} of {part.max_epochs}, the best "
         f"1/{part.eta} go on (--early-stop none: train every trial to the end)"
