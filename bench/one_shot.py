@@ -305,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default="results/bench/one_shot.csv", help="CSV (the JSON summary and HTML plot go beside it)"
     )
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default: 3)")
+    p.add_argument("--seed-start", type=int, default=0, help="seeds start..start+N-1 (to extend a run; default: 0)")
     p.add_argument(
         "--candidates", type=int, default=20, help="random candidates scored and trained per seed (default: 20)"
     )
@@ -345,9 +346,11 @@ def main(argv: list[str] | None = None) -> int:
         if (
             min(args.seeds, args.candidates, args.epochs, args.supernet_epochs, args.threads) < 1
             or args.retrain_top < 1
+            or args.seed_start < 0
         ):
             raise SettingsError(
-                "--seeds, --candidates, --epochs, --supernet-epochs, --threads, --retrain-top must be >= 1"
+                "--seeds, --candidates, --epochs, --supernet-epochs, --threads, --retrain-top must be >= 1, "
+                "--seed-start >= 0"
             )
         one_shot_settings(args, 0, Path("unused"))
         train_each_settings(args, 0, 1, Path("unused"))
@@ -361,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     summaries: list[dict[str, Any]] = []
     began = time.perf_counter()
     try:
-        for seed in range(args.seeds):
+        for seed in range(args.seed_start, args.seed_start + args.seeds):
             seed_rows, summary = run_seed(args, seed, work_dir)
             rows += seed_rows
             summaries.append(summary)
