@@ -3,7 +3,8 @@
 does ``--strategy one-shot`` find a better front than training each candidate for the same
 number of training epochs?
 
-For each seed (0 .. ``--seeds``-1), in-process, real training on ``digits``:
+For each seed (``--seed-start`` .. ``--seed-start + --seeds - 1``), in-process, real training on
+``--dataset`` (``digits`` by default):
 
 1. **Supernet.** ``search.strategies.supernet.train_supernet`` for ``--supernet-epochs`` epochs (the
    initialisation seeded too), saved where ``search.backends.one_shot`` looks for it, so that step 3
