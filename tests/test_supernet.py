@@ -381,9 +381,9 @@ def test_a_sandwich_step_is_the_step_of_the_mean_loss(digits):
     setup.optimizer.step()
 
     moved = 0
+    expected = dict(manual.named_parameters())
     for name, param in net.named_parameters():
-        expected = dict(manual.named_parameters())[name]
-        torch.testing.assert_close(param, expected, rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(param, expected[name], rtol=1e-4, atol=1e-6, msg=name)
         moved += not torch.equal(param, before[name])
     assert moved > len(before) // 2  # the step moved the weights: the comparison is not vacuous
 

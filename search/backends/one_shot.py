@@ -32,7 +32,7 @@ from search.evaluation.candidate import score_candidate
 from search.reporting.front import front_summary, pareto_records
 from search.settings import Settings, resolve_device
 from search.storage import StudyMismatch, load_records, study_objectives
-from search.strategies.early_stopping import CHANCE_MARGIN
+from search.strategies.early_stopping import guessing
 
 __all__ = ["one_shot_study_name", "run_one_shot_search"]
 
@@ -112,7 +112,7 @@ def _check_learned(history: list[dict], num_classes: int, path: Path) -> None:
     it gives would be a guess too, and the one-shot front a random one."""
     accuracy = history[-1].get("val_accuracy_largest") if history else None
     chance = 1 / num_classes
-    if accuracy is not None and accuracy <= CHANCE_MARGIN * chance:
+    if accuracy is not None and guessing(accuracy, chance):
         raise SearchAborted(
             f"the supernet did not learn: after {len(history)} epochs its largest candidate scores {accuracy:.3f} "
             f"(chance {chance:.3f}), so its scores would be guesses; train it longer (--supernet-epochs) "

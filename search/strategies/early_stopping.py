@@ -77,6 +77,7 @@ __all__ = [
     "early_stop_line",
     "rung_attr",
     "peers_from_attrs",
+    "guessing",
     "stopping_rule",
 ]
 
@@ -153,6 +154,12 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
 
 
 CHANCE_MARGIN = 1.5  # an accuracy up to 1.5x chance is indistinguishable from guessing on small validation sets
+
+
+def guessing(accuracy: float, chance_level: float) -> bool:
+    """Whether ``accuracy`` is still at chance level (at most ``CHANCE_MARGIN`` times it).
+    False for NaN."""
+    return accuracy <= CHANCE_MARGIN * chance_level
 
 
 class MultiObjectiveASHA:
@@ -325,7 +332,7 @@ class MultiObjectiveASHA:
             return True
         if self._chance_level is not None and epoch == self._rungs[0]:
             accuracy = float(values[self._accuracy_index])
-            if accuracy <= CHANCE_MARGIN * self._chance_level:  # False for NaN: a NaN is judged (worst)
+            if guessing(accuracy, self._chance_level):  # a NaN is judged (worst)
                 return True
         mine = RungResult(key, self._values(key, values))
         others: dict[Key, RungResult] = {}
