@@ -432,12 +432,12 @@ def test_trial_killed_before_its_first_heartbeat_is_failed_eventually(tmp_path, 
     monkeypatch.setattr(search.storage, "HEARTBEAT_SECONDS", 1)  # grace 3 s
     url = storage_url(tmp_path)
     study = optuna.create_study(storage=open_storage(url, heartbeat=True), study_name="gap")
-    orphan = take_slot(study, url, 1, count_finished)
+    orphan = take_slot(study, url, 1)
     assert orphan is not None
     orphan.suggest_categorical("x", ["a", "b"])
     # ... the process is killed here, before `with Heartbeat(study, trial)`.
     time.sleep(3 * 1 + 2.5)
-    slot = take_slot(study, url, 1, count_finished)
+    slot = take_slot(study, url, 1)
     states = {t.number: t.state.name for t in study.get_trials()}
     assert states[orphan.number] == "FAIL", f"the orphaned trial is never failed: {states}"
     assert slot is not None, "a resumed run with budget 1 gets no slot, forever"
@@ -456,16 +456,39 @@ def test_a_trial_finished_by_another_worker_is_counted(tmp_path, monkeypatch):
     running = other.ask()  # worker 1's trial
     real = search.backends.optuna_driver.take_slot
 
-    def worker_1_finishes_first(study, url, budget, count):
+    def worker_1_finishes_first(study, url, budget):
         monkeypatch.setattr(search.backends.optuna_driver, "take_slot", real)
         running.set_user_attr("status", "ok")
         other.tell(running, [0.5, 5.0])
-        return real(study, url, budget, count)
+        return real(study, url, budget)
 
     monkeypatch.setattr(search.backends.optuna_driver, "take_slot", worker_1_finishes_first)
     study = run_optuna_search(settings)
     states = [t.state.name for t in study.get_trials()]
     assert count_finished(study) == 1, f"budget 1, finished {count_finished(study)}: {states}"
+
+
+def test_a_trial_finished_while_the_budget_is_counted_is_not_missed(tmp_path, monkeypatch):
+    """Worker 1 finishes its trial while worker 0 counts, under the lock, what is running
+    and what is finished (budget 1). Counted in two reads (finished, then running) the trial
+    was in neither, worker 0 asked for a second trial, and `--workers 2 --budget 5` ended
+    with 6 (seen in CI). Counted in one read, worker 0 finds the budget taken."""
+    url = storage_url(tmp_path)
+    study = optuna.create_study(storage=open_storage(url, heartbeat=True), study_name="race")
+    other = optuna.load_study(study_name="race", storage=url)
+    running = other.ask()  # worker 1's trial
+    running.set_user_attr("status", "ok")
+    read = study.get_trials
+
+    def worker_1_finishes_after_this_read(*args, **kwargs):
+        trials = read(*args, **kwargs)
+        if not other.get_trials(states=(TrialState.COMPLETE,)):
+            other.tell(running, 0.5)
+        return trials
+
+    monkeypatch.setattr(study, "get_trials", worker_1_finishes_after_this_read)
+    assert take_slot(study, url, 1) is None, "a second trial was asked for with budget 1"
+    assert [t.state.name for t in read()] == ["COMPLETE"]
 
 
 # ------------------------------------------------------------------------------- 1. kill -9 and resume (CLI)

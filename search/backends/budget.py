@@ -25,9 +25,10 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from search.backends.study import spends_budget
 from search.compat import heartbeat_interval, record_heartbeat, study_storage, trial_id
 
-__all__ = ["Heartbeat", "budget_lock", "running_count", "take_slot"]
+__all__ = ["Heartbeat", "budget_lock", "take_slot"]
 
 
 @contextlib.contextmanager
@@ -72,23 +73,22 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:80]
 
 
-def running_count(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+def take_slot(study: optuna.Study, storage_url: str, budget: int) -> optuna.Trial | None:
+    """Ask for a trial if the trials that spent budget plus the running ones leave room in
+    the budget, else None.
 
-
-def take_slot(study: optuna.Study, storage_url: str, budget: int, count_finished) -> optuna.Trial | None:
-    """Ask for a trial if finished + running trials leave room in the budget, else None.
-
-    Everything is counted under the lock (a trial another worker finishes meanwhile is then
-    seen either as running or as finished, never as neither). Stale trials (their worker
-    died) are failed first, which also queues their retry. The new trial's first heartbeat
-    is recorded at once, so that even a worker killed a moment later leaves a trial the
-    next one can find stale."""
+    Both are counted under the lock and from one read of the study: a trial another worker
+    finishes meanwhile is then seen either as running or as finished, never as neither (two
+    reads, finished first and running second, can miss it and overshoot the budget). Stale
+    trials (their worker died) are failed first, which also queues their retry. The new
+    trial's first heartbeat is recorded at once, so that even a worker killed a moment later
+    leaves a trial the next one can find stale."""
     with budget_lock(storage_url, study.study_name):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
-        if count_finished(study) + running_count(study) >= budget:
+        trials = study.get_trials(deepcopy=False)
+        if sum(1 for t in trials if t.state == TrialState.RUNNING or spends_budget(t)) >= budget:
             return None
         with warnings.catch_warnings():  # we run the heartbeat ourselves (class Heartbeat)
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")

@@ -110,7 +110,7 @@ def run_optuna_search(settings: Settings) -> optuna.Study:
     )
     streaks = Streaks(settings.max_failures, settings.max_mflops)
     while (done := count_finished(study)) < settings.budget:
-        trial = take_slot(study, settings.storage_url, settings.budget, count_finished)
+        trial = take_slot(study, settings.storage_url, settings.budget)
         if trial is None:  # the rest of the budget is running in other workers
             time.sleep(WAIT_FOR_OTHERS_SECONDS)
             continue

@@ -40,6 +40,7 @@ __all__ = [
     "open_search",
     "package_versions",
     "sample_hyperparameters",
+    "spends_budget",
     "trial_seed",
     "write_run_json",
 ]
@@ -215,11 +216,17 @@ def write_run_json(context: SearchContext, extra: dict[str, Any] | None = None) 
     return path
 
 
+def spends_budget(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial spent budget: trained to the end (complete and feasible) or
+    early-stopped. Infeasible candidates (over --max-mflops) and failed trials do not."""
+    finished = trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    return finished and trial.user_attrs.get("status", "ok") in ("ok", "early_stopped")
+
+
 def count_finished(study: optuna.Study) -> int:
-    """Trials that spend budget: trained to the end (complete and feasible) or early-stopped.
-    Infeasible candidates (over --max-mflops) and failed trials do not."""
+    """Trials that spent budget (:func:`spends_budget`)."""
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    return sum(1 for t in trials if t.user_attrs.get("status", "ok") in ("ok", "early_stopped"))
+    return sum(1 for t in trials if spends_budget(t))
 
 
 def trial_seed(settings: Settings, trial_number: int) -> int:
