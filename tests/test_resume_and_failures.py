@@ -491,6 +491,37 @@ def test_a_trial_finished_while_the_budget_is_counted_is_not_missed(tmp_path, mo
     assert [t.state.name for t in read()] == ["COMPLETE"]
 
 
+def test_a_trial_failed_as_stale_while_alive_leaves_its_retry_to_finish(tmp_path, monkeypatch, capsys):
+    """A worker whose heartbeat stalls past the grace period (an overloaded machine or
+    storage) finds its trial failed by another worker, with a retry queued, when it tells
+    the result. It says so in one line and goes on; the retry spends the budget."""
+    settings = quick_settings(tmp_path, budget=2).replace(quiet=False)
+    real = search.backends.optuna_driver.evaluate_candidate
+    stalled: list[int] = []
+
+    def another_worker_fails_it_meanwhile(arch, hyperparameters, plan, seed, number, **kwargs):
+        outcome = real(arch, hyperparameters, plan, seed, number, **kwargs)
+        if not stalled:
+            stalled.append(number)
+            other = optuna.load_study(
+                study_name=settings.study, storage=open_storage(settings.storage_url, heartbeat=True)
+            )
+            frozen = other.get_trials(deepcopy=False)[number]
+            other._storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
+            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(other, other.get_trials()[number])
+        return outcome
+
+    monkeypatch.setattr(search.backends.optuna_driver, "evaluate_candidate", another_worker_fails_it_meanwhile)
+    study = run_optuna_search(settings)
+    states = [t.state.name for t in study.get_trials()]
+    assert states == ["FAIL", "COMPLETE", "COMPLETE"], states
+    retry = study.get_trials()[1]
+    assert retry.system_attrs.get("failed_trial") == stalled[0] and retry.user_attrs.get("retry_of") == stalled[0]
+    err = capsys.readouterr().err
+    assert f"trial {stalled[0]}: failed by another worker while it ran" in err, err
+    assert "Traceback" not in err
+
+
 # ------------------------------------------------------------------------------- 1. kill -9 and resume (CLI)
 
 

@@ -116,6 +116,14 @@ def run_optuna_search(settings: Settings) -> optuna.Study:
             continue
         try:
             outcome = _run_trial(context, trial)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Another worker found this trial's heartbeat stale (an overloaded machine or
+            # storage), failed it and queued its retry: drop this result, the retry counts.
+            progress.message(
+                f"trial {trial.number}: failed by another worker while it ran (its heartbeat went stale: "
+                "an overloaded machine or storage); its queued retry runs it again"
+            )
+            continue
         except BaseException:  # interrupted (Ctrl-C, SIGTERM): fail it now and queue it again once
             layers = {slot.name for slot in context.space.slots}
             fail_and_requeue(study, study.get_trials(deepcopy=False)[trial.number], "interrupted", layers)
