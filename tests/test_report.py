@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from models import Architecture
 from search.reporting import report as report_module
+from search.reporting.export import OFF_FRONT, export_pareto
 from search.reporting.report import ReportFiles, trials_frame, write_report
 from search.reporting.report import images as report_images
 from search.storage import load_records
@@ -429,3 +430,26 @@ def test_pngs_with_chromium(tmp_path, space):
     for path in files.pngs:
         assert path.parent == tmp_path / "out" / "figures"
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_config_that_leaves_the_front_keeps_its_retrained_model(tmp_path, space):
+    """Export removes configs of trials no longer on the front, but one that was retrained
+    (``trial_N.pt``, ``.retrain.json`` beside it) moves with its outputs to ``off_front/``:
+    deleting it left a model whose config (what ``deploy`` reads) was gone."""
+    study = new_study(tmp_path)
+    rng = random.Random(3)
+    first, second = random_arch(space, rng), random_arch(space, rng)
+    add(study, TrialState.COMPLETE, [0.5, 10.0], attrs(first, 0.5), minute=0)
+    add(study, TrialState.COMPLETE, [0.6, 12.0], attrs(second, 0.6), minute=1)
+    out = tmp_path / "pareto"
+    assert {p.name for p in export_pareto(study, out)} == {"trial_0.json", "trial_1.json"}
+    for name in ("trial_0.pt", "trial_0.retrain.json", "trial_0.torchscript.pt"):  # trial 0 retrained, deployed
+        (out / name).write_text(name)
+    # trial 1 leaves the front without outputs; trial 0 leaves it with them
+    add(study, TrialState.COMPLETE, [0.9, 5.0], attrs(first, 0.9), minute=2)
+    assert [p.name for p in export_pareto(study, out)] == ["trial_2.json"]
+    assert sorted(p.name for p in out.iterdir()) == [OFF_FRONT, "trial_2.json"]
+    shelf = sorted(p.name for p in (out / OFF_FRONT).iterdir())
+    assert shelf == ["trial_0.json", "trial_0.pt", "trial_0.retrain.json", "trial_0.torchscript.pt"]
+    assert (out / OFF_FRONT / "trial_0.pt").read_text() == "trial_0.pt"
+    assert '"trial": 0' in (out / OFF_FRONT / "trial_0.json").read_text()

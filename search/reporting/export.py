@@ -16,7 +16,7 @@ from search.settings import TrainingSettings
 from search.storage import TrialRecord, load_records, study_objectives
 from search.versions import package_versions
 
-__all__ = ["CONFIG_FORMAT", "config_of", "export_pareto"]
+__all__ = ["CONFIG_FORMAT", "OFF_FRONT", "config_of", "export_pareto"]
 
 CONFIG_FORMAT = "flgc-hetconv-nas/config/v1"
 
@@ -52,9 +52,14 @@ def config_of(study: optuna.Study, record: TrialRecord) -> dict[str, Any]:
     }
 
 
+OFF_FRONT = "off_front"  # where a config that left the front goes, with its retrain/deploy outputs
+
+
 def export_pareto(study: optuna.Study, out_dir: Path) -> list[Path]:
-    """Write ``trial_<n>.json`` for every Pareto-optimal trial into ``out_dir`` and remove
-    configs of trials that are no longer on the front (the front moves as a search runs)."""
+    """Write ``trial_<n>.json`` for every Pareto-optimal trial into ``out_dir``; configs of
+    trials that are no longer on the front (it moves as a search runs) are removed, or, where
+    they have outputs beside them (``trial_<n>.pt`` from ``retrain``, deployed models), moved
+    with those outputs into ``out_dir/off_front/``, so that no retrained model loses its config."""
     out_dir.mkdir(parents=True, exist_ok=True)
     front = pareto_records(load_records(study), study_objectives(study))
     written = []
@@ -63,6 +68,13 @@ def export_pareto(study: optuna.Study, out_dir: Path) -> list[Path]:
         atomic_write_text(path, json.dumps(config_of(study, record), indent=2, sort_keys=False))
         written.append(path)
     configs = {p for p in out_dir.glob("trial_*.json") if p.stem[len("trial_") :].isdigit()}
-    for stale in configs - set(written):  # retrain outputs (trial_N.retrain.json, .pt) stay
-        stale.unlink()
+    for stale in sorted(configs - set(written)):
+        outputs = [p for p in out_dir.glob(f"{stale.stem}.*") if p != stale]
+        if not outputs:
+            stale.unlink()
+            continue
+        shelf = out_dir / OFF_FRONT
+        shelf.mkdir(exist_ok=True)
+        for item in [stale, *outputs]:
+            item.replace(shelf / item.name)
     return written
