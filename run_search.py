@@ -421,6 +421,14 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (silences the flush at exit)
         return 0
+    except OSError as err:  # the file system, not the input: a full disk, a read-only or wrong-kind path
+        where = f" ({err.filename})" if err.filename else ""
+        say(
+            f"error: {err.strerror or err}{where}; free space or fix that path and run the same command "
+            "again (the study is kept)",
+            secrets,
+        )
+        return 1
     except KeyboardInterrupt:
         print("interrupted: the study is kept; run the same command again to continue", file=sys.stderr)
         return 130

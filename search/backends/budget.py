@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 
 from search.backends.study import spends_budget
 from search.compat import heartbeat_interval, record_heartbeat, study_storage, trial_id
+from search.storage import StorageError
 
 __all__ = ["Heartbeat", "budget_lock", "take_slot"]
 
@@ -36,7 +37,14 @@ def budget_lock(storage_url: str, study_name: str) -> Iterator[None]:
     """A lock shared by every worker of ``study_name`` on this storage."""
     if storage_url.startswith("sqlite:///") and not storage_url.endswith(":memory:"):
         path = Path(storage_url[len("sqlite:///") :]).with_suffix(f".{_slug(study_name)}.lock")
-        with open(path, "a+") as handle:
+        try:
+            handle = open(path, "a+")  # noqa: SIM115  (closed by the with below)
+        except OSError as err:
+            raise StorageError(
+                f"cannot open the budget lock {path} beside the storage ({err.strerror}); "
+                "the storage's folder must be writable"
+            ) from None
+        with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from search.settings._validation import SettingsError
+
 __all__ = [
     "EarlyStopping",
     "LocalWorkers",
@@ -21,7 +23,11 @@ __all__ = [
 
 def default_storage_url(results_dir: str) -> str:
     """The storage of a run without ``--storage``: ``studies.db`` in ``--results-dir``."""
-    return f"sqlite:///{Path(results_dir).resolve() / 'studies.db'}"
+    try:
+        folder = Path(results_dir).resolve()
+    except (OSError, RuntimeError) as err:  # RuntimeError: a symbolic-link loop (Python < 3.13)
+        raise SettingsError(f"--results-dir {results_dir} cannot be used: {err}") from None
+    return f"sqlite:///{folder / 'studies.db'}"
 
 
 @dataclass(frozen=True)

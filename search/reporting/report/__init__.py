@@ -26,6 +26,7 @@ from pathlib import Path
 
 import optuna
 
+from search.files import atomic_write
 from search.reporting.report import images
 from search.reporting.report.data import read_report_data
 from search.reporting.report.figures import report_figures
@@ -56,7 +57,7 @@ def write_report(study: optuna.Study, out_dir: Path, png: bool | None = None) ->
     trials_csv, pareto_csv = write_tables(data.records, data.objectives, out_dir)
     figures = report_figures(data)
     html_path = out_dir / "report.html"
-    html_path.write_text(render_page(data, figures), encoding="utf-8")
+    atomic_write(html_path, lambda tmp: tmp.write_text(render_page(data, figures), encoding="utf-8"))
 
     pngs: list[Path] = []
     notice: str | None = None

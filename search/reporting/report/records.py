@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from models import Architecture, LayerSpec, get_model_family
+from search.files import atomic_write
 from search.objectives import OBJECTIVES
 from search.reporting.front import pareto_records
 from search.storage import TrialRecord
@@ -248,8 +249,8 @@ def write_tables(records: list[TrialRecord], objectives: list[str], out_dir: Pat
     ``out_dir``; return their paths."""
     frame = trials_frame(records, objectives)
     trials_csv = out_dir / "trials.csv"
-    frame.to_csv(trials_csv, index=False)
+    atomic_write(trials_csv, lambda tmp: frame.to_csv(tmp, index=False))
     pareto = frame[frame["on_front"]].sort_values(["mflops", "accuracy", "number"], ascending=[True, False, True])
     pareto_csv = out_dir / "pareto.csv"
-    pareto.to_csv(pareto_csv, index=False)
+    atomic_write(pareto_csv, lambda tmp: pareto.to_csv(tmp, index=False))
     return trials_csv, pareto_csv
