@@ -211,6 +211,7 @@ def test_packing_rule():
     assert packed_workers(_settings(trials_per_gpu=2, device="cuda"), gpus=3) == 6
     assert packed_workers(_settings(budget=3), gpus=2) == 3  # never more workers than trials
     assert packed_workers(_settings(workers=3), gpus=2) == 3  # --workers wins
+    assert packed_workers(_settings(workers=4, budget=2), gpus=0) == 2  # ... up to the budget
     assert packed_workers(_settings(backend="ray"), gpus=1) == 1  # Ray packs with --gpus-per-trial
     assert packed_workers(_settings(strategy="one-shot"), gpus=1) == 1
     assert packed_workers(_settings(device="cpu"), gpus=1) == 1

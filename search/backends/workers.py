@@ -32,9 +32,10 @@ DEFAULT_TRIALS_PER_GPU = 4
 def packed_workers(settings: Settings, gpus: int | None = None) -> int:
     """Worker processes to start: ``--workers`` if it asks for more than one; else, for the
     Optuna backend training each candidate on CUDA, ``--trials-per-gpu`` (default
-    :data:`DEFAULT_TRIALS_PER_GPU`) per visible GPU, never more than the budget; else 1."""
+    :data:`DEFAULT_TRIALS_PER_GPU`) per visible GPU; else 1. Never more than the budget
+    (a worker with no trial to run would only hold memory)."""
     if settings.local_workers.count > 1:
-        return settings.local_workers.count
+        return min(settings.local_workers.count, settings.budget)
     if settings.backend != "optuna" or settings.strategy != "train-each":
         return 1
     device = settings.training.device
