@@ -209,3 +209,30 @@ def test_search_on_accuracy_and_latency_alone_with_early_stopping(tmp_path):
     html = (results / "vgg_flgc-digits" / "report.html").read_text(encoding="utf-8")
     assert "Accuracy vs latency_ms" in html
     assert list((results / "vgg_flgc-digits" / "pareto").glob("trial_*.json"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "layer-missing", "not-a-number"])
+def test_a_damaged_cached_table_is_built_again(space, tmp_path, monkeypatch, damage):
+    """A cached table that was cut short or edited is measured again, not trusted (it gave a
+    JSONDecodeError traceback, or failed every trial with a KeyError)."""
+    first = LatencyTable.cached(space, CPU, 1, tmp_path, repeats=1)
+    (path,) = tmp_path.glob("*.json")
+    data = json.loads(path.read_text())
+    if damage == "truncated":
+        path.write_text(path.read_text()[:100])
+    else:
+        slot = space.slots[3].name
+        if damage == "layer-missing":
+            del data["layers"][slot]
+        else:
+            data["layers"][slot][space.choices[3][0].label] = "fast"
+        path.write_text(json.dumps(data))
+    built = []
+    real_build = LatencyTable.build.__func__
+    monkeypatch.setattr(
+        LatencyTable, "build", classmethod(lambda cls, *a, **k: built.append(1) or real_build(cls, *a, **k))
+    )
+    again = LatencyTable.cached(space, CPU, 1, tmp_path, repeats=1)
+    assert built == [1], "the damaged table was used"
+    assert set(again.layers) == set(first.layers)
+    assert json.loads(path.read_text())["layers"].keys() == first.layers.keys(), "the cache was not repaired"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 import statistics
 from collections.abc import Callable
@@ -151,6 +152,20 @@ class LatencyTable:
         table.fixed_ms, table.scale = _fit_line(sums, measured)
         return table
 
+    @classmethod
+    def _read_cached(cls, path: Path, space: SearchSpace) -> LatencyTable | None:
+        """The table in ``path`` if it is whole (every choice of every layer, finite numbers),
+        else None: a cache that was truncated or edited is built again, not trusted."""
+        try:
+            data = json.loads(path.read_text())
+            table = cls(data["key"], float(data["fixed_ms"]), data["layers"], float(data["scale"]))
+            needed = [(slot.name, spec.label) for slot, c in zip(space.slots, space.choices) for spec in c]
+            values = [float(table.layers[name][label]) for name, label in needed]
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):  # ValueError: JSON, float
+            return None
+        numbers = [table.fixed_ms, table.scale, *values]
+        return table if all(math.isfinite(v) for v in numbers) else None
+
     def layer_sum(self, arch: Architecture, slots: list[LayerSlot] | tuple[LayerSlot, ...]) -> float:
         return sum(self.layers[slot.name][spec.label] for slot, spec in zip(slots, arch.layers))
 
@@ -169,8 +184,9 @@ class LatencyTable:
         digest = hashlib.sha256(json.dumps({**key, "choices": space.fingerprint()["choices"]}, sort_keys=True).encode())
         path = folder / f"{space.model}-w{space.width:g}-b{batch}-{key['device']}-{digest.hexdigest()[:10]}.json"
         if path.exists():
-            data = json.loads(path.read_text())
-            return cls(data["key"], data["fixed_ms"], data["layers"], data["scale"])
+            loaded = cls._read_cached(path, space)
+            if loaded is not None:
+                return loaded
         table = cls.build(space, device, batch, repeats)
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(table.to_json(), indent=1))
