@@ -187,6 +187,8 @@ def check_study_name(value: Any, option: str = "--study-name") -> None:
     check_text("study_name", value, optional=False, limit=200)
     if any(c in value for c in "/\\") or value.strip() in (".", ".."):
         raise SettingsError(f"{option} {value!r} must be a plain name (it is also a folder): no '/', '\\', '.' or '..'")
+    if len(value.encode("utf-8", "surrogateescape")) > 200:  # file systems allow 255 bytes per name
+        raise SettingsError(f"{option} {value!r:.60} is over 200 bytes in UTF-8 (it is also a folder name); shorten it")
 
 
 def check_ray_address(value: Any) -> None:
