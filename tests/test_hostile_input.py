@@ -224,6 +224,7 @@ CASES = [
     Case("device-junk", ("--device", "gpu0"), "--device"),
     Case("study-name-traversal", ("--study-name", "../../escape"), "--study-name"),
     Case("study-name-newline", ("--study-name", "a\nb"), "--study-name"),
+    Case("val-size-over-the-training-set", ("--val-size", "2147483647"), "--val-size 2147483647 does not fit"),
     Case("study-name-too-many-bytes", ("--study-name", "\u00e9" * 150), "over 200 bytes"),  # 150 chars, 300 bytes
     Case("address", ("--address", "not an address"), "--address"),
     Case("space-empty", ("--space", ""), "--space"),

@@ -250,11 +250,11 @@ def _split_indices(n: int, val_size: int, *, seed: int, full_train: bool) -> tup
     if full_train:
         return torch.arange(n), torch.zeros(0, dtype=torch.int64)
     if isinstance(val_size, bool) or not isinstance(val_size, int):
-        raise DataError(f"val_size must be an integer, got {val_size!r}: pass a number of images")
+        raise DataError(f"--val-size must be a whole number of images, got {val_size!r}")
     if not 0 < val_size < n:
         raise DataError(
-            f"val_size={val_size} is invalid for a training set of {n} images: "
-            f"choose 0 < val_size < {n}, or use full_train to train on everything"
+            f"--val-size {val_size} does not fit a training set of {n} images: choose 1 to {n - 1} "
+            "(retrain trains on every image)"
         )
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     perm = torch.randperm(n, generator=gen)
