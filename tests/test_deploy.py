@@ -603,3 +603,26 @@ def test_deploy_command_rejects_an_illegal_architecture(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
     assert "part 3" in lines[0] and "Traceback" not in result.stderr
     assert not list(tmp_path.glob("*.torchscript.pt"))
+
+
+def test_deploy_at_a_batch_too_large_for_memory_is_one_line(tmp_path, monkeypatch):
+    """``deploy --batch 4096`` of a wide model ran out of memory with a traceback."""
+    import search.artifacts.deployment as deployment
+    from search.errors import UserError
+
+    config = write_config(tmp_path / "trial_0.json", Architecture("vgg16", WIDTH, 10, (LayerSpec.dense(),) * 12))
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 51539607552 bytes.")
+
+    monkeypatch.setattr(deployment, "deploy", out_of_memory)
+    with pytest.raises(UserError, match=r"^--batch 4096: .*can't allocate memory.*use a smaller --batch$"):
+        deployment.export_deployed(config, batch=4096)
+    assert not list(tmp_path.glob("*.torchscript.pt"))
+
+    def a_bug(*args, **kwargs):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(deployment, "deploy", a_bug)
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # not every RuntimeError is the user's
+        deployment.export_deployed(config, batch=1)

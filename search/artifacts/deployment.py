@@ -89,10 +89,18 @@ def export_deployed(
     if trained:
         load_weights(model, weights, config_path.name)
     model.eval()
-    example = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    deployed = deploy(model, hetconv_form=hetconv_form, flgc_form=flgc_form, example_input=example)
-    with torch.no_grad():
-        max_difference = (model(example) - deployed(example)).abs().max().item()
+    try:
+        example = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+        deployed = deploy(model, hetconv_form=hetconv_form, flgc_form=flgc_form, example_input=example)
+        with torch.no_grad():
+            max_difference = (model(example) - deployed(example)).abs().max().item()
+    except (torch.OutOfMemoryError, RuntimeError) as err:
+        if not isinstance(err, torch.OutOfMemoryError) and "allocate" not in str(err):
+            raise
+        raise UserError(
+            f"--batch {batch}: this machine has not the memory to run the model at that batch "
+            f"({str(err).splitlines()[0][:120]}); use a smaller --batch"
+        ) from None
     stem = config_path.with_suffix("")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but still the portable format
