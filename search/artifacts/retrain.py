@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,28 +21,49 @@ __all__ = ["check_writable", "config_training", "load_config", "retrain_config"]
 
 MAX_CONFIG_BYTES = 1 << 20  # an exported config is a few KiB
 
+# Fields that TrainingSettings.to_json once wrote and no longer has: accepted and ignored, so
+# that configs exported by older versions still load. (None so far: every version wrote the
+# same fields; add a name here when one is removed.)
+RETIRED_TRAINING_FIELDS: frozenset[str] = frozenset()
+
 
 def load_config(path: str | Path) -> dict[str, Any]:
-    """An exported config, checked whole (architecture, training recipe, seed) before use."""
+    """An exported config, checked whole (architecture, training recipe, seed, metrics) before use."""
     path = Path(path)
     try:
         if path.stat().st_size > MAX_CONFIG_BYTES:
             raise UserError(f"config {path} is over {MAX_CONFIG_BYTES >> 20} MiB; an exported config is a few KiB")
-        config = json.loads(path.read_bytes().decode("utf-8"))
+        data = path.read_bytes()
     except OSError as err:
         raise UserError(f"cannot read config {path}: {err.strerror}") from None
+    try:
+        config = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as err:
         raise UserError(f"config {path} is not UTF-8 text (byte {err.start}); give an exported JSON config") from None
     except (json.JSONDecodeError, RecursionError) as err:
         raise UserError(f"config {path} is not valid JSON: {str(err)[:200]}") from None
+    except ValueError:  # the parser's limit on the digits of an integer literal
+        raise UserError(
+            f"config {path} is not valid JSON for this tool: a number is too long (over "
+            f"{sys.get_int_max_str_digits()} digits); give an exported config"
+        ) from None
     if not isinstance(config, dict) or "architecture" not in config:
         raise UserError(f"config {path} has no 'architecture'; export configs with 'run_search.py export'")
+    for name in ("architecture", "training", "seed"):
+        try:
+            huge = _huge_number(config.get(name), name)
+        except RecursionError:
+            raise UserError(f"config {path}: '{name}' is nested too deeply; give an exported config") from None
+        if huge:
+            raise UserError(
+                f"config {path}: {huge} is a number too large to use; fix that value (no exported config has one)"
+            )
     try:
         arch = Architecture.from_json(config["architecture"])
         validate(arch)
     except ArchitectureError as err:
         raise ArchitectureError(f"config {path}: {err}") from None
-    except (TypeError, ValueError, KeyError, AttributeError) as err:
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:
         raise UserError(
             f"config {path}: 'architecture' is malformed ({type(err).__name__}: {str(err)[:150]})"
         ) from None
@@ -48,16 +71,50 @@ def load_config(path: str | Path) -> dict[str, Any]:
     seed = config.get("seed")
     if seed is not None and not NUMBERS["seed"].accepts(seed):
         raise UserError(f"config {path}: seed must be {NUMBERS['seed'].describe()}, got {seed!r}")
+    metrics = config.get("metrics", {})
+    if not isinstance(metrics, dict):
+        raise UserError(
+            f"config {path}: 'metrics' must be a mapping (as 'run_search.py export' writes it) or absent, "
+            f"got {type(metrics).__name__}; remove it or re-export the config"
+        )
     return config
+
+
+def _huge_number(value: Any, where: str) -> str | None:
+    """Where in ``value`` (a parsed JSON value) an integer lies beyond float's range (which
+    ``float()``, ``math.isfinite`` and the like refuse with OverflowError), e.g.
+    ``architecture.layers[3].part``; None if nowhere."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return where if abs(value) > sys.float_info.max else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _huge_number(item, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}")
+        if found:
+            return found
+    return None
 
 
 def config_training(config: dict[str, Any], path: Path, **overrides: Any) -> TrainingSettings:
     """The config's training recipe (with ``overrides``), every field checked by the same
     table as the command line, and its data set's classes matching the architecture's."""
     where = f"config {path}: training."
-    training = config.get("training", {})
+    if "training" not in config:  # every exporter version wrote one; without it, data set and recipe are guesses
+        raise UserError(
+            f"config {path} has no 'training' recipe; re-export it with 'run_search.py export' (which always writes one)"
+        )
+    training = config["training"]
     if not isinstance(training, dict):
         raise UserError(f"config {path}: 'training' must be a mapping of settings, got {type(training).__name__}")
+    known = [f.name for f in dataclasses.fields(TrainingSettings)]
+    unknown = sorted(k for k in training if k not in known and k not in RETIRED_TRAINING_FIELDS)
+    if unknown:  # from_json drops them: a misspelt field would silently train with the default
+        shown = ", ".join(repr(k[:40]) for k in unknown[:5]) + (
+            f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        )
+        raise UserError(
+            f"config {path}: unknown training field{'s' if len(unknown) > 1 else ''} {shown}; "
+            f"the known fields are {', '.join(known)}"
+        )
     try:
         result = TrainingSettings.from_json(training).replace(**{k: v for k, v in overrides.items() if v is not None})
         result.validate(where)
