@@ -21,11 +21,6 @@ __all__ = ["check_writable", "config_training", "load_config", "retrain_config"]
 
 MAX_CONFIG_BYTES = 1 << 20  # an exported config is a few KiB
 
-# Fields that TrainingSettings.to_json once wrote and no longer has: accepted and ignored, so
-# that configs exported by older versions still load. (None so far: every version wrote the
-# same fields; add a name here when one is removed.)
-RETIRED_TRAINING_FIELDS: frozenset[str] = frozenset()
-
 
 def load_config(path: str | Path) -> dict[str, Any]:
     """An exported config, checked whole (architecture, training recipe, seed, metrics) before use."""
@@ -106,8 +101,10 @@ def config_training(config: dict[str, Any], path: Path, **overrides: Any) -> Tra
     if not isinstance(training, dict):
         raise UserError(f"config {path}: 'training' must be a mapping of settings, got {type(training).__name__}")
     known = [f.name for f in dataclasses.fields(TrainingSettings)]
-    unknown = sorted(k for k in training if k not in known and k not in RETIRED_TRAINING_FIELDS)
-    if unknown:  # from_json drops them: a misspelt field would silently train with the default
+    unknown = sorted(k for k in training if k not in known)
+    # from_json drops unknown keys: a misspelt field would silently train with the default. (Every
+    # version of the tool wrote the same fields, so no old config carries one.)
+    if unknown:
         shown = ", ".join(repr(k[:40]) for k in unknown[:5]) + (
             f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         )
