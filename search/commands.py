@@ -134,7 +134,7 @@ def check_search(settings: Settings) -> None:
 def _open_existing_study(target: StorageTarget):
     """A study that must exist (never creates a file, a folder or a study)."""
     from search.errors import UserError
-    from search.storage import find_study, open_storage
+    from search.storage import check_own_study, find_study, open_storage
 
     check_study_name(target.study_name, "--study")
     if not target.explicit:  # the default storage lies in --results-dir: checked as a search checks it
@@ -148,6 +148,7 @@ def _open_existing_study(target: StorageTarget):
         raise UserError(
             f"no study '{target.study_name}' in {mask_url(target.url)}; studies there: {', '.join(names) or 'none'}"
         )
+    check_own_study(study, target.url, "--study")
     return study
 
 

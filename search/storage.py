@@ -11,6 +11,7 @@ is still running.
 from __future__ import annotations
 
 import random
+import sqlite3
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ __all__ = [
     "StorageError",
     "StudyMismatch",
     "TrialRecord",
+    "check_own_study",
     "check_storage_url",
     "find_study",
     "load_records",
@@ -87,6 +89,26 @@ def _check_sqlite_file(url: str, path: Path, mode: str) -> None:
             f"the folder of storage {url} does not exist; create it first (mkdir -p {path.parent}) "
             "or leave --storage out to use <results-dir>/studies.db"
         )
+    if mode == "read":
+        _check_optuna_tables(url, path)
+
+
+def _check_optuna_tables(url: str, path: Path) -> None:
+    """Refuse an existing SQLite file that holds no Optuna storage (another program's
+    database), read only: Optuna itself would create its tables in it. A storage of an older
+    Optuna schema still has its ``studies`` table, and is left to Optuna to judge."""
+    try:
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=120)
+        try:
+            found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'studies'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:  # cannot read it now (locked, permissions): Optuna says why
+        return
+    except sqlite3.DatabaseError:
+        raise StorageError(f"storage {url}: {path} is not an Optuna storage (not an SQLite database)") from None
+    if found is None:
+        raise StorageError(f"storage {url}: {path} is not an Optuna storage (it has no studies table)")
 
 
 def open_storage(url: str, heartbeat: bool = False, create: bool = True) -> optuna.storages.BaseStorage:
@@ -153,6 +175,40 @@ def find_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study 
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         return None
+
+
+def check_own_study(
+    study: optuna.Study, url: str, option: str, directions: list[optuna.study.StudyDirection] | None = None
+) -> None:
+    """Refuse a study this tool did not make (another program's, in the same storage) before
+    anything is written to it. Its creator writes the attribute ``space`` first, so a study
+    without it is another program's, except one just created (by this process, or by a
+    sibling worker still writing its settings): no trials, no attributes and, where
+    ``directions`` (those of this run) are given, the same directions. ``option``: the
+    command-line option that names the study, for the hint. ``url``: the storage's (shown
+    masked)."""
+    shown_url = mask_url(url)
+    attrs = study.user_attrs
+    if "space" in attrs:
+        return
+    trials = len(study.get_trials(deepcopy=False))
+    wrong_directions = directions is not None and list(study.directions) != list(directions)
+    if not trials and not attrs and not wrong_directions:
+        if directions is not None:
+            return
+        raise StudyMismatch(  # report, export: nothing to read yet, whoever made it
+            f"study '{study.study_name}' in {shown_url} has no search settings yet (a search is still setting it "
+            f"up, or another program made it); try again later, or choose another {option} or storage"
+        )
+    what = [f"{trials} trial{'' if trials == 1 else 's'}"]
+    if wrong_directions and not trials:  # only then is it what shows the study is not this tool's
+        what.append(f"{len(study.directions)} objective{'' if len(study.directions) == 1 else 's'}")
+    shown = ", ".join(sorted(attrs)[:3]) + (", ..." if len(attrs) > 3 else "")
+    settings = f"attributes this tool does not write ({shown})" if attrs else "no search settings"
+    raise StudyMismatch(
+        f"study '{study.study_name}' in {shown_url} was not made by this tool (it has {', '.join(what)} and "
+        f"{settings}); choose another {option} or storage"
+    )
 
 
 @dataclass

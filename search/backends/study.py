@@ -1,8 +1,10 @@
 """Opening a search's study: shared by both backends, so both write the same kind of study.
 
-A study records what it searches (space fingerprint, dataset, objectives, training protocol)
-in its user attributes. Re-running the same command continues it; a run whose space,
-dataset, objectives or training protocol differ is refused instead of mixing results.
+A study records what it searches (space fingerprint, dataset, objectives, training protocol
+and, with the latency objective, how latency is obtained) in its user attributes. Re-running
+the same command continues it; a run whose space, dataset, objectives, training protocol or
+latency settings differ is refused instead of mixing results, and so is a study another
+program made.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from models import Architecture
@@ -26,7 +29,14 @@ from search.evaluation.candidate import EvaluationPlan
 from search.evaluation.cost import architecture_cost, cheapest_and_dearest
 from search.evaluation.evaluate import get_dataset
 from search.settings import TUNABLE, Settings, SettingsError, mask_url, resolve_device, scrub, url_secrets
-from search.storage import OBJECTIVE_SENSES, StorageError, StudyMismatch, find_study, open_storage
+from search.storage import (
+    OBJECTIVE_SENSES,
+    StorageError,
+    StudyMismatch,
+    check_own_study,
+    find_study,
+    open_storage,
+)
 from search.versions import package_versions
 from spaces import SearchSpace, get_space
 
@@ -78,6 +88,12 @@ def _protocol(settings: Settings) -> dict[str, Any]:
     return protocol
 
 
+def _latency_setting(settings: Settings, device: torch.device) -> dict[str, Any]:
+    """What a latency_ms value means: how it is obtained, at which batch size, on which kind
+    of device (cpu, cuda, ...). Values that differ in any of these do not compare."""
+    return {"method": settings.scoring.latency, "batch": settings.scoring.latency_batch, "device": device.type}
+
+
 def _differences(path: str, old: Any, new: Any) -> list[str]:
     """Where two attribute values differ, down to the leaf keys, as short text."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -127,20 +143,28 @@ def open_search(settings: Settings, heartbeat: bool = True, device: torch.device
             f"({cheapest.mflops:.2f} MFLOPs); raise it or drop it"
         )
     storage = open_storage(settings.storage_url, heartbeat=heartbeat)
+    device = resolve_device(settings.training.device) if device is None else device
     expected = {
-        "space": space.fingerprint(),
+        "space": space.fingerprint(),  # first: a study with it was made by this tool (check_own_study)
         "dataset": settings.training.dataset,
         "objectives": list(settings.objectives),
         "protocol": _protocol(settings),
+        **({"latency": _latency_setting(settings, device)} if "latency_ms" in settings.objectives else {}),
     }
+    directions = [
+        StudyDirection.MAXIMIZE if OBJECTIVE_SENSES[o] == "max" else StudyDirection.MINIMIZE
+        for o in settings.objectives
+    ]
     study = find_study(storage, settings.study) or optuna.create_study(
         storage=storage,
         study_name=settings.study,
-        directions=["maximize" if OBJECTIVE_SENSES[o] == "max" else "minimize" for o in settings.objectives],
+        directions=directions,
         load_if_exists=True,  # another worker may create it at the same moment
     )
-    plan = evaluation_plan(settings, space, resolve_device(settings.training.device) if device is None else device)
+    check_own_study(study, settings.storage_url, "--study-name", directions)
+    # Checked before the plan is made: a latency table it may build takes minutes.
     _check_compatible_or_initialise(study, expected, space, dense, settings.training.to_json())
+    plan = evaluation_plan(settings, space, device)
     if plan.latency is not None and "latency_ms" not in study.user_attrs["reference_point"]:
         study.set_user_attr(
             "reference_point", {**study.user_attrs["reference_point"], "latency_ms": plan.latency(space.dense())}
@@ -160,7 +184,14 @@ def _check_compatible_or_initialise(
 ) -> None:
     if "space" in study.user_attrs:  # an existing study (or one a parallel worker just created)
         _wait_until_initialised(study)
-        _check_compatible(study, expected)
+        # A study made before the latency settings were recorded: what its trials used is not
+        # known, so this run's settings become the study's (once the rest matches).
+        unrecorded = "latency" in expected and "latency" not in study.user_attrs
+        _check_compatible(
+            study, {key: value for key, value in expected.items() if not (unrecorded and key == "latency")}
+        )
+        if unrecorded:
+            study.set_user_attr("latency", expected["latency"])
         return
     for key, value in expected.items():
         study.set_user_attr(key, value)
