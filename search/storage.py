@@ -70,6 +70,11 @@ def check_storage_url(url: str, mode: str) -> None:
         raise StorageError(
             f"storage {url!r} is not a URL; use e.g. sqlite:///results/studies.db or postgresql://user@host/db"
         )
+    if url.startswith("sqlite:") and (not url.startswith("sqlite:///") or ":memory:" in url):
+        raise StorageError(
+            f"storage {url} is in memory: the study would be lost when the command ends; give a file, "
+            "e.g. sqlite:///results/studies.db"
+        )
     path = _sqlite_file(url)
     if path is None:
         return
@@ -89,7 +94,7 @@ def _check_sqlite_file(url: str, path: Path, mode: str) -> None:
             f"the folder of storage {url} does not exist; create it first (mkdir -p {path.parent}) "
             "or leave --storage out to use <results-dir>/studies.db"
         )
-    if mode == "read":
+    if mode == "read" or (path.is_file() and path.stat().st_size > 0):  # an empty file: a new storage
         _check_optuna_tables(url, path)
 
 

@@ -170,6 +170,39 @@ def test_report_on_an_empty_or_non_database_file_is_one_line(tmp_path: Path, con
     assert db.read_bytes() == content
 
 
+def test_a_search_on_another_programs_sqlite_file_is_refused_untouched(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.commit()
+    conn.close()
+    args = [
+        "--dataset",
+        "digits",
+        "--budget",
+        "1",
+        "--results-dir",
+        str(tmp_path / "r"),
+        "--storage",
+        f"sqlite:///{db}",
+    ]
+    code, stderr = _cli(args)
+    assert code == 2 and "is not an Optuna storage" in _one_error_line(stderr)
+    assert _tables(db) == ["users"]
+    empty = tmp_path / "new.db"
+    empty.touch()  # an empty file is a new storage, as a missing one is
+    open_search(_settings(tmp_path, storage=f"sqlite:///{empty}"))
+    assert "studies" in _tables(empty)
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_storage_is_refused(tmp_path: Path, url: str) -> None:
+    """The study would be lost at exit (the run went on, then threw it away)."""
+    code, stderr = _cli(["--dataset", "digits", "--budget", "1", "--results-dir", str(tmp_path), "--storage", url])
+    assert code == 2 and "is in memory: the study would be lost" in _one_error_line(stderr)
+    assert not list(tmp_path.iterdir())
+
+
 def test_report_on_a_storage_of_this_tool_still_opens(tmp_path: Path) -> None:
     open_search(_settings(tmp_path))
     code, stderr = _cli(["report", "--study", "nope", "--results-dir", str(tmp_path)])
