@@ -91,6 +91,7 @@ def new_study(tmp_path: Path, name: str = "unit", objectives=("accuracy", "mflop
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     directions = ["maximize" if o == "accuracy" else "minimize" for o in objectives]
     study = optuna.create_study(storage=storage, study_name=name, directions=directions)
+    study.set_user_attr("space", get_space("vgg_hetconv", width=WIDTH).fingerprint())  # what marks this tool's
     study.set_user_attr("objectives", list(objectives))
     study.set_user_attr("space_name", "vgg_hetconv")
     study.set_user_attr("model", "vgg16")
