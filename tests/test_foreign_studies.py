@@ -149,12 +149,16 @@ def _tables(db: Path) -> list[str]:
         conn.close()
 
 
-def test_report_on_another_programs_sqlite_file_creates_no_tables(tmp_path: Path) -> None:
-    db = tmp_path / "app.db"
+def _another_programs_database(db: Path) -> Path:
     conn = sqlite3.connect(db)
     conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
     conn.commit()
     conn.close()
+    return db
+
+
+def test_report_on_another_programs_sqlite_file_creates_no_tables(tmp_path: Path) -> None:
+    db = _another_programs_database(tmp_path / "app.db")
     for command in ("report", "export"):
         code, stderr = _cli([command, "--study", "x", "--storage", f"sqlite:///{db}", "--results-dir", str(tmp_path)])
         assert code == 2 and "is not an Optuna storage" in _one_error_line(stderr)
@@ -171,11 +175,7 @@ def test_report_on_an_empty_or_non_database_file_is_one_line(tmp_path: Path, con
 
 
 def test_a_search_on_another_programs_sqlite_file_is_refused_untouched(tmp_path: Path) -> None:
-    db = tmp_path / "app.db"
-    conn = sqlite3.connect(db)
-    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
-    conn.commit()
-    conn.close()
+    db = _another_programs_database(tmp_path / "app.db")
     args = [
         "--dataset",
         "digits",
