@@ -422,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (silences the flush at exit)
         return 0
     except OSError as err:  # the file system, not the input: a full disk, a read-only or wrong-kind path
-        where = f" ({err.filename})" if err.filename else ""
+        path = err.filename2 or err.filename  # a rename's target, not its temporary source
+        where = f" ({path})" if path else ""
         say(
             f"error: {err.strerror or err}{where}; free space or fix that path and run the same command "
             "again (the study is kept)",

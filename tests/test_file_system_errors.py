@@ -40,14 +40,27 @@ def test_a_budget_lock_that_cannot_be_opened(tmp_path):
     assert "budget lock" in line and "studies.vgg_hetconv-digits.lock" in line and "writable" in line
 
 
-def test_a_full_disk_while_the_report_is_written_keeps_the_last_report(tmp_path, monkeypatch):
+def _study_with_trials(tmp_path: Path) -> list[str]:
+    """A study of three trials; the arguments of ``report`` on it."""
     study = new_study(tmp_path)
     rng = random.Random(0)
     space = get_space("vgg_hetconv", width=0.25)
     for minute in range(3):
         arch = random_arch(space, rng)
         add(study, TrialState.COMPLETE, [0.5 + 0.1 * minute, 10.0 - minute], attrs(arch, 0.5), minute=minute)
-    args = ["report", "--results-dir", str(tmp_path), "--study", "unit"]
+    return ["report", "--results-dir", str(tmp_path), "--study", "unit"]
+
+
+def test_a_folder_where_the_report_goes_is_named(tmp_path):
+    args = _study_with_trials(tmp_path)
+    (tmp_path / "unit" / "report.html").mkdir(parents=True)
+    line = one_error_line(run_in_process(args, tmp_path), 1)
+    # the target, not the temporary file the report was written to first
+    assert line.startswith("error: Is a directory (") and line.split("(")[1].startswith(f"{tmp_path}/unit/report.html)")
+
+
+def test_a_full_disk_while_the_report_is_written_keeps_the_last_report(tmp_path, monkeypatch):
+    args = _study_with_trials(tmp_path)
     first = run_in_process(args, tmp_path)
     assert first.returncode == 0, first.stderr
     folder = tmp_path / "unit"
