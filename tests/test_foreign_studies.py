@@ -256,3 +256,29 @@ def test_a_latency_study_made_before_the_settings_were_recorded_takes_this_runs(
     assert _state(tmp_path, name)[0]["latency"] == {"method": "measured", "batch": 8, "device": "cpu"}
     with pytest.raises(StudyMismatch, match="latency.batch: study has 8, this run 1"):
         open_search(_latency_settings(tmp_path))
+
+
+def test_a_latency_batch_too_large_for_memory_leaves_the_study_usable(tmp_path: Path, monkeypatch) -> None:
+    """Timing the dense model at ``--latency-batch`` ran out of memory with a traceback, after
+    the new study had recorded that batch: a rerun with a smaller one was then refused."""
+    import dataclasses
+
+    import search.backends.study as study_module
+    from search.settings import SettingsError
+
+    real_plan = study_module.evaluation_plan
+
+    def plan_out_of_memory(*args, **kwargs):
+        def latency(arch):
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8589934592 bytes.")
+
+        return dataclasses.replace(real_plan(*args, **kwargs), latency=latency)
+
+    monkeypatch.setattr(study_module, "evaluation_plan", plan_out_of_memory)
+    big = _latency_settings(tmp_path).replace(latency="measured", latency_batch=4096)
+    with pytest.raises(SettingsError, match=r"^--latency-batch 4096: .*can't allocate.*use a smaller --latency-batch$"):
+        open_search(big)
+    monkeypatch.setattr(study_module, "evaluation_plan", real_plan)
+    context = open_search(big.replace(latency_batch=2))  # the same study, a smaller batch: taken
+    assert context.study.user_attrs["latency"]["batch"] == 2
+    assert context.reference["latency_ms"] > 0

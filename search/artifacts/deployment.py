@@ -13,6 +13,7 @@ import torch
 from models import Architecture, build_model, count_gathers, deploy
 from search.artifacts.retrain import check_writable, load_config
 from search.errors import SearchAborted, UserError
+from search.evaluation.evaluate import out_of_memory
 
 __all__ = ["check_onnx_extra", "export_deployed", "load_weights"]
 
@@ -94,8 +95,8 @@ def export_deployed(
         deployed = deploy(model, hetconv_form=hetconv_form, flgc_form=flgc_form, example_input=example)
         with torch.no_grad():
             max_difference = (model(example) - deployed(example)).abs().max().item()
-    except (torch.OutOfMemoryError, RuntimeError) as err:
-        if not isinstance(err, torch.OutOfMemoryError) and "allocate" not in str(err):
+    except RuntimeError as err:  # torch.OutOfMemoryError is one
+        if not out_of_memory(err):
             raise
         raise UserError(
             f"--batch {batch}: this machine has not the memory to run the model at that batch "

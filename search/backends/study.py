@@ -27,7 +27,7 @@ from search.backends.trial import evaluation_plan
 from search.compat import fail_trial
 from search.evaluation.candidate import EvaluationPlan
 from search.evaluation.cost import architecture_cost, cheapest_and_dearest
-from search.evaluation.evaluate import get_dataset
+from search.evaluation.evaluate import get_dataset, out_of_memory
 from search.settings import TUNABLE, Settings, SettingsError, mask_url, resolve_device, scrub, url_secrets
 from search.storage import (
     OBJECTIVE_SENSES,
@@ -162,15 +162,34 @@ def open_search(settings: Settings, heartbeat: bool = True, device: torch.device
         load_if_exists=True,  # another worker may create it at the same moment
     )
     check_own_study(study, settings.storage_url, "--study-name", directions)
-    # Checked before the plan is made: a latency table it may build takes minutes.
-    _check_compatible_or_initialise(study, expected, space, dense, settings.training.to_json())
+    existing = "space" in study.user_attrs
+    if existing:  # refused before the plan is made: a latency table it may build takes minutes
+        _check_compatible_or_initialise(study, expected, space, dense, settings.training.to_json())
     plan = evaluation_plan(settings, space, device)
-    if plan.latency is not None and "latency_ms" not in study.user_attrs["reference_point"]:
-        study.set_user_attr(
-            "reference_point", {**study.user_attrs["reference_point"], "latency_ms": plan.latency(space.dense())}
-        )
+    reference_ms = None
+    if plan.latency is not None and "latency_ms" not in study.user_attrs.get("reference_point", {}):
+        reference_ms = _reference_latency(plan, space, settings)
+    if not existing:  # a new study is set up only once its plan and reference latency could be made
+        _check_compatible_or_initialise(study, expected, space, dense, settings.training.to_json())
+    if reference_ms is not None and "latency_ms" not in study.user_attrs["reference_point"]:
+        study.set_user_attr("reference_point", {**study.user_attrs["reference_point"], "latency_ms": reference_ms})
     reference = dict(study.user_attrs["reference_point"])
     return SearchContext(settings, space, study, storage, reference, plan)
+
+
+def _reference_latency(plan: EvaluationPlan, space: SearchSpace, settings: Settings) -> float:
+    """The dense model's latency (the reference point's), with one line where the device has
+    not the memory for ``--latency-batch``."""
+    assert plan.latency is not None
+    try:
+        return plan.latency(space.dense())
+    except RuntimeError as err:  # torch.OutOfMemoryError is one
+        if not out_of_memory(err):
+            raise
+        raise SettingsError(
+            f"--latency-batch {settings.scoring.latency_batch}: the device has not the memory to time the dense "
+            f"model at that batch ({str(err).splitlines()[0][:120]}); use a smaller --latency-batch"
+        ) from None
 
 
 # The attribute a study's creator writes last: a study without it is still being set up.

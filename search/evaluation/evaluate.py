@@ -18,7 +18,15 @@ from search.evaluation.data import Dataset, load_dataset
 from search.evaluation.train import EpochCallback, EpochRecord, train_model
 from search.settings import TrainingSettings, resolve_device
 
-__all__ = ["TrialResult", "evaluate", "get_dataset", "release_memory", "result_attributes", "trained_attributes"]
+__all__ = [
+    "TrialResult",
+    "evaluate",
+    "get_dataset",
+    "out_of_memory",
+    "release_memory",
+    "result_attributes",
+    "trained_attributes",
+]
 
 
 @dataclass
@@ -50,6 +58,12 @@ def _cached_dataset(name: str, data_dir: str, val_size: int | None, split_seed: 
 def get_dataset(training: TrainingSettings, full_train: bool = False) -> Dataset:
     """The data set of ``training``, loaded once per process (trials of a study share it)."""
     return _cached_dataset(training.dataset, str(training.data_dir), training.val_size, training.split_seed, full_train)
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` says a device ran out of memory: CUDA's own error, or the CPU
+    allocator's RuntimeError ("DefaultCPUAllocator: can't allocate memory")."""
+    return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError) and "allocate" in str(err))
 
 
 def release_memory(device: torch.device | str | None = None) -> None:
