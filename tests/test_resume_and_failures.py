@@ -230,7 +230,7 @@ class Interrupted(Exception):
 
 
 def test_checkpoint_resume_gives_the_same_result(space, tmp_path):
-    training = TrainingSettings(dataset="digits", epochs=4, batch_size=64, lr=0.1, warmup_epochs=0.5, threads=1)
+    training = TrainingSettings(dataset="digits", epochs=3, batch_size=64, lr=0.1, warmup_epochs=0.5, threads=1)
     arch = space.uniform("2")  # HetConv layers
     weights: dict[str, dict[str, torch.Tensor]] = {}
 
@@ -242,19 +242,19 @@ def test_checkpoint_resume_gives_the_same_result(space, tmp_path):
     path = tmp_path / "checkpoints" / "trial_0.pt"
     seen: list[int] = []
 
-    def stop_after_epoch_2(record) -> bool:
+    def stop_after_epoch_1(record) -> bool:
         seen.append(record.epoch)
-        if record.epoch == 2:
-            assert path.exists(), "the checkpoint of epoch 2 is written before on_epoch is called"
+        if record.epoch == 1:
+            assert path.exists(), "the checkpoint of epoch 1 is written before on_epoch is called"
             raise Interrupted
         return False
 
     with pytest.raises(Interrupted):
-        evaluate(arch, training, seed=7, on_epoch=stop_after_epoch_2, checkpoint=path, checkpoint_every=1)
-    assert seen == [1, 2]
+        evaluate(arch, training, seed=7, on_epoch=stop_after_epoch_1, checkpoint=path, checkpoint_every=1)
+    assert seen == [1]
     assert path.exists(), "an interrupted training keeps its checkpoint"
     saved = torch.load(path, map_location="cpu", weights_only=False)
-    assert saved["epoch"] == 2 and len(saved["history"]) == 2
+    assert saved["epoch"] == 1 and len(saved["history"]) == 1
 
     resumed_epochs: list[int] = []
     resumed = evaluate(
@@ -266,8 +266,8 @@ def test_checkpoint_resume_gives_the_same_result(space, tmp_path):
         checkpoint_every=1,
         model_hook=keep("resumed"),
     )
-    assert resumed_epochs == [3, 4], "the second call resumes after the saved epoch"
-    assert resumed.epochs_run == 4 and not resumed.stopped_early
+    assert resumed_epochs == [2, 3], "the second call resumes after the saved epoch"
+    assert resumed.epochs_run == 3 and not resumed.stopped_early
     assert resumed.accuracy == reference.accuracy
     assert resumed.val_loss == reference.val_loss
     assert [r.val_loss for r in resumed.curve] == [r.val_loss for r in reference.curve]
