@@ -13,7 +13,7 @@ import torch
 from models import Architecture, build_model, count_gathers, deploy
 from search.artifacts.retrain import check_writable, load_config
 from search.errors import SearchAborted, UserError
-from search.evaluation.evaluate import out_of_memory
+from search.evaluation.evaluate import out_of_memory, out_of_memory_line
 
 __all__ = ["check_onnx_extra", "export_deployed", "load_weights"]
 
@@ -98,10 +98,7 @@ def export_deployed(
     except RuntimeError as err:  # torch.OutOfMemoryError is one
         if not out_of_memory(err):
             raise
-        raise UserError(
-            f"--batch {batch}: this machine has not the memory to run the model at that batch "
-            f"({str(err).splitlines()[0][:120]}); use a smaller --batch"
-        ) from None
+        raise UserError(out_of_memory_line("--batch", batch, "running the model at that batch", err)) from None
     stem = config_path.with_suffix("")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but still the portable format

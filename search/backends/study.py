@@ -27,7 +27,7 @@ from search.backends.trial import evaluation_plan
 from search.compat import fail_trial
 from search.evaluation.candidate import EvaluationPlan
 from search.evaluation.cost import architecture_cost, cheapest_and_dearest
-from search.evaluation.evaluate import get_dataset, out_of_memory
+from search.evaluation.evaluate import get_dataset, out_of_memory, out_of_memory_line
 from search.settings import TUNABLE, Settings, SettingsError, mask_url, resolve_device, scrub, url_secrets
 from search.storage import (
     OBJECTIVE_SENSES,
@@ -186,10 +186,8 @@ def _reference_latency(plan: EvaluationPlan, space: SearchSpace, settings: Setti
     except RuntimeError as err:  # torch.OutOfMemoryError is one
         if not out_of_memory(err):
             raise
-        raise SettingsError(
-            f"--latency-batch {settings.scoring.latency_batch}: the device has not the memory to time the dense "
-            f"model at that batch ({str(err).splitlines()[0][:120]}); use a smaller --latency-batch"
-        ) from None
+        batch = settings.scoring.latency_batch
+        raise SettingsError(out_of_memory_line("--latency-batch", batch, "timing the dense model", err)) from None
 
 
 # The attribute a study's creator writes last: a study without it is still being set up.

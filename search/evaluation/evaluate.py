@@ -23,6 +23,7 @@ __all__ = [
     "evaluate",
     "get_dataset",
     "out_of_memory",
+    "out_of_memory_line",
     "release_memory",
     "result_attributes",
     "trained_attributes",
@@ -64,6 +65,11 @@ def out_of_memory(err: BaseException) -> bool:
     """Whether ``err`` says a device ran out of memory: CUDA's own error, or the CPU
     allocator's RuntimeError ("DefaultCPUAllocator: can't allocate memory")."""
     return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError) and "allocate" in str(err))
+
+
+def out_of_memory_line(option: str, value: int, doing: str, err: BaseException) -> str:
+    """The one-line error for ``doing`` run out of memory at ``option value``."""
+    return f"{option} {value}: {doing} ran out of memory ({str(err).splitlines()[0][:120]}); use a smaller {option}"
 
 
 def release_memory(device: torch.device | str | None = None) -> None:
