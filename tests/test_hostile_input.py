@@ -124,7 +124,7 @@ REQUIRED = {
 
 
 def _bad_values(rule: Number) -> list[str]:
-    values = ["nan", "inf", "-inf", "many", ""]
+    values = ["nan", "inf", "-inf", "many", "", "1" + "0" * 400]  # the last: an int beyond float's range
     step = 1 if rule.kind is int else 1e-9
     if rule.low is not None:
         values.append(str(rule.low if rule.low_open else rule.low - step))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,10 @@ class Number:
         if value is None:
             return self.optional
         if isinstance(value, bool) or not isinstance(value, int if self.kind is int else (int, float)):
+            return False
+        # An int beyond float's range is no number any option can use (and math.isfinite
+        # would raise OverflowError on it: a traceback for --budget 1000...0).
+        if isinstance(value, int) and abs(value) > sys.float_info.max:
             return False
         if not math.isfinite(value):
             return False
