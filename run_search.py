@@ -106,7 +106,23 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
         "--tune", default="", help=f"also sweep training hyperparameters: comma-separated from {', '.join(TUNABLE)}"
     )
     g.add_argument(
-        "--baselines", action="store_true", help="queue the uniform configurations of the space as ordinary trials"
+        "--baselines",
+        action="store_const",
+        const=True,
+        default=None,
+        help="queue the uniform configurations of the space (and its published models) as ordinary trials, "
+        "counted in the budget (default: queued when they take at most half of --budget)",
+    )
+    g.add_argument(
+        "--no-baselines", dest="baselines", action="store_const", const=False, help="never queue the baselines"
+    )
+    g.add_argument(
+        "--confirm",
+        type=_n("confirm"),
+        default=2,
+        metavar="R",
+        help="after the budget, train every configuration on the front (and those within its noise) R more "
+        "times with new seeds, so that the front is made of means over R+1 runs; 0: single runs (default: 2)",
     )
     g.add_argument(
         "--strategy",
@@ -352,6 +368,7 @@ def settings_from_args(args: argparse.Namespace):
         study_name=args.study_name,
         max_mflops=args.max_mflops,
         baselines=args.baselines,
+        confirm=args.confirm,
         preset=args.preset,
         max_failures=args.max_failures,
         quiet=args.quiet,

@@ -41,6 +41,8 @@ def one_shot_settings(args: argparse.Namespace, seed: int, results_dir: Path):
         retrain_top=args.retrain_top,
         supernet_epochs=args.supernet_epochs,
         quiet=True,
+        baselines=False,  # measured before baselines were queued by default: candidates only
+        confirm=0,  # the one-shot front against single-run train-each, as first measured
     )
 
 
@@ -57,4 +59,6 @@ def train_each_settings(args: argparse.Namespace, seed: int, budget: int, result
         results_dir=str(results_dir),
         quiet=True,
         early_stop="none",  # budget = epochs // --epochs trials holds only if every trial trains to the end
+        baselines=False,
+        confirm=0,
     )

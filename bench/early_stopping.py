@@ -119,6 +119,8 @@ def settings_for(args: argparse.Namespace, seed: int, mode: str, results_dir: Pa
         min_epochs=args.min_epochs,
         eta=args.eta,
         quiet=True,
+        baselines=False,  # as first measured: sampled candidates only, single runs
+        confirm=0,
     )
 
 

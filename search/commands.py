@@ -30,6 +30,7 @@ __all__ = [
     "report",
     "retrain",
     "run_search",
+    "say_summary",
     "search",
     "space_rows",
     "write_outputs",
@@ -170,6 +171,18 @@ def search(settings: Settings, write_report: bool = True) -> None:
     run_search(settings, write_report)
 
 
+def say_summary(study, study_dir: Path, out=sys.stderr) -> None:
+    """The end of a search: its noise, its front's confirmation and the baselines' verdicts,
+    printed and recorded in ``run.json``."""
+    from search.backends.study import update_run_json
+    from search.reporting.summary import study_summary
+
+    summary = study_summary(study)
+    for line in summary.lines:
+        print(line, file=out)
+    update_run_json(study_dir, summary.to_json())
+
+
 def run_search(settings: Settings, write_report: bool = True) -> None:
     """The search itself, once :func:`check_search` has passed."""
     from search.backends.workers import packed_workers
@@ -179,6 +192,7 @@ def run_search(settings: Settings, write_report: bool = True) -> None:
 
         study = run_one_shot_search(settings)
         target = settings.storage_target
+        say_summary(_open_existing_study(target), target.study_dir)
         if write_report:  # the one-shot study (both fronts), then the retrained trials' own study
             write_outputs(study, Path(target.results_dir) / one_shot_study_name(settings))
             write_outputs(_open_existing_study(target), target.study_dir)
@@ -195,6 +209,7 @@ def run_search(settings: Settings, write_report: bool = True) -> None:
         from search.backends.optuna_driver import run_optuna_search
 
         study = run_optuna_search(settings)
+    say_summary(study, settings.storage_target.study_dir)
     if write_report:
         write_outputs(study, settings.storage_target.study_dir)
 

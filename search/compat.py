@@ -38,6 +38,18 @@ def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
     storage.set_trial_state_values(trial_id(trial), TrialState.FAIL)
 
 
+def take_waiting_trial(study: optuna.Study, trial: FrozenTrial) -> optuna.Trial | None:
+    """Start one particular queued (WAITING) trial, as ``Study.ask`` starts the oldest one, or
+    None when another process started it first. ``ask`` offers no choice of which queued trial
+    it runs, and a confirmation run must not start a queued baseline or retry instead."""
+    try:
+        if not study_storage(study).set_trial_state_values(trial_id(trial), TrialState.RUNNING):
+            return None
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return None
+    return optuna.Trial(study, trial_id(trial))
+
+
 def heartbeat_interval(study: optuna.Study) -> int | None:
     """The study storage's heartbeat interval in seconds (None: no heartbeat, e.g. in-memory)."""
     return getattr(study_storage(study), "get_heartbeat_interval", lambda: None)()

@@ -28,12 +28,14 @@ from search.settings import OBJECTIVE_SENSES, mask_url, scrub, url_secrets
 
 __all__ = [
     "OBJECTIVE_SENSES",
+    "REPEAT_OF",
     "StorageError",
     "StudyMismatch",
     "TrialRecord",
     "check_own_study",
     "check_storage_url",
     "find_study",
+    "is_repeat",
     "load_records",
     "open_storage",
     "study_objectives",
@@ -41,6 +43,9 @@ __all__ = [
 ]
 
 HEARTBEAT_SECONDS = 10
+# The user attribute of a confirmation run (``--confirm``): the number of the configuration it
+# repeats with a new seed. Repeats spend no budget; they only measure their configuration again.
+REPEAT_OF = "repeat_of"
 # Trial statuses (user attribute "status"); only "ok" trials can be on the Pareto front.
 STATUSES = ("ok", "infeasible", "failed", "early_stopped", "running", "queued")
 
@@ -245,6 +250,12 @@ class TrialRecord:
         return self.values.get("accuracy")
 
     @property
+    def repeat_of(self) -> int | None:
+        """The configuration this trial repeats (``--confirm``), or None."""
+        value = self.user_attrs.get(REPEAT_OF)
+        return int(value) if isinstance(value, int) else None
+
+    @property
     def feasible_complete(self) -> bool:
         """Complete, feasible and trained to full fidelity: may be on the Pareto front."""
         return self.state == "COMPLETE" and self.status == "ok"
@@ -260,6 +271,11 @@ def _status(trial: FrozenTrial) -> str:
     if trial.state == TrialState.PRUNED:
         return "early_stopped"
     return str(trial.user_attrs.get("status", "ok"))
+
+
+def is_repeat(trial: FrozenTrial) -> bool:
+    """Whether a trial is a confirmation run (:data:`REPEAT_OF`)."""
+    return REPEAT_OF in trial.user_attrs
 
 
 def to_record(trial: FrozenTrial, objectives: list[str]) -> TrialRecord:

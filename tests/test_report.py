@@ -439,7 +439,7 @@ def test_a_config_that_leaves_the_front_keeps_its_retrained_model(tmp_path, spac
     deleting it left a model whose config (what ``deploy`` reads) was gone."""
     study = new_study(tmp_path)
     rng = random.Random(3)
-    first, second = random_arch(space, rng), random_arch(space, rng)
+    first, second, third = random_arch(space, rng), random_arch(space, rng), random_arch(space, rng)
     add(study, TrialState.COMPLETE, [0.5, 10.0], attrs(first, 0.5), minute=0)
     add(study, TrialState.COMPLETE, [0.6, 12.0], attrs(second, 0.6), minute=1)
     out = tmp_path / "pareto"
@@ -447,7 +447,7 @@ def test_a_config_that_leaves_the_front_keeps_its_retrained_model(tmp_path, spac
     for name in ("trial_0.pt", "trial_0.retrain.json", "trial_0.torchscript.pt"):  # trial 0 retrained, deployed
         (out / name).write_text(name)
     # trial 1 leaves the front without outputs; trial 0 leaves it with them
-    add(study, TrialState.COMPLETE, [0.9, 5.0], attrs(first, 0.9), minute=2)
+    add(study, TrialState.COMPLETE, [0.9, 5.0], attrs(third, 0.9), minute=2)  # another configuration
     assert [p.name for p in export_pareto(study, out)] == ["trial_2.json"]
     assert sorted(p.name for p in out.iterdir()) == [OFF_FRONT, "trial_2.json"]
     shelf = sorted(p.name for p in (out / OFF_FRONT).iterdir())

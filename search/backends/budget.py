@@ -27,9 +27,9 @@ from optuna.trial import TrialState
 
 from search.backends.study import spends_budget
 from search.compat import heartbeat_interval, record_heartbeat, study_storage, trial_id
-from search.storage import StorageError
+from search.storage import StorageError, is_repeat
 
-__all__ = ["Heartbeat", "budget_lock", "take_slot"]
+__all__ = ["Heartbeat", "budget_lock", "fail_stale", "first_heartbeat", "take_slot"]
 
 
 @contextlib.contextmanager
@@ -82,8 +82,8 @@ def _slug(name: str) -> str:
 
 
 def take_slot(study: optuna.Study, storage_url: str, budget: int) -> optuna.Trial | None:
-    """Ask for a trial if the trials that spent budget plus the running ones leave room in
-    the budget, else None.
+    """Ask for a trial if the trials that spent budget plus the running ones (confirmation
+    repeats aside: they spend none) leave room in the budget, else None.
 
     Both are counted under the lock and from one read of the study: a trial another worker
     finishes meanwhile is then seen either as running or as finished, never as neither (two
@@ -92,18 +92,30 @@ def take_slot(study: optuna.Study, storage_url: str, budget: int) -> optuna.Tria
     trial's first heartbeat is recorded at once, so that even a worker killed a moment later
     leaves a trial the next one can find stale."""
     with budget_lock(storage_url, study.study_name):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
+        fail_stale(study)
         trials = study.get_trials(deepcopy=False)
-        if sum(1 for t in trials if t.state == TrialState.RUNNING or spends_budget(t)) >= budget:
+        running = sum(1 for t in trials if t.state == TrialState.RUNNING and not is_repeat(t))
+        if running + sum(1 for t in trials if spends_budget(t)) >= budget:
             return None
         with warnings.catch_warnings():  # we run the heartbeat ourselves (class Heartbeat)
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
             trial = study.ask()
-        if heartbeat_interval(study):
-            record_heartbeat(study_storage(study), trial_id(trial))
+        first_heartbeat(study, trial)
         return trial
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Fail the trials whose worker died (their heartbeat is stale), which queues their retry."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def first_heartbeat(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Record a new trial's first heartbeat at once, so that even a worker killed a moment
+    later leaves a trial the next one can find stale."""
+    if heartbeat_interval(study):
+        record_heartbeat(study_storage(study), trial_id(trial))
 
 
 class Heartbeat:

@@ -189,7 +189,7 @@ def run_one_shot_search(settings: Settings) -> optuna.Study:
             progress.message(outcome.line)
         streaks.count(outcome)
         if outcome.state == "complete" and (done + 1) % max(1, settings.budget // 20) == 0:
-            progress.trial(done + 1, *front_summary(study), outcome.line)
+            progress.trial(done + 1, front_summary(study), outcome.line)
     if settings.one_shot.retrain_top:
         _retrain_top(settings, study, standalone, progress)
     return study

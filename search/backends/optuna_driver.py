@@ -3,7 +3,8 @@
 Multi-objective (validation accuracy up, MFLOPs down by default). FLOPs are counted before
 training, so a candidate over ``--max-mflops`` is recorded as infeasible through Optuna's
 trial constraints (the sampler learns to avoid the region) without training it and without
-spending budget.
+spending budget. After the budget, ``--confirm R`` trains the front's configurations again
+(:mod:`search.backends.confirm`) until each has R + 1 runs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 import optuna
 
 from search.backends.budget import Heartbeat, budget_lock, take_slot
+from search.backends.confirm import take_repeat
 from search.backends.progress import Progress
 from search.backends.sampler import study_sampler
 from search.backends.study import (
@@ -58,14 +60,15 @@ def _rung_callback(context: SearchContext, trial: optuna.Trial) -> CostedEpochCa
     return on_epoch
 
 
-def _run_trial(context: SearchContext, trial: optuna.Trial) -> Outcome:
-    """Sample, evaluate through the shared path, record and tell one trial."""
+def _run_trial(context: SearchContext, trial: optuna.Trial, repeat: bool = False) -> Outcome:
+    """Sample, evaluate through the shared path, record and tell one trial. A confirmation
+    run (``repeat``) is never early-stopped: only a full training is a run of its configuration."""
     settings, study = context.settings, context.study
     origin = retry_origin(study, trial.number)
     arch = context.space.sample(trial)
     hyperparameters = sample_hyperparameters(trial, settings)
     # A retry keeps its original's seed and checkpoint, so it resumes the same training.
-    on_epoch = _rung_callback(context, trial) if settings.stops_early else None
+    on_epoch = _rung_callback(context, trial) if settings.stops_early and not repeat else None
     with Heartbeat(study, trial):
         outcome = evaluate_candidate(
             arch,
@@ -98,11 +101,12 @@ def run_optuna_search(settings: Settings) -> optuna.Study:
         write_run_json(context)
     prefix = f"[worker {settings.worker_index}] " if settings.worker_index is not None else ""
     progress = Progress(settings.budget, done, quiet=settings.quiet, prefix=prefix)
-    if settings.baselines:
-        with budget_lock(settings.storage_url, study.study_name):
-            queued = enqueue_baselines(context)
-        if queued:
-            progress.message(f"queued {queued} uniform baselines of {context.space.name}")
+    with budget_lock(settings.storage_url, study.study_name):
+        queued, note = enqueue_baselines(context)
+    if queued:
+        progress.message(f"queued {queued} uniform baselines of {context.space.name}")
+    elif note and settings.worker_index in (None, 0):
+        progress.message(note)
     progress.message(
         f"study '{study.study_name}' in {mask_url(settings.storage_url)}: {done}/{settings.budget} finished trials; "
         f"space {context.space.name} ({len(context.space.slots)} layers, {context.space.size:.3g} candidates); "
@@ -114,25 +118,70 @@ def run_optuna_search(settings: Settings) -> optuna.Study:
         if trial is None:  # the rest of the budget is running in other workers
             time.sleep(WAIT_FOR_OTHERS_SECONDS)
             continue
-        try:
-            outcome = _run_trial(context, trial)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            # Another worker found this trial's heartbeat stale (an overloaded machine or
-            # storage), failed it and queued its retry: drop this result, the retry counts.
-            progress.message(
-                f"trial {trial.number}: failed by another worker while it ran (its heartbeat went stale: "
-                "an overloaded machine or storage); its queued retry runs it again"
-            )
+        outcome = _run_or_drop(context, trial, progress)
+        if outcome is None:
             continue
-        except BaseException:  # interrupted (Ctrl-C, SIGTERM): fail it now and queue it again once
-            layers = {slot.name for slot in context.space.slots}
-            fail_and_requeue(study, study.get_trials(deepcopy=False)[trial.number], "interrupted", layers)
-            raise
         spent = outcome.state in ("complete", "early_stopped")  # failed and infeasible trials spend no budget
         if not spent:
             progress.message(outcome.line)
         streaks.count(outcome)  # raises past too many failed (or infeasible) trials in a row
         if spent:
-            pareto_size, best = front_summary(study)
-            progress.trial(count_finished(study), pareto_size, best, outcome.line)
+            progress.trial(count_finished(study), front_summary(study), outcome.line)
+    if settings.confirm:
+        _confirm_front(context, progress, streaks)
     return study
+
+
+def _run_or_drop(
+    context: SearchContext, trial: optuna.Trial, progress: Progress, repeat: bool = False
+) -> Outcome | None:
+    """Run one trial; None when another worker failed it meanwhile (its result is dropped)."""
+    study = context.study
+    try:
+        return _run_trial(context, trial, repeat)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # Another worker found this trial's heartbeat stale (an overloaded machine or
+        # storage), failed it and queued its retry: drop this result, the retry counts.
+        progress.message(
+            f"trial {trial.number}: failed by another worker while it ran (its heartbeat went stale: "
+            "an overloaded machine or storage); its queued retry runs it again"
+        )
+        return None
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM): fail it now and queue it again once
+        layers = {slot.name for slot in context.space.slots}
+        fail_and_requeue(study, study.get_trials(deepcopy=False)[trial.number], "interrupted", layers)
+        raise
+
+
+def _confirm_front(context: SearchContext, progress: Progress, streaks: Streaks) -> None:
+    """``--confirm R``: repeat the front's configurations (and those within its noise) until
+    each has R + 1 runs, sharing the work with every other worker of the study."""
+    settings, study = context.settings, context.study
+    objectives = list(settings.objectives)
+    progress.start_confirmation(settings.confirm, settings.training.epochs)
+    announced = False
+    while True:
+        slot = take_repeat(study, settings.storage_url, objectives, settings.confirm)
+        if slot.done:
+            break
+        if slot.trial is None:  # the remaining runs are running in other workers
+            time.sleep(WAIT_FOR_OTHERS_SECONDS)
+            continue
+        if not announced:
+            progress.message(
+                f"confirming the front: {slot.plan.front_size} configurations on it, "
+                f"~{slot.plan.remaining} runs to give each of them (and those within its noise) "
+                f"{settings.confirm + 1} runs"
+            )
+            announced = True
+        outcome = _run_or_drop(context, slot.trial, progress, repeat=True)
+        if outcome is None:
+            continue
+        streaks.count(outcome)
+        line = outcome.line.replace(
+            f"trial {slot.trial.number}:", f"trial {slot.trial.number} (repeat of #{slot.repeat_of}):", 1
+        )
+        if outcome.state == "complete":
+            progress.repeat(front_summary(study), max(slot.plan.remaining - 1, 0), line)
+        else:
+            progress.message(line)

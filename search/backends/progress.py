@@ -7,6 +7,8 @@ import sys
 import time
 from typing import TextIO
 
+from search.reporting.front import FrontSummary
+
 __all__ = ["Progress"]
 
 
@@ -50,15 +52,47 @@ class Progress:
         if not self.quiet:
             print(self.prefix + text, file=self.out, flush=True)
 
-    def trial(self, done: int, pareto_size: int, best_accuracy: float | None, line: str) -> None:
+    def trial(self, done: int, front: FrontSummary, line: str) -> None:
+        """The line of a finished trial of the budget."""
         elapsed = time.perf_counter() - self.started
         finished_here = done - self.start_done
         per_trial = elapsed / finished_here if finished_here > 0 else None
-        parts = [f"{self._bar(done)} {done}/{self.budget}", f"pareto {pareto_size}"]
-        if best_accuracy is not None:
-            parts.append(f"best acc {best_accuracy:.4f}")
+        parts = [f"{self._bar(done)} {done}/{self.budget}", f"pareto {front.size}"]
+        if front.best is not None:
+            parts.append(f"best acc {front.best:.4f}")
+        if front.noise.measured:
+            parts.append(_noise_text(front))
         parts.append(line)
         if per_trial is not None:
             parts.append(f"{per_trial:.1f} s/trial")
             parts.append(f"ETA {_duration(per_trial * max(self.budget - done, 0))}")
         self.message(" | ".join(parts))
+
+    def start_confirmation(self, repeats: int, epochs: int) -> None:
+        """Confirmation begins: its runs are timed from here on."""
+        self.confirm_started = time.perf_counter()
+        self.confirm_done = 0
+        self.runs_wanted = repeats + 1
+        self.epochs = epochs
+
+    def repeat(self, front: FrontSummary, remaining: int, line: str) -> None:
+        """The line of a finished confirmation run; ``remaining``: runs the plan still wants."""
+        self.confirm_done += 1
+        done, total = self.confirm_done, self.confirm_done + remaining
+        per_run = (time.perf_counter() - self.confirm_started) / done
+        parts = [
+            f"[confirm] run {done} of ~{total} (+{done * self.epochs} of ~{total * self.epochs} epochs)",
+            f"front {front.size}, {front.confirmed(self.runs_wanted)} with {self.runs_wanted}+ runs",
+        ]
+        if front.best is not None:
+            parts.append(f"best mean acc {front.best:.4f}")
+        if front.noise.measured:
+            parts.append(_noise_text(front))
+        parts += [line, f"{per_run:.1f} s/run", f"ETA {_duration(per_run * remaining)}"]
+        self.message(" | ".join(parts))
+
+
+def _noise_text(front: FrontSummary) -> str:
+    noise = front.noise
+    assert noise.sd is not None
+    return f"sd {100 * noise.sd:.2f} pts ({noise.configurations} configs)"

@@ -21,6 +21,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from search.backends.confirm import take_repeat
 from search.backends.progress import Progress
 from search.backends.sampler import study_sampler
 from search.backends.study import (
@@ -49,7 +50,7 @@ from search.evaluation.cost import architecture_cost
 from search.evaluation.train import EpochRecord
 from search.reporting.front import front_summary
 from search.settings import Settings, mask_url, resolve_device
-from search.storage import OBJECTIVE_SENSES
+from search.storage import OBJECTIVE_SENSES, REPEAT_OF
 from search.strategies.early_stopping import RungResult, early_stop_line, rung_attr, stopping_rule
 from spaces import SearchSpace
 
@@ -156,7 +157,13 @@ def _make_scheduler(context: SearchContext):
     return MultiObjectiveASHAScheduler()
 
 
-def _make_searcher(context: SearchContext, progress: Progress, done: list[int], scheduler=None):
+def _make_searcher(
+    context: SearchContext, progress: Progress, done: list[int], scheduler=None, confirming: bool = False
+):
+    """The searcher of one Tuner round. ``confirming``: the round after the budget that runs
+    ``--confirm``'s repeats (:func:`search.backends.confirm.take_repeat` picks each one; the
+    sampler proposes nothing), and ends the round once confirmation is over."""
+    from ray.tune.search import Searcher
     from ray.tune.search.optuna import OptunaSearch
 
     settings = context.settings
@@ -167,6 +174,17 @@ def _make_searcher(context: SearchContext, progress: Progress, done: list[int], 
         exactly as the Optuna backend does, and prints progress."""
 
         curves: dict[str, list[dict]] = {}
+        remaining: dict[str, int] = {}  # confirming: runs the plan still wanted when a repeat started
+
+        def suggest(self, trial_id: str):
+            if confirming and trial_id not in ray_searcher_trials(self):
+                study = ray_searcher_study(self)
+                slot = take_repeat(study, settings.storage_url, list(settings.objectives), settings.confirm)
+                if slot.trial is None:  # None: ask again once a running repeat has finished
+                    return Searcher.FINISHED if slot.done else None
+                ray_searcher_trials(self)[trial_id] = slot.trial
+                self.remaining[trial_id] = max(slot.plan.remaining - 1, 0)
+            return super().suggest(trial_id)
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             if trial_id not in ray_searcher_trials(self) or "epoch" not in result:
@@ -207,9 +225,14 @@ def _make_searcher(context: SearchContext, progress: Progress, done: list[int], 
             tell_outcome(ray_searcher_study(self), trial, outcome, settings.objectives, with_constraint)
             ray_searcher_completed(self).add(trial_id)
             self.curves.pop(trial_id, None)
-            if outcome.state in ("complete", "early_stopped"):
+            if confirming and outcome.state == "complete":
+                line = outcome.line.replace(
+                    f"trial {trial.number}:", f"trial {trial.number} (repeat of #{trial.user_attrs[REPEAT_OF]}):", 1
+                )
+                progress.repeat(front_summary(ray_searcher_study(self)), self.remaining.pop(trial_id, 0), line)
+            elif outcome.state in ("complete", "early_stopped"):
                 done[0] = count_finished(ray_searcher_study(self))
-                progress.trial(done[0], *front_summary(ray_searcher_study(self)), outcome.line)
+                progress.trial(done[0], front_summary(ray_searcher_study(self)), outcome.line)
             else:
                 progress.message(outcome.line)
 
@@ -269,8 +292,9 @@ def run_ray_search(settings: Settings) -> optuna.Study:
     progress = Progress(settings.budget, done[0], quiet=settings.quiet)
     if recovered:
         progress.message(f"{recovered} trial(s) left running by a stopped driver were failed and queued again")
-    if settings.baselines:
-        enqueue_baselines(context)
+    queued, note = enqueue_baselines(context)
+    if note:
+        progress.message(note)
     started_ray = _init_ray(settings)
     storage_path = settings.ray.storage or str((settings.study_dir / "ray").resolve())
     if "://" not in storage_path:
@@ -288,35 +312,42 @@ def run_ray_search(settings: Settings) -> optuna.Study:
     trainable = tune.with_resources(
         tune.with_parameters(_train_candidate, space=context.space, settings=settings), resources
     )
+
+    def fit(searcher, scheduler, samples: int) -> None:
+        tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=samples,
+                max_concurrent_trials=settings.ray.max_concurrent,
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=f"{study.study_name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}",
+                storage_path=storage_path,
+                failure_config=tune.FailureConfig(max_failures=settings.ray.retries),
+                verbose=0,
+            ),
+        ).fit()
+
     try:
         rounds_without_progress = 0
         while done[0] < settings.budget:
             before = done[0]
             scheduler = _make_scheduler(context) if settings.stops_early else None
-            searcher = _make_searcher(context, progress, done, scheduler)
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    search_alg=searcher,
-                    scheduler=scheduler,
-                    num_samples=settings.budget - done[0],
-                    max_concurrent_trials=settings.ray.max_concurrent,
-                    reuse_actors=True,
-                ),
-                run_config=tune.RunConfig(
-                    name=f"{study.study_name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}",
-                    storage_path=storage_path,
-                    failure_config=tune.FailureConfig(max_failures=settings.ray.retries),
-                    verbose=0,
-                ),
-            )
-            tuner.fit()
+            fit(_make_searcher(context, progress, done, scheduler), scheduler, settings.budget - done[0])
             done[0] = count_finished(study)
             rounds_without_progress = rounds_without_progress + 1 if done[0] == before else 0
             if rounds_without_progress >= 2:
                 raise SearchAborted(
                     "a whole Ray round finished no trial (all failed or infeasible); see the failed trials' fail_reason"
                 )
+        if settings.confirm:
+            # Never early-stopped (only a full training is a run); the searcher ends the round.
+            progress.start_confirmation(settings.confirm, settings.training.epochs)
+            bound = settings.confirm * max(1, len(study.get_trials(deepcopy=False)))
+            fit(_make_searcher(context, progress, done, confirming=True), None, bound)
     finally:
         if started_ray:
             import ray

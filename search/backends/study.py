@@ -28,13 +28,16 @@ from search.compat import fail_trial
 from search.evaluation.candidate import EvaluationPlan
 from search.evaluation.cost import architecture_cost, cheapest_and_dearest
 from search.evaluation.evaluate import get_dataset, out_of_memory, out_of_memory_line
+from search.files import atomic_write_text
 from search.settings import TUNABLE, Settings, SettingsError, mask_url, resolve_device, scrub, url_secrets
 from search.storage import (
     OBJECTIVE_SENSES,
+    REPEAT_OF,
     StorageError,
     StudyMismatch,
     check_own_study,
     find_study,
+    is_repeat,
     open_storage,
 )
 from search.versions import package_versions
@@ -43,6 +46,7 @@ from spaces import SearchSpace, get_space
 __all__ = [
     "SearchContext",
     "baseline_architectures",
+    "carried_attrs",
     "enqueue_baselines",
     "fail_and_requeue",
     "retry_origin",
@@ -52,6 +56,7 @@ __all__ = [
     "sample_hyperparameters",
     "spends_budget",
     "trial_seed",
+    "update_run_json",
     "write_run_json",
 ]
 
@@ -173,6 +178,8 @@ def open_search(settings: Settings, heartbeat: bool = True, device: torch.device
         _check_compatible_or_initialise(study, expected, space, dense, settings.training.to_json())
     if reference_ms is not None and "latency_ms" not in study.user_attrs["reference_point"]:
         study.set_user_attr("reference_point", {**study.user_attrs["reference_point"], "latency_ms": reference_ms})
+    if study.user_attrs.get("confirm") != settings.confirm:  # what the report calls confirmed
+        study.set_user_attr("confirm", settings.confirm)
     reference = dict(study.user_attrs["reference_point"])
     return SearchContext(settings, space, study, storage, reference, plan)
 
@@ -264,11 +271,24 @@ def write_run_json(context: SearchContext, extra: dict[str, Any] | None = None) 
     return path
 
 
+def update_run_json(study_dir: Path, extra: dict[str, Any]) -> None:
+    """Add what a run found (its noise, its front) to the ``run.json`` it wrote when it started."""
+    path = study_dir / "run.json"
+    try:
+        payload = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        payload = {}
+    payload.update(extra, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(payload, indent=2, default=str))
+
+
 def spends_budget(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether a trial spent budget: trained to the end (complete and feasible) or
-    early-stopped. Infeasible candidates (over --max-mflops) and failed trials do not."""
+    early-stopped. Infeasible candidates (over --max-mflops), failed trials and confirmation
+    runs (``--confirm``: repeats of a configuration already trained) do not."""
     finished = trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
-    return finished and trial.user_attrs.get("status", "ok") in ("ok", "early_stopped")
+    return finished and trial.user_attrs.get("status", "ok") in ("ok", "early_stopped") and not is_repeat(trial)
 
 
 def count_finished(study: optuna.Study) -> int:
@@ -308,16 +328,33 @@ def baseline_architectures(space: SearchSpace) -> dict[str, Architecture]:
     return result
 
 
-def enqueue_baselines(context: SearchContext) -> int:
-    """Queue the uniform configurations not yet in the study (once, also across re-runs)."""
-    study = context.study
+def enqueue_baselines(context: SearchContext) -> tuple[int, str | None]:
+    """Queue the uniform configurations not yet in the study (once, also across re-runs), as
+    ``--baselines`` says: always (True), never (False) or, by default (None), when they take at
+    most half of ``--budget`` (a smaller budget would be spent on them alone). Returns how many
+    were queued and, when the default left them out, the line that says so."""
+    settings, study = context.settings, context.study
+    baselines = baseline_architectures(context.space)
+    if settings.baselines is False or not baselines:
+        return 0, None
+    if settings.baselines is None and 2 * len(baselines) > settings.budget:
+        return 0, (
+            f"uniform baselines not queued: the {len(baselines)} of {context.space.name} would take more than half "
+            f"of --budget {settings.budget}; --baselines queues them anyway, --no-baselines leaves them out quietly"
+        )
     present = {t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)}
     queued = 0
-    for value, arch in baseline_architectures(context.space).items():
+    for value, arch in baselines.items():
         if value not in present:
             study.enqueue_trial(context.space.to_params(arch), user_attrs={"baseline": value})
             queued += 1
-    return queued
+    return queued, None
+
+
+def carried_attrs(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """What a queued copy of ``trial`` (a retry, a repeat) keeps of it: whether it is a
+    baseline and which configuration it repeats."""
+    return {key: trial.user_attrs[key] for key in ("baseline", REPEAT_OF) if key in trial.user_attrs}
 
 
 def retry_origin(study: optuna.Study, number: int) -> int:
@@ -348,5 +385,4 @@ def fail_and_requeue(
     already_retried = any(t.user_attrs.get("retry_of") == trial.number for t in study.get_trials(deepcopy=False))
     whole = bool(trial.params) and (parameters is None or parameters <= set(trial.params))
     if whole and not already_retried and "retry_of" not in trial.user_attrs:
-        extra = {"baseline": trial.user_attrs["baseline"]} if "baseline" in trial.user_attrs else {}
-        study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number, **extra})
+        study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number, **carried_attrs(trial)})

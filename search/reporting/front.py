@@ -1,14 +1,33 @@
-"""The Pareto front of a study's records, and its hypervolume: shared by the progress line,
-the report and the export so that all three agree on what is on the front."""
+"""The Pareto front of a study and its hypervolume, on each configuration's mean over its runs
+(:mod:`search.reporting.configurations`): shared by the progress line, the report and the
+export so that all three agree on what is on the front."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from search.reporting.pareto import hypervolume, hypervolume_history, pareto_mask
+from search.reporting.configurations import (
+    Configuration,
+    Noise,
+    config_key,
+    front_configurations,
+    group_configurations,
+    measure_noise,
+)
+from search.reporting.pareto import hypervolume, pareto_mask, to_minimization
 from search.storage import OBJECTIVE_SENSES, TrialRecord, load_records, study_objectives
 
-__all__ = ["front_hypervolume", "front_summary", "hypervolume_over_trials", "objective_matrix", "pareto_records"]
+__all__ = [
+    "FrontSummary",
+    "front_hypervolume",
+    "front_summary",
+    "hypervolume_over_trials",
+    "objective_matrix",
+    "pareto_configurations",
+    "pareto_records",
+]
 
 
 def objective_matrix(records: list[TrialRecord], objectives: list[str]) -> np.ndarray:
@@ -17,13 +36,14 @@ def objective_matrix(records: list[TrialRecord], objectives: list[str]) -> np.nd
     )
 
 
+def pareto_configurations(records: list[TrialRecord], objectives: list[str]) -> list[Configuration]:
+    """The configurations non-dominated on their means, among the feasible complete runs."""
+    return front_configurations(group_configurations(records, objectives), objectives)
+
+
 def pareto_records(records: list[TrialRecord], objectives: list[str]) -> list[TrialRecord]:
-    """Non-dominated records among the complete, feasible, full-fidelity ones, by trial number."""
-    candidates = [r for r in records if r.feasible_complete]
-    if not candidates:
-        return []
-    mask = pareto_mask(objective_matrix(candidates, objectives), [OBJECTIVE_SENSES[o] for o in objectives])
-    return [r for r, keep in zip(candidates, mask) if keep]
+    """The front as records (each configuration's first run, with its mean values), by number."""
+    return [c.record for c in pareto_configurations(records, objectives)]
 
 
 def _reference(reference: dict[str, float], objectives: list[str]) -> list[float]:
@@ -31,26 +51,72 @@ def _reference(reference: dict[str, float], objectives: list[str]) -> list[float
 
 
 def front_hypervolume(records: list[TrialRecord], objectives: list[str], reference: dict[str, float]) -> float:
-    candidates = [r for r in records if r.feasible_complete]
+    """Hypervolume of the configurations' means."""
+    means = [c.record for c in group_configurations(records, objectives)]
     senses = [OBJECTIVE_SENSES[o] for o in objectives]
-    return hypervolume(objective_matrix(candidates, objectives), senses, _reference(reference, objectives))
+    return hypervolume(objective_matrix(means, objectives), senses, _reference(reference, objectives))
 
 
 def hypervolume_over_trials(
     records: list[TrialRecord], objectives: list[str], reference: dict[str, float]
 ) -> tuple[list[TrialRecord], np.ndarray]:
-    """Feasible complete records in order of completion, and the hypervolume after each."""
-    candidates = sorted(
+    """Feasible complete records in order of completion, and the hypervolume of the
+    configurations' means after each. A configuration's first run can only add to it; a
+    further run moves its mean, so the hypervolume can also fall (a lucky first run corrected)."""
+    runs = sorted(
         (r for r in records if r.feasible_complete),
         key=lambda r: (r.datetime_complete is None, r.datetime_complete, r.number),
     )
     senses = [OBJECTIVE_SENSES[o] for o in objectives]
-    history = hypervolume_history(objective_matrix(candidates, objectives), senses, _reference(reference, objectives))
-    return candidates, history
+    ref = _reference(reference, objectives)
+    ref_min = to_minimization([ref], senses)[0]
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    front = np.empty((0, len(objectives)))  # current non-dominated means, minimization form
+    history = np.zeros(len(runs))
+    current = 0.0
+    for i, r in enumerate(runs):
+        key = config_key(r) or f"#{r.number}"
+        point = to_minimization([[r.values[o] for o in objectives]], senses)[0]
+        repeat = key in counts
+        sums[key] = sums.get(key, 0.0) + point
+        counts[key] = counts.get(key, 0) + 1
+        if repeat:  # a mean moved: the front is recomputed from every mean
+            means = np.array([sums[k] / counts[k] for k in sums])
+            front = means[pareto_mask(means, ["min"] * len(objectives))]
+            current = _hv_min(front, ref_min)
+        elif not np.any(np.all(front <= point, axis=1)):
+            front = np.vstack([front[~np.all(point <= front, axis=1)], point])
+            current = _hv_min(front, ref_min)
+        history[i] = current
+    return runs, history
 
 
-def front_summary(study) -> tuple[int, float | None]:
-    """Size of the current front and the best validation accuracy (for progress lines)."""
+def _hv_min(front: np.ndarray, ref_min: np.ndarray) -> float:
+    """Hypervolume of points already in minimization form."""
+    return hypervolume(front, ["min"] * front.shape[1], ref_min) if len(front) else 0.0
+
+
+@dataclass(frozen=True)
+class FrontSummary:
+    """What a progress line says of a study's front: its size, the best mean accuracy and
+    the study's noise."""
+
+    size: int
+    best: float | None
+    noise: Noise
+    front_runs: tuple[int, ...] = ()  # the runs of each front member
+
+    def confirmed(self, runs_wanted: int) -> int:
+        """Front members with at least ``runs_wanted`` runs."""
+        return sum(1 for n in self.front_runs if n >= runs_wanted)
+
+
+def front_summary(study) -> FrontSummary:
+    """Size of the current front, the best mean accuracy and the study's noise."""
     records = load_records(study)
-    best = max((r.values["accuracy"] for r in records if r.feasible_complete), default=None)
-    return len(pareto_records(records, study_objectives(study))), best
+    objectives = study_objectives(study)
+    configs = group_configurations(records, objectives)
+    best = max((c.accuracy for c in configs), default=None)
+    front = front_configurations(configs, objectives)
+    return FrontSummary(len(front), best, measure_noise(configs), tuple(c.runs_count for c in front))

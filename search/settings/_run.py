@@ -42,7 +42,8 @@ class Settings:
     storage: str | None = None
     study_name: str | None = None
     max_mflops: float | None = None
-    baselines: bool = False
+    baselines: bool | None = None  # None: queued when they take at most half the budget
+    confirm: int = 2  # --confirm R: every front configuration ends with R + 1 runs
     max_failures: int = 5
     checkpoint_every: int = 0  # save training state every K epochs (0: never)
     latency: str = "measured"  # how the latency objective is obtained: measured or table

@@ -107,6 +107,7 @@ NUMBERS: dict[str, Number] = {
     "latency_batch": Number(int, 1, 4096),
     "max_mflops": Number(float, 0, low_open=True, optional=True),
     "retrain_top": Number(int, 0, INT_MAX),
+    "confirm": Number(int, 0, 10),  # more runs per front configuration: 11 runs is more than any noise needs
     "supernet_epochs": Number(int, 1, INT_MAX, optional=True),
     "min_epochs": Number(int, 1, INT_MAX),
     "eta": Number(int, 2, INT_MAX),

@@ -54,7 +54,7 @@ def write_report(study: optuna.Study, out_dir: Path, png: bool | None = None) ->
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = read_report_data(study)
-    trials_csv, pareto_csv = write_tables(data.records, data.objectives, out_dir)
+    trials_csv, pareto_csv = write_tables(data.records, data.objectives, data.front_configs, out_dir)
     figures = report_figures(data)
     html_path = out_dir / "report.html"
     atomic_write(html_path, lambda tmp: tmp.write_text(render_page(data, figures), encoding="utf-8"))

@@ -10,7 +10,14 @@ import optuna
 
 from search.compat import study_storage
 from search.objectives import OBJECTIVES
-from search.reporting.front import front_hypervolume, pareto_records
+from search.reporting.configurations import (
+    Configuration,
+    Noise,
+    front_configurations,
+    group_configurations,
+    measure_noise,
+)
+from search.reporting.front import front_hypervolume
 from search.storage import TrialRecord, load_records, study_objectives
 
 __all__ = ["ReportData", "read_report_data"]
@@ -24,11 +31,19 @@ class ReportData:
     records: list[TrialRecord]
     objectives: list[str]
     reference: dict[str, float]  # the recorded reference point (numbers only)
-    front: list[TrialRecord]
+    configs: list[Configuration]  # every configuration with a run, on its means
+    front_configs: list[Configuration]  # the front of those means
+    noise: Noise  # the study's seed-to-seed noise of accuracy
+    confirm: int | None  # the --confirm of the study's last run (None: not recorded)
     hv_objectives: list[str]  # the objectives the hypervolume is over (empty: none)
     hv: float | None
     hv_norm: float | None  # hypervolume / box between the reference and the ideal point
     retrained: list[TrialRecord] | None  # None: not a one-shot study
+
+    @property
+    def front(self) -> list[TrialRecord]:
+        """The front as records: each configuration's first run with its mean values."""
+        return [c.record for c in self.front_configs]
 
 
 def _hv_objectives(objectives: list[str], reference: dict[str, float]) -> list[str]:
@@ -69,6 +84,7 @@ def read_report_data(study: optuna.Study) -> ReportData:
         for k, v in dict(study.user_attrs.get("reference_point") or {}).items()
         if isinstance(v, (int, float))
     }
+    configs = group_configurations(records, objectives)
     hv_objectives = _hv_objectives(objectives, reference)
     hv = hv_norm = None
     if hv_objectives:
@@ -80,7 +96,10 @@ def read_report_data(study: optuna.Study) -> ReportData:
         records=records,
         objectives=objectives,
         reference=reference,
-        front=pareto_records(records, objectives),
+        configs=configs,
+        front_configs=front_configurations(configs, objectives),
+        noise=measure_noise(configs),
+        confirm=study.user_attrs.get("confirm") if isinstance(study.user_attrs.get("confirm"), int) else None,
         hv_objectives=hv_objectives,
         hv=hv,
         hv_norm=hv_norm,

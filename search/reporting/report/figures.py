@@ -6,15 +6,18 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
+import plotly.colors as plotly_colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from search.objectives import OBJECTIVES
+from search.reporting.configurations import Configuration
 from search.reporting.front import hypervolume_over_trials
 from search.reporting.report.data import ReportData
 from search.reporting.report.records import front_sorted, layer_code, layer_value, mflops, slot_names
 from search.reporting.report.scatter import accuracy_figure
 from search.reporting.report.style import COLORS, TEMPLATE, empty_note
+from search.reporting.resolution import runs_wanted
 from search.storage import TrialRecord
 
 __all__ = ["MAIN_COST", "OTHER_COSTS", "curves_figure", "hypervolume_figure", "layers_figure", "report_figures"]
@@ -79,16 +82,22 @@ def hypervolume_figure(records: list[TrialRecord], hv_objectives: list[str], ref
     return fig
 
 
-def _front_label(record: TrialRecord) -> str:
+def _front_label(config: Configuration, wanted: int) -> str:
+    """``#23 · 5.7 MFLOPs · 3 runs ✓`` (✓: confirmed, it has the runs --confirm asks for)."""
+    record = config.record
     value = mflops(record)
-    return f"#{record.number} · {value:.1f} {OBJECTIVES[MAIN_COST].unit}" if value is not None else f"#{record.number}"
+    label = f"#{record.number} · {value:.1f} {OBJECTIVES[MAIN_COST].unit}" if value is not None else f"#{record.number}"
+    runs = f"{config.runs_count} run{'s' if config.runs_count != 1 else ''}"
+    return f"{label} · {runs}{' ✓' if wanted > 1 and config.runs_count >= wanted else ''}"
 
 
-def layers_figure(front: list[TrialRecord]) -> go.Figure:
-    """Heatmap of the front's per-layer choices: one row per configuration, cheapest first."""
+def layers_figure(front: list[Configuration], wanted: int = 1) -> go.Figure:
+    """Heatmap of the front's per-layer choices: one row per configuration, cheapest first,
+    labelled with its runs (✓ where it has the ``wanted`` runs of a confirmed configuration)."""
     fig = go.Figure()
     fig.update_layout(template=TEMPLATE)
-    rows = [r for r in front_sorted(front) if r.architecture is not None]
+    configs = {c.number: c for c in front}
+    rows = [r for r in front_sorted([c.record for c in front]) if r.architecture is not None]
     if not rows:
         fig.update_layout(height=300)
         return empty_note(fig, "no Pareto configuration yet")
@@ -108,7 +117,7 @@ def layers_figure(front: list[TrialRecord]) -> go.Figure:
         go.Heatmap(
             z=z,
             x=names,
-            y=[_front_label(r) for r in rows],
+            y=[_front_label(configs[r.number], wanted) for r in rows],
             text=text,
             texttemplate="%{text}",
             customdata=hover,
@@ -134,8 +143,9 @@ def layers_figure(front: list[TrialRecord]) -> go.Figure:
     return fig
 
 
-def curves_figure(front: list[TrialRecord]) -> go.Figure:
-    """Per-epoch validation accuracy of each configuration of the front."""
+def curves_figure(front: list[Configuration]) -> go.Figure:
+    """Per-epoch validation accuracy of every run of each configuration of the front (its runs
+    share a colour and a legend entry)."""
     fig = go.Figure()
     fig.update_layout(
         template=TEMPLATE,
@@ -146,21 +156,30 @@ def curves_figure(front: list[TrialRecord]) -> go.Figure:
         legend={"title": {"text": "trial"}},
         xaxis={"tickformat": "d", "rangemode": "tozero"},
     )
-    for r in front_sorted(front):
-        points = [
-            (e.get("epoch"), e.get("val_accuracy"))
-            for e in r.curve
-            if isinstance(e, dict) and e.get("epoch") is not None and e.get("val_accuracy") is not None
-        ]
-        if points:
+    configs = {c.number: c for c in front}
+    palette = plotly_colors.qualitative.Plotly
+    for index, first in enumerate(front_sorted([c.record for c in front])):
+        color = palette[index % len(palette)]
+        for k, r in enumerate(configs[first.number].runs):
+            points = [
+                (e.get("epoch"), e.get("val_accuracy"))
+                for e in r.curve
+                if isinstance(e, dict) and e.get("epoch") is not None and e.get("val_accuracy") is not None
+            ]
+            if not points:
+                continue
+            name = f"#{first.number}" if k == 0 else f"#{first.number}, run {k + 1} (trial #{r.number})"
             fig.add_trace(
                 go.Scatter(
                     x=[p[0] for p in points],
                     y=[p[1] for p in points],
                     mode="lines+markers",
-                    marker={"size": 4},
-                    name=f"#{r.number}",
-                    hovertemplate=f"#{r.number}<br>epoch %{{x}}<br>val. accuracy %{{y:.4f}}<extra></extra>",
+                    marker={"size": 4, "color": color},
+                    line={"color": color, "dash": "solid" if k == 0 else "dot"},
+                    name=name,
+                    legendgroup=f"#{first.number}",
+                    showlegend=k == 0,
+                    hovertemplate=f"{name}<br>epoch %{{x}}<br>val. accuracy %{{y:.4f}}<extra></extra>",
                 )
             )
     if not fig.data:
@@ -172,13 +191,15 @@ def report_figures(data: ReportData) -> dict[str, go.Figure]:
     """The report's figures by file name (``accuracy_vs_mflops`` ...), in the page's order."""
     figures = {
         f"accuracy_vs_{MAIN_COST}": accuracy_figure(
-            data.records, data.front, data.objectives, MAIN_COST, data.retrained
+            data.records, data.configs, data.front, data.objectives, MAIN_COST, data.retrained
         ),
     }
     for name in OTHER_COSTS:
         if name in data.objectives:
-            figures[f"accuracy_vs_{name}"] = accuracy_figure(data.records, data.front, data.objectives, name)
+            figures[f"accuracy_vs_{name}"] = accuracy_figure(
+                data.records, data.configs, data.front, data.objectives, name
+            )
     figures["hypervolume"] = hypervolume_figure(data.records, data.hv_objectives, data.reference)
-    figures["pareto_layers"] = layers_figure(data.front)
-    figures["pareto_curves"] = curves_figure(data.front)
+    figures["pareto_layers"] = layers_figure(data.front_configs, runs_wanted(data.confirm))
+    figures["pareto_curves"] = curves_figure(data.front_configs)
     return figures

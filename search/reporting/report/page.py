@@ -13,6 +13,8 @@ from search.reporting.report.data import ReportData
 from search.reporting.report.figures import MAIN_COST, OTHER_COSTS
 from search.reporting.report.style import PLOT_CONFIG
 from search.reporting.report.tables import esc, failed_table, pareto_table, published_note
+from search.reporting.report.verdicts import confirmation_text, noise_section
+from search.reporting.resolution import runs_wanted
 from search.storage import STATUSES, TrialRecord
 
 __all__ = ["render_page"]
@@ -30,6 +32,7 @@ th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: right; white-spac
 th { background: #f0f0f0; }
 td.l, th.l { text-align: left; }
 table.meta td, table.meta th { text-align: left; }
+table.meta td { white-space: normal; }
 .scroll { overflow-x: auto; }
 .muted { color: #777; }
 code { font-size: 0.9em; }
@@ -69,6 +72,12 @@ def _header(data: ReportData) -> str:
         ("dataset", attrs.get("dataset", protocol.get("dataset", "?"))),
         ("objectives", ", ".join(f"{o} ({describe(o).sense})" for o in data.objectives)),
         ("trials", _status_counts(data.records)),
+        (
+            "configurations",
+            f"{len(data.configs)} trained to the end, {sum(c.runs_count > 1 for c in data.configs)} of them more than once",
+        ),
+        ("seed-to-seed noise", data.noise.describe()),
+        ("confirmation", confirmation_text(data)),
         ("reference point", ref_text or "none recorded"),
     ]
     if "epochs" in protocol:
@@ -86,7 +95,7 @@ def _header(data: ReportData) -> str:
         rows.append(("hypervolume", "not available (no reference point)"))
     else:
         over = ", ".join(data.hv_objectives)
-        rows.append(("hypervolume of the front", f"{data.hv:.6g} (over {over})"))
+        rows.append(("hypervolume of the front (of the means)", f"{data.hv:.6g} (over {over})"))
         if data.hv_norm is not None:
             box = " × ".join(_box_side(o) for o in data.hv_objectives)
             rows.append(("normalized hypervolume", f"{data.hv_norm:.4f} (= hypervolume / [{box}]; 1 is the ideal)"))
@@ -109,10 +118,11 @@ def _sections(data: ReportData, rendered: dict[str, str]) -> list[str]:
         if f"accuracy_vs_{name}" in rendered
     )
     hv_caption = (
-        f"Hypervolume of the front of complete, feasible trials (over {esc(', '.join(data.hv_objectives))}, "
+        f"Hypervolume of the front of the configurations' means (over {esc(', '.join(data.hv_objectives))}, "
         "reference point above) after each finished trial — ok, infeasible, failed or early-stopped, in "
-        "order of completion — and against the time since the first trial started. It never decreases; "
-        "a flat tail means new trials stopped improving the front."
+        "order of completion — and against the time since the first trial started. A new configuration can "
+        "only raise it; a further run of one moves its mean, so a confirmation run can also lower it (a lucky "
+        "first run corrected). A flat tail means new trials stopped improving the front."
         if data.hv_objectives
         else "No reference point is recorded in the study, so no hypervolume can be computed."
     )
@@ -127,32 +137,39 @@ def _sections(data: ReportData, rendered: dict[str, str]) -> list[str]:
     return [
         "<h2>1. Accuracy vs MFLOPs</h2>",
         '<p class="caption">Every trial: validation accuracy against MFLOPs (paper convention: conv and '
-        "linear multiply-accumulates). Blue points are complete trials, the red step line joins the Pareto "
-        "front (higher accuracy and fewer MFLOPs are better), green squares are the uniform baselines, "
+        "linear multiply-accumulates). Blue points are complete trials (every run of a configuration), the "
+        "red step line joins the Pareto front of the configurations' means (higher accuracy and fewer MFLOPs "
+        "are better), red open diamonds with error bars are configurations trained more than once (mean ± the "
+        "sd of their runs), green squares are the uniform baselines, "
         "grey crosses are infeasible candidates (over the FLOPs ceiling, not trained), orange open circles "
         "early-stopped trials at their last validation accuracy, and brown triangles failed trials at "
         "accuracy 0. Hover a point for its MFLOPs in both conventions, parameters and per-layer choices."
         f"{front_note}{_ONE_SHOT_NOTE if data.retrained is not None else ''}</p>",
         rendered[f"accuracy_vs_{MAIN_COST}"],
-        published_note(data.records),
+        published_note(data.records, data.configs),
+        noise_section(data),
         extra_scatters,
         failed_table(data.records),
         "<h2>2. Hypervolume</h2>",
         f'<p class="caption">{hv_caption}</p>',
         rendered["hypervolume"],
         "<h2>3. Per-layer choices of the Pareto configurations</h2>",
-        '<p class="caption">One row per Pareto configuration, cheapest first; one column per searchable layer. '
-        "Cells show the choice (P = HetConv part, G = FLGC groups, D = dense; a trailing f marks free FLGC "
-        "groups), coloured on a log2 scale of that number (dense = 1): larger numbers mean cheaper layers.</p>",
+        '<p class="caption">One row per Pareto configuration, cheapest first, with its runs (✓: confirmed, it '
+        "has the runs --confirm asks for; read the choices of unconfirmed rows as possibly lucky); one column "
+        "per searchable layer. Cells show the choice (P = HetConv part, G = FLGC groups, D = dense; a trailing "
+        "f marks free FLGC groups), coloured on a log2 scale of that number (dense = 1): larger numbers mean "
+        "cheaper layers.</p>",
         rendered["pareto_layers"],
         "<h2>4. Validation accuracy per epoch of the Pareto configurations</h2>",
-        '<p class="caption">Per-epoch validation accuracy of each Pareto trial (legend: trial number). '
-        "The objective is the accuracy after the last epoch, not the best epoch.</p>",
+        '<p class="caption">Per-epoch validation accuracy of each Pareto configuration (legend: its number; '
+        "its further runs dotted, in its colour). The objective is the accuracy after the last epoch, not the "
+        "best epoch.</p>",
         rendered["pareto_curves"],
         "<h2>5. Pareto configurations</h2>",
         '<p class="caption">The front sorted by MFLOPs (also in <code>pareto.csv</code>; every trial is in '
-        "<code>trials.csv</code>). MFLOPs (all ops) adds BatchNorm, activations and pooling.</p>",
-        pareto_table(data.front, data.objectives),
+        "<code>trials.csv</code>, with the configuration it ran). Accuracy is the mean over the runs, sd the sd "
+        "of those runs. MFLOPs (all ops) adds BatchNorm, activations and pooling.</p>",
+        pareto_table(data.front_configs, data.objectives, runs_wanted(data.confirm)),
     ]
 
 

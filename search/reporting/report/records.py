@@ -13,7 +13,9 @@ import pandas as pd
 from models import Architecture, LayerSpec, get_model_family
 from search.files import atomic_write
 from search.objectives import OBJECTIVES
-from search.reporting.front import pareto_records
+from search.reporting.configurations import Configuration, config_numbers
+from search.reporting.front import pareto_configurations
+from search.reporting.labels import baseline_label, layer_code, layer_value
 from search.storage import TrialRecord
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "layer_value",
     "mflops",
     "objective_value",
+    "pareto_frame",
     "published_model",
     "slot_names",
     "trials_frame",
@@ -35,27 +38,6 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 # per-layer helpers
 # ---------------------------------------------------------------------------------------------
-def layer_value(spec: LayerSpec) -> int:
-    """The cost-relevant number of a layer choice: HetConv part P, FLGC groups G, dense 1."""
-    if spec.type == "hetconv":
-        return int(spec.part or 1)
-    if spec.type == "flgc":
-        return int(spec.groups or 1)
-    return 1
-
-
-def layer_code(spec: LayerSpec) -> str:
-    """Short text of a layer choice: ``P4`` (HetConv part 4), ``G8`` (FLGC groups 8; ``G8f``
-    when the groups are free/unbalanced) or ``D`` (dense)."""
-    if spec.type == "hetconv":
-        return f"P{spec.part}"
-    if spec.type == "flgc":
-        return f"G{spec.groups}" + ("" if spec.balanced else "f")
-    if spec.type == "dense":
-        return "D"
-    return spec.label
-
-
 @functools.lru_cache(maxsize=16)
 def _family_slot_names(model: str, width: float) -> tuple[str, ...]:
     try:
@@ -70,15 +52,6 @@ def slot_names(arch: Architecture) -> list[str]:
     if len(names) != len(arch.layers):
         names = [f"layer{i + 1:02d}" for i in range(len(arch.layers))]
     return names
-
-
-def baseline_label(record: TrialRecord) -> str:
-    """Text label of a baseline: ``P4``, ``G8``, ``dense`` or its name (``flgc-paper``)."""
-    arch = record.architecture
-    if arch is not None and arch.layers and len(set(arch.layers)) == 1:
-        spec = arch.layers[0]
-        return "dense" if spec.type == "dense" else layer_code(spec)
-    return str(record.baseline)
 
 
 # Published models among the baselines: what they are and which FLOPs convention their paper's
@@ -164,9 +137,11 @@ def _num(value: Any) -> float:
 # ---------------------------------------------------------------------------------------------
 _BASE_COLUMNS = [
     "number",
+    "config",
     "state",
     "status",
     "baseline",
+    "repeat_of",
     "accuracy",
     "last_val_accuracy",
     "mflops",
@@ -184,29 +159,28 @@ _TAIL_COLUMNS = [
     "on_front",
     "architecture",
 ]
+# pareto.csv: one row per configuration of the front; its accuracy (and any measured objective)
+# is the mean over its runs.
+_RUN_COLUMNS = ["runs", "accuracy_sd", "trials"]
 
 
-def trials_frame(records: list[TrialRecord], objectives: list[str]) -> pd.DataFrame:
-    """One row per trial (by trial number).
-
-    Columns: number, state, status, baseline, accuracy (NaN when the trial has no values),
-    last_val_accuracy (last epoch of the curve, also for early-stopped trials), mflops,
-    mflops_all_ops, params, the other objectives' values, epochs_run, train_seconds, device,
-    seed, datetime_start, datetime_complete, fail_reason, on_front, architecture (compact
-    labels, e.g. ``hetconv:4 hetconv:2 ...``), one column per searchable layer named after it
-    (``conv02`` ... with the layer's label) and ``hp_*`` columns for tuned hyperparameters.
-    """
+def _frame(
+    records: list[TrialRecord], objectives: list[str], configs: dict[int, int], front: set[int]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows of ``records`` (by number) and the columns: ``configs`` maps a trial to its
+    configuration's number, ``front`` holds the numbers of the front's configurations."""
     extra = extra_objectives(objectives)
-    front = {r.number for r in pareto_records(records, objectives)}
     layer_columns: list[str] = []
     hp_columns: list[str] = []
     rows = []
     for r in sorted(records, key=lambda rec: rec.number):
         row: dict[str, Any] = {
             "number": r.number,
+            "config": configs.get(r.number),
             "state": r.state,
             "status": r.status,
             "baseline": r.baseline,
+            "repeat_of": r.repeat_of,
             "accuracy": _num(r.values.get("accuracy")),
             "last_val_accuracy": _num(last_val_accuracy(r)),
             "mflops": _num(mflops(r)),
@@ -223,7 +197,7 @@ def trials_frame(records: list[TrialRecord], objectives: list[str]) -> pd.DataFr
             datetime_start=r.datetime_start,
             datetime_complete=r.datetime_complete,
             fail_reason=r.fail_reason,
-            on_front=r.number in front,
+            on_front=r.feasible_complete and configs.get(r.number) in front,
             architecture=r.architecture.summary() if r.architecture is not None else None,
         )
         if r.architecture is not None:
@@ -238,19 +212,66 @@ def trials_frame(records: list[TrialRecord], objectives: list[str]) -> pd.DataFr
             row[column] = value
         rows.append(row)
     columns = _BASE_COLUMNS + extra + _TAIL_COLUMNS
-    layer_columns = [c for c in layer_columns if c not in columns]
-    frame = pd.DataFrame(rows, columns=columns + layer_columns + hp_columns)
+    return rows, columns + [c for c in layer_columns if c not in columns] + hp_columns
+
+
+def _as_frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=columns)
     frame["on_front"] = frame["on_front"].astype(bool)
+    for column in ("config", "repeat_of"):
+        frame[column] = frame[column].astype("Int64")
     return frame
 
 
-def write_tables(records: list[TrialRecord], objectives: list[str], out_dir: Path) -> tuple[Path, Path]:
-    """Write ``trials.csv`` (every trial) and ``pareto.csv`` (the front, cheapest first) into
-    ``out_dir``; return their paths."""
-    frame = trials_frame(records, objectives)
+def trials_frame(
+    records: list[TrialRecord], objectives: list[str], front: list[Configuration] | None = None
+) -> pd.DataFrame:
+    """One row per trial (by trial number).
+
+    Columns: number, config (the number of the configuration it ran: that configuration's
+    first run; group by it to gather the runs of one configuration), state, status, baseline,
+    repeat_of (a ``--confirm`` run: the configuration it repeats), accuracy (NaN when the trial
+    has no values), last_val_accuracy (last epoch of the curve, also for early-stopped trials),
+    mflops, mflops_all_ops, params, the other objectives' values, epochs_run, train_seconds,
+    device, seed, datetime_start, datetime_complete, fail_reason, on_front (a run of a
+    configuration on the front), architecture (compact labels, e.g. ``hetconv:4 hetconv:2
+    ...``), one column per searchable layer named after it (``conv02`` ... with the layer's
+    label) and ``hp_*`` columns for tuned hyperparameters. ``front``: the front's
+    configurations when the caller has them already.
+    """
+    if front is None:
+        front = pareto_configurations(records, objectives)
+    return _as_frame(*_frame(records, objectives, config_numbers(records), {c.number for c in front}))
+
+
+def pareto_frame(front: list[Configuration], objectives: list[str]) -> pd.DataFrame:
+    """One row per configuration of the front, cheapest first: the columns of
+    :func:`trials_frame` for its first run with every objective the mean over its runs, then
+    ``runs`` (how many), ``accuracy_sd`` (the sd of its own runs; empty with one run) and
+    ``trials`` (the numbers of its runs)."""
+    records = [c.record for c in front]
+    rows, columns = _frame(records, objectives, {c.number: c.number for c in front}, {c.number for c in front})
+    by_number = {c.number: c for c in front}
+    for row in rows:
+        config = by_number[row["number"]]
+        row.update(
+            runs=config.runs_count,
+            accuracy_sd=_num(config.accuracy_sd),
+            trials=" ".join(str(r.number) for r in config.runs),
+        )
+    frame = _as_frame(rows, columns + _RUN_COLUMNS)
+    return frame.sort_values(["mflops", "accuracy", "number"], ascending=[True, False, True])
+
+
+def write_tables(
+    records: list[TrialRecord], objectives: list[str], front: list[Configuration], out_dir: Path
+) -> tuple[Path, Path]:
+    """Write ``trials.csv`` (every trial) and ``pareto.csv`` (the ``front``'s configurations on
+    their means, cheapest first) into ``out_dir``; return their paths."""
+    frame = trials_frame(records, objectives, front)
     trials_csv = out_dir / "trials.csv"
     atomic_write(trials_csv, lambda tmp: frame.to_csv(tmp, index=False))
-    pareto = frame[frame["on_front"]].sort_values(["mflops", "accuracy", "number"], ascending=[True, False, True])
+    pareto = pareto_frame(front, objectives)
     pareto_csv = out_dir / "pareto.csv"
     atomic_write(pareto_csv, lambda tmp: pareto.to_csv(tmp, index=False))
     return trials_csv, pareto_csv

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 
 from models import Architecture
 from search.objectives import OBJECTIVES, describe
+from search.reporting.configurations import Configuration
 from search.reporting.front import pareto_records
 from search.reporting.pareto import pareto_mask
 from search.reporting.report.records import (
@@ -188,6 +189,28 @@ def _baselines_trace(
     )
 
 
+def _means_trace(configs: list[Configuration], x_of: ValueOf, objectives: list[str]) -> go.Scatter | None:
+    """Configurations with several runs: their mean, with error bars of ± the sd of their runs."""
+    repeated = [c for c in configs if c.runs_count > 1 and x_of(c.record) is not None]
+    if not repeated:
+        return None
+    return go.Scatter(
+        x=[x_of(c.record) for c in repeated],
+        y=[c.accuracy for c in repeated],
+        error_y={"type": "data", "array": [c.accuracy_sd for c in repeated], "visible": True, "thickness": 1.5},
+        mode="markers",
+        name="configurations run several times: mean ± sd of their runs",
+        marker={"symbol": "diamond-open", "size": 9, "color": COLORS["front"], "line": {"width": 1.5}},
+        hovertext=[
+            _hover(c.record, objectives)
+            + f"<br><b>mean of {c.runs_count} runs</b> (sd {100 * (c.accuracy_sd or 0):.2f} points): "
+            + ", ".join(f"#{r.number} {r.values['accuracy']:.4f}" for r in c.runs)
+            for c in repeated
+        ],
+        hovertemplate="%{hovertext}<extra></extra>",
+    )
+
+
 def _retrained_traces(retrained: list[TrialRecord], x_of: ValueOf, objectives: list[str]) -> list:
     """A one-shot study's retrained configurations (diamonds, larger on their own front) and the
     step line of their front."""
@@ -218,12 +241,15 @@ def _retrained_traces(retrained: list[TrialRecord], x_of: ValueOf, objectives: l
 
 def accuracy_figure(
     records: list[TrialRecord],
+    configs: list[Configuration],
     front: list[TrialRecord],
     objectives: list[str],
     x_name: str,
     retrained: list[TrialRecord] | None = None,
 ) -> go.Figure:
-    """Accuracy against the cost objective ``x_name`` of every trial, with the front."""
+    """Accuracy against the cost objective ``x_name`` of every trial (every run), with the
+    front of the configurations' means (``front``, ``configs``) and error bars where a
+    configuration has several runs."""
     if x_name == "mflops":
         x_of: ValueOf = mflops
     else:
@@ -236,7 +262,8 @@ def accuracy_figure(
     for r in records:
         by_status.setdefault(r.status, []).append(r)
     traces = _status_traces(by_status, x_of, objectives)
-    corners = _front_2d(records, x_of)
+    traces.append(_means_trace(configs, x_of, objectives))
+    corners = _front_2d([c.record for c in configs], x_of)
     if corners:
         line = {"color": COLORS["front"], "width": 2}
         traces.append(_step_line(corners, x_of, line, name="Pareto front", legendgroup="front"))

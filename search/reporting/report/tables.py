@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from search.objectives import OBJECTIVES, Objective, describe
+from search.reporting.configurations import Configuration, config_numbers
 from search.reporting.report.records import (
     baseline_label,
     extra_objectives,
@@ -47,9 +48,11 @@ def _table(header: list[str], rows: list[list[str]], left: set[int] = frozenset(
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
-def pareto_table(front: list[TrialRecord], objectives: list[str]) -> str:
-    """The front, cheapest first: objectives, both MFLOPs counts, baseline and per-layer codes."""
-    rows_records = front_sorted(front)
+def pareto_table(front: list[Configuration], objectives: list[str], wanted: int = 1) -> str:
+    """The front, cheapest first: objectives (means over the runs), the runs and their sd,
+    both MFLOPs counts, baseline and per-layer codes (✓: confirmed, with ``wanted`` runs)."""
+    configs = {c.number: c for c in front}
+    rows_records = front_sorted([c.record for c in front])
     if not rows_records:
         return '<p class="muted">No Pareto configuration yet: no trial has completed feasibly.</p>'
     names: list[str] = []
@@ -62,7 +65,9 @@ def pareto_table(front: list[TrialRecord], objectives: list[str]) -> str:
     extra = [describe(o) for o in extra_objectives(objectives)]
     header = [
         "trial",
-        accuracy.column_title,
+        f"{accuracy.column_title} (mean)",
+        "runs",
+        "sd (points)",
         cost.column_title,
         "MFLOPs (all ops)",
         params.column_title,
@@ -73,10 +78,14 @@ def pareto_table(front: list[TrialRecord], objectives: list[str]) -> str:
     rows = []
     for r in rows_records:
         specs = dict(zip(slot_names(r.architecture), r.architecture.layers)) if r.architecture is not None else {}
+        config = configs[r.number]
+        sd = config.accuracy_sd
         rows.append(
             [
                 f"#{r.number}",
                 _fmt(r.values.get("accuracy"), accuracy),
+                f"{config.runs_count}{' ✓' if wanted > 1 and config.runs_count >= wanted else ''}",
+                _NONE if sd is None else f"{100 * sd:.2f}",
                 _fmt(mflops(r), cost),
                 _fmt(r.mflops_all_ops, cost),
                 _fmt(r.params, params),
@@ -85,23 +94,33 @@ def pareto_table(front: list[TrialRecord], objectives: list[str]) -> str:
                 *[esc(layer_code(specs[n])) if n in specs else "" for n in names],
             ]
         )
-    return _table(header, rows, left={5 + len(extra)})
+    return _table(header, rows, left={7 + len(extra)})
 
 
-def published_note(records: list[TrialRecord]) -> str:
-    """One line per baseline that is a published model: what it is, its accuracy here, both
-    FLOPs counts and which of them its paper's figure uses."""
+def published_note(records: list[TrialRecord], configs: list[Configuration]) -> str:
+    """One line per baseline that is a published model: what it is, its accuracy here (the mean
+    of its runs), both FLOPs counts and which of them its paper's figure uses."""
     accuracy, cost = OBJECTIVES["accuracy"], OBJECTIVES["mflops"]
+    by_number = {c.number: c for c in configs}
+    numbers = config_numbers(records)
+    seen: set[int] = set()
     items = []
     for r in sorted(records, key=lambda rec: rec.number):
         published = published_model(r.architecture) if r.baseline is not None else None
-        if published is None:
+        number = numbers.get(r.number, r.number)
+        if published is None or number in seen:
             continue
-        value = r.values.get("accuracy")
-        measured = (f"{accuracy.label} {_fmt(value, accuracy)}, " if value is not None else "") + (
-            f"{_fmt(mflops(r), cost)} MFLOPs (paper), {_fmt(r.mflops_all_ops, cost)} MFLOPs (all ops)"
+        seen.add(number)
+        config = by_number.get(number)
+        shown = config.record if config is not None else r
+        value = shown.values.get("accuracy")
+        runs = f" (mean of {config.runs_count} runs)" if config is not None and config.runs_count > 1 else ""
+        measured = (f"{accuracy.label} {_fmt(value, accuracy)}{runs}, " if value is not None else "") + (
+            f"{_fmt(mflops(shown), cost)} MFLOPs (paper), {_fmt(shown.mflops_all_ops, cost)} MFLOPs (all ops)"
         )
-        items.append(f"<li>{esc(baseline_label(r))} (trial #{r.number}): {esc(published)}; here {measured}.</li>")
+        items.append(
+            f"<li>{esc(baseline_label(shown))} (trial #{shown.number}): {esc(published)}; here {measured}.</li>"
+        )
     if not items:
         return ""
     return (

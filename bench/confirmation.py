@@ -1,0 +1,304 @@
+#!/usr/bin/env python
+"""Does a confirmed front survive a retrain? The winner's curse of single-run and confirmed fronts.
+
+For every task and search seed, two searches with the same space, sampler, seed and recipe, in
+a fresh storage, at **equal total training epochs**:
+
+- ``confirmed``: ``--budget B --confirm R``: the front of means, every member with R + 1 runs;
+- ``single``: ``--confirm 0`` with as many trials as the confirmed search trained in all
+  (budget plus confirmation runs): a front of single runs.
+
+Then every configuration on either front is trained ``--fresh`` more times with new seeds
+under the same protocol (validation split, same recipe), and for each front:
+
+- the **winner's curse** of a member: its recorded accuracy (the mean of its runs in the
+  study) minus the mean of its fresh runs; the front's curse is the average over its members
+  other than the cheapest (which is on the front by its cost, not by its accuracy);
+- the **fresh sd**: the pooled sd of the fresh runs of its members (one run's noise);
+- the **hypervolume on the fresh runs**: of the members' fresh means (accuracy 0 and the dense
+  model's MFLOPs as the reference point, as in the report).
+
+Rows (one per front member) go to ``--out`` (CSV), a summary per (task, seed, front) to the
+``.summary.csv`` beside it, and a table is printed.
+
+    python bench/confirmation.py --tasks digits:vgg_hetconv --seeds 2 --budget 50 --epochs 5
+    python bench/confirmation.py --tasks digits32:vgg_flgc --seeds 2 --budget 16 --epochs 4
+    python bench/confirmation.py --tasks digits:vgg_hetconv --seeds 1 --budget 6 --epochs 1 --fresh 2  # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ROW_COLUMNS = (
+    "task",
+    "seed",
+    "front",
+    "config",
+    "mflops",
+    "cheapest",
+    "recorded_accuracy",
+    "recorded_runs",
+    "fresh_mean",
+    "fresh_sd",
+    "curse",
+    "fresh_accuracies",
+)
+SUMMARY_COLUMNS = (
+    "task",
+    "seed",
+    "front",
+    "budget",
+    "trainings",
+    "epochs",
+    "members",
+    "curse_mean",
+    "fresh_sd",
+    "curse_in_fresh_sd",
+    "hv_recorded",
+    "hv_fresh",
+    "study_noise_sd",
+    "seconds",
+)
+# Fresh retrainings use seeds no trial of a search uses (trial seeds are seed * 100003 + number).
+FRESH_SEED_BASE = 1_500_000_000
+
+
+@dataclass
+class Front:
+    """One search's front and what its fresh retrainings measured."""
+
+    task: str
+    seed: int
+    kind: str  # "single" or "confirmed"
+    budget: int
+    trainings: int  # trials trained to the end (budget trials and confirmation runs)
+    epochs: int
+    members: list[Any]  # Configurations, cheapest first
+    reference: dict[str, float]
+    noise_sd: float | None
+    seconds: float
+    fresh: dict[str, list[float]] = field(default_factory=dict)  # config key -> fresh accuracies
+
+
+def settings_for(args: argparse.Namespace, task: str, seed: int, budget: int, confirm: int, results: Path):
+    """The search of one task: the quick preset's recipe on the task's data set."""
+    from search.settings import PRESETS, Settings, TrainingSettings
+
+    dataset, space = task.split(":")
+    quick = PRESETS["quick"]
+    training = TrainingSettings(
+        dataset=dataset,
+        data_dir=args.data_dir,
+        epochs=args.epochs,
+        batch_size=quick["batch_size"],
+        lr=quick["lr"],
+        warmup_epochs=quick["warmup_epochs"],
+        threads=args.threads,
+        device="cpu",
+    )
+    return Settings(
+        space=space,
+        budget=budget,
+        width=args.width,
+        training=training,
+        seed=seed,
+        results_dir=str(results),
+        confirm=confirm,
+        study_name=f"{dataset}-{space}-{seed}-confirm{confirm}-b{budget}",
+        quiet=True,
+    )
+
+
+def run_search(settings) -> tuple[Any, float]:
+    from search.commands import search
+    from search.storage import find_study, open_storage
+
+    started = time.perf_counter()
+    search(settings, write_report=False)
+    study = find_study(open_storage(settings.storage_url), settings.study)
+    assert study is not None
+    return study, time.perf_counter() - started
+
+
+def front_of(study, task: str, seed: int, kind: str, budget: int, seconds: float) -> Front:
+    from search.reporting.configurations import group_configurations, measure_noise
+    from search.reporting.front import pareto_configurations
+    from search.storage import load_records, study_objectives
+
+    records = load_records(study)
+    objectives = study_objectives(study)
+    members = sorted(pareto_configurations(records, objectives), key=lambda c: (c.record.values["mflops"], c.number))
+    trainings = sum(1 for r in records if r.feasible_complete)
+    epochs = sum(int(r.epochs_run or 0) for r in records if r.state in ("COMPLETE", "PRUNED"))
+    reference = {k: float(v) for k, v in study.user_attrs["reference_point"].items() if isinstance(v, (int, float))}
+    noise = measure_noise(group_configurations(records, objectives))
+    return Front(task, seed, kind, budget, trainings, epochs, members, reference, noise.sd, seconds)
+
+
+def retrain_fresh(fronts: list[Front], study, count: int) -> None:
+    """Train every configuration of the fronts ``count`` times with new seeds (once per
+    configuration, shared by the fronts that hold it)."""
+    from models import Architecture
+    from search.evaluation.evaluate import evaluate
+    from search.reporting.configurations import config_key
+    from search.settings import TrainingSettings
+
+    training = TrainingSettings.from_json(study.user_attrs["training"])
+    done: dict[str, list[float]] = {}
+    configs = {config_key(c.record): c for front in fronts for c in front.members}
+    for index, (key, config) in enumerate(sorted(configs.items(), key=lambda kv: kv[1].number)):
+        assert key is not None
+        arch = Architecture.from_json(config.record.user_attrs["architecture"])
+        recipe = training.replace(**config.record.hyperparameters)
+        done[key] = [
+            evaluate(arch, recipe, FRESH_SEED_BASE + 1000 * (fronts[0].seed * 100 + index) + k).accuracy
+            for k in range(count)
+        ]
+        kinds = "/".join(f.kind for f in fronts if config in f.members)
+        print(f"  fresh {kinds} #{config.number}: {' '.join(f'{a:.4f}' for a in done[key])}", flush=True)
+    for front in fronts:
+        front.fresh = {config_key(c.record): done[config_key(c.record)] for c in front.members}
+
+
+def _pooled_sd(groups: list[list[float]]) -> float | None:
+    squares = freedom = 0.0
+    for values in groups:
+        if len(values) >= 2:
+            mean = statistics.fmean(values)
+            squares += sum((v - mean) ** 2 for v in values)
+            freedom += len(values) - 1
+    return math.sqrt(squares / freedom) if freedom else None
+
+
+def rows_and_summary(front: Front) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    from search.reporting.configurations import config_key
+    from search.reporting.pareto import hypervolume
+
+    rows, curses = [], []
+    recorded_points, fresh_points = [], []
+    for i, c in enumerate(front.members):
+        fresh = front.fresh[config_key(c.record)]
+        fresh_mean = statistics.fmean(fresh)
+        curse = c.accuracy - fresh_mean
+        if i > 0:
+            curses.append(curse)
+        mflops = float(c.record.values["mflops"])
+        recorded_points.append((c.accuracy, mflops))
+        fresh_points.append((fresh_mean, mflops))
+        rows.append(
+            {
+                "task": front.task,
+                "seed": front.seed,
+                "front": front.kind,
+                "config": c.number,
+                "mflops": round(mflops, 4),
+                "cheapest": i == 0,
+                "recorded_accuracy": round(c.accuracy, 5),
+                "recorded_runs": c.runs_count,
+                "fresh_mean": round(fresh_mean, 5),
+                "fresh_sd": round(statistics.stdev(fresh), 5) if len(fresh) > 1 else "",
+                "curse": round(curse, 5),
+                "fresh_accuracies": " ".join(f"{a:.4f}" for a in fresh),
+            }
+        )
+    reference = (front.reference["accuracy"], front.reference["mflops"])
+    fresh_sd = _pooled_sd([front.fresh[config_key(c.record)] for c in front.members])
+    curse_mean = statistics.fmean(curses) if curses else float("nan")
+    summary = {
+        "task": front.task,
+        "seed": front.seed,
+        "front": front.kind,
+        "budget": front.budget,
+        "trainings": front.trainings,
+        "epochs": front.epochs,
+        "members": len(front.members),
+        "curse_mean": round(curse_mean, 5),
+        "fresh_sd": round(fresh_sd, 5) if fresh_sd is not None else "",
+        "curse_in_fresh_sd": round(curse_mean / fresh_sd, 3) if fresh_sd and curses else "",
+        "hv_recorded": round(hypervolume(recorded_points, ("max", "min"), reference), 5),
+        "hv_fresh": round(hypervolume(fresh_points, ("max", "min"), reference), 5),
+        "study_noise_sd": round(front.noise_sd, 5) if front.noise_sd is not None else "",
+        "seconds": round(front.seconds, 1),
+    }
+    return rows, summary
+
+
+def _append(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    new = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def run_task(args: argparse.Namespace, task: str, seed: int, work: Path) -> list[dict[str, Any]]:
+    print(f"{task} seed {seed}: confirmed search, --budget {args.budget} --confirm {args.confirm}", flush=True)
+    study, seconds = run_search(settings_for(args, task, seed, args.budget, args.confirm, work))
+    confirmed = front_of(study, task, seed, "confirmed", args.budget, seconds)
+    print(f"  trained {confirmed.trainings} in all; single-run search with as many trials", flush=True)
+    single_study, seconds = run_search(settings_for(args, task, seed, confirmed.trainings, 0, work))
+    single = front_of(single_study, task, seed, "single", confirmed.trainings, seconds)
+    retrain_fresh([confirmed, single], study, args.fresh)
+    summaries = []
+    for front in (single, confirmed):
+        rows, summary = rows_and_summary(front)
+        _append(args.out, ROW_COLUMNS, rows)
+        summaries.append(summary)
+    _append(args.out.with_suffix(".summary.csv"), SUMMARY_COLUMNS, summaries)
+    return summaries
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--tasks", default="digits32:vgg_flgc,digits:vgg_hetconv", help="comma-separated DATASET:SPACE")
+    p.add_argument("--seeds", type=int, default=2, help="search seeds per task")
+    p.add_argument("--seed-start", type=int, default=0, help="first search seed (to extend a run)")
+    p.add_argument("--budget", type=int, default=16, help="--budget of the confirmed search")
+    p.add_argument("--confirm", type=int, default=2, help="--confirm of the confirmed search")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--width", type=float, default=0.25)
+    p.add_argument("--fresh", type=int, default=3, help="fresh retrainings of every front configuration")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--out", type=Path, default=Path("bench/results/confirmation.csv"))
+    args = p.parse_args(argv)
+    from search.quiet import quiet_libraries
+
+    quiet_libraries()
+    with tempfile.TemporaryDirectory(prefix="confirm-bench-") as tmp:
+        summaries = []
+        for task in args.tasks.split(","):
+            for seed in range(args.seed_start, args.seed_start + args.seeds):
+                summaries += run_task(args, task, seed, Path(tmp))
+    print()
+    print(
+        f"{'task':<22}{'seed':>5}  {'front':<10}{'members':>8}{'curse':>9}{'fresh sd':>10}{'curse/sd':>9}{'HV fresh':>10}{'epochs':>8}"
+    )
+    for s in summaries:
+        print(
+            f"{s['task']:<22}{s['seed']:>5}  {s['front']:<10}{s['members']:>8}{s['curse_mean']:>9}"
+            f"{s['fresh_sd']!s:>10}{s['curse_in_fresh_sd']!s:>9}{s['hv_fresh']:>10}{s['epochs']:>8}"
+        )
+    print(f"rows: {args.out}, summaries: {args.out.with_suffix('.summary.csv')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
