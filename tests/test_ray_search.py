@@ -518,3 +518,72 @@ def test_killed_driver_is_resumed_by_the_same_command(tmp_path: Path, ray_tmpdir
             for t in trials
         )
     )
+
+
+# ----------------------------------------------------------------------------- 5. --confirm on Ray
+
+
+def test_confirmation_on_ray_survives_a_killed_driver(tmp_path: Path, ray_tmpdir: str) -> None:
+    """A Ray study that finished without confirmation, then the same command with --confirm 1,
+    killed (driver and its local Ray) while a repeat trains, then run again: every front member
+    ends with 2 runs, no new candidate is trained, nothing is left running or queued, no
+    configuration is repeated twice by confirmation."""
+    results = tmp_path / "res"
+    base = [*QUICK, "--threads", "1", "--no-baselines", "--budget", "2", "--backend", "ray"]
+    base += ["--max-concurrent", "1", "--results-dir", str(results)]
+    first, _ = _run_cli([*base, "--confirm", "0"], ray_tmpdir, timeout=600)
+    assert first.returncode == 0, first.stderr[-4000:]
+    budget_trials = {t.number: t for t in _load(results).get_trials()}
+    log_path = tmp_path / "confirm.log"
+    with open(log_path, "w") as log:
+        proc = start_cli(
+            [*base, "--confirm", "1"],
+            ROOT,
+            env=ray_cli_env(ray_tmpdir),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 600
+        study = _load(results)
+        while True:
+            assert proc.poll() is None, "the run ended before it was killed:\n" + log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            running = [
+                t
+                for t in study.get_trials(deepcopy=False)
+                if t.state == TrialState.RUNNING and "repeat_of" in t.user_attrs
+            ]
+            if running:
+                break
+            time.sleep(0.3)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    _wait_gone(ray_tmpdir, 20)
+    _kill_leftovers(ray_tmpdir, "after killing the confirming driver")
+    killed = [t.number for t in _load(results).get_trials() if t.state == TrialState.RUNNING]
+    second, _ = _run_cli([*base, "--confirm", "1"], ray_tmpdir, timeout=600)
+    assert second.returncode == 0, second.stderr[-4000:]
+    trials = _load(results).get_trials()
+    assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert all("repeat_of" in t.user_attrs for t in trials if t.number not in budget_trials), "a new candidate ran"
+    assert killed and all(trials[n].state == TrialState.FAIL for n in killed)
+    runs: dict[str, list[FrozenTrial]] = {}
+    for t in _complete(_load(results)):
+        runs.setdefault(_arch(t), []).append(t)
+    means = {k: (sum(t.values[0] for t in v) / len(v), v[0].values[1]) for k, v in runs.items()}
+    front = [
+        k
+        for k, (a, m) in means.items()
+        if not any((b >= a and n <= m) and (b > a or n < m) for o, (b, n) in means.items() if o != k)
+    ]
+    assert front and all(len(runs[k]) >= 2 for k in front), {k[:40]: len(v) for k, v in runs.items()}
+    repeated = [t.user_attrs["repeat_of"] for t in _complete(_load(results)) if "repeat_of" in t.user_attrs]
+    assert len(repeated) == len(set(repeated)), f"a configuration was repeated twice: {repeated}"
+    assert "[confirm] run " in second.stderr
+    assert not _wait_gone(ray_tmpdir, 60), "the second run left its Ray running"

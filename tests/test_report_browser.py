@@ -1,5 +1,7 @@
 """report.html of a real quick search, rendered in headless Chromium: no JavaScript error,
-every figure drawn, and a screenshot kept in tests/artifacts/report.png to look at.
+every figure drawn, the noise of the study, error bars of the configurations run several times
+(``--confirm``) and the front members the noise does not resolve, and a screenshot kept in
+tests/artifacts/report.png to look at.
 
 Needs Debian's ``chromium`` (CI installs it). Without it the test is skipped locally and
 fails under ``CI=true``.
@@ -55,9 +57,10 @@ def report_html(tmp_path_factory) -> Path:
         budget=4,
         width=0.25,
         baselines=True,
+        confirm=1,
         quiet=True,
         results_dir=str(results),
-        training=TrainingSettings(dataset="digits", epochs=1, batch_size=64, lr=0.1, warmup_epochs=0.5, threads=1),
+        training=TrainingSettings(dataset="digits", epochs=2, batch_size=64, lr=0.1, warmup_epochs=0.5, threads=1),
     )
     try:
         study = run_optuna_search(settings)
@@ -91,6 +94,67 @@ def test_report_renders_without_javascript_errors(report_html: Path, tmp_path: P
         assert match, f"figure {figure} was not rendered"
     assert dom.count('class="main-svg"') >= len(figures)
     assert "Pareto front" in dom and "uniform baselines" in dom
+    # the study's noise, and error bars of the configurations --confirm ran again
+    assert "seed-to-seed sd" in dom and "What the noise resolves" in dom
+    assert "Per-layer choice against the uniform baselines" in dom
+    assert "mean ± sd of their runs" in dom and 'class="yerror"' in dom
+
+
+@pytest.fixture(scope="module")
+def unresolved_html(tmp_path_factory) -> Path:
+    """A study whose front has two members the noise does not resolve (three runs each, means
+    0.5 points apart, sd 1 point) and a third one well above them."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from spaces import get_space
+
+    folder = tmp_path_factory.mktemp("unresolved")
+    storage = f"sqlite:///{folder / 'studies.db'}"
+    study = optuna.create_study(storage=storage, study_name="noisy", directions=["maximize", "minimize"])
+    space = get_space("vgg_hetconv", width=0.25)
+    for key, value in {
+        "space": space.fingerprint(),
+        "objectives": ["accuracy", "mflops"],
+        "space_name": "vgg_hetconv",
+        "model": "vgg16",
+        "width": 0.25,
+        "dataset": "digits",
+        "confirm": 2,
+        "reference_point": {"accuracy": 0.0, "mflops": 20.0, "params": 1e6},
+    }.items():
+        study.set_user_attr(key, value)
+    for value, mflops, accuracies in (
+        ("16", 3.7, (0.80, 0.81, 0.82)),
+        ("8", 4.8, (0.805, 0.815, 0.825)),
+        ("2", 11.3, (0.95, 0.96, 0.97)),
+    ):
+        arch = space.uniform(value).to_json()
+        for number, accuracy in enumerate(accuracies):
+            attrs = {
+                "status": "ok",
+                "architecture": arch,
+                "mflops": mflops,
+                "mflops_all_ops": mflops,
+                "params": 1000,
+                "seed": number,
+                "curve": [{"epoch": 1, "val_accuracy": accuracy}],
+                "epochs_run": 1,
+            }
+            study.add_trial(
+                optuna.trial.create_trial(state=TrialState.COMPLETE, values=[accuracy, mflops], user_attrs=attrs)
+            )
+    return write_report(study, folder / "noisy", png=False).html
+
+
+def test_unresolved_front_members_are_named(unresolved_html: Path, tmp_path: Path) -> None:
+    proc = _run_chromium(unresolved_html, tmp_path, "--dump-dom")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dom = proc.stdout
+    assert "seed-to-seed sd 1.00 points, from 3 configurations trained 3 times" in dom
+    assert "Front members not resolved from each other" in dom
+    assert "#0 and #3 (3.70-4.80 MFLOPs; means 81.00-81.50 %)" in dom
+    assert 'class="yerror"' in dom and "✓" in dom  # error bars; confirmed rows of the per-layer view
 
 
 def test_report_screenshot(report_html: Path, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ def confirmation_text(data: ReportData) -> str:
     option = "--confirm" + (f" {data.confirm}" if data.confirm is not None else " (not recorded: 2 assumed)")
     if wanted <= 1:
         return f"{option}: the front is made of single runs, selected for their luck as much as for their accuracy"
-    text = f"{option}: {done} of the front's {len(front)} configurations have {wanted} or more runs"
+    text = f"{option}: {done} of {len(front)} front configuration{'s' if len(front) != 1 else ''} {'has' if done == 1 else 'have'} {wanted} or more runs"
     _, close, left_out = confirmation_candidates(data.configs, data.objectives, data.noise)
     if close:
         text += f"; {sum(1 for c in close if c.runs_count >= wanted)} of {len(close)} within its noise confirmed too"
@@ -76,10 +76,15 @@ def noise_section(data: ReportData) -> str:
             "budget under twice their number), so the report cannot say whether per-layer choice beats them.</p>"
         )
     elif not verdicts:
-        why = "the noise is not measured" if not data.noise.measured else "no per-layer configuration is confirmed"
+        if not data.noise.measured or data.confirm == 0:
+            why = "the noise is not measured" if not data.noise.measured else "nothing was confirmed (--confirm 0)"
+            how = " (run the same command with <code>--confirm 2</code>)"
+        else:
+            why = f"no per-layer configuration has the {runs_wanted(data.confirm)} runs of a confirmed one"
+            how = ""
         parts.append(
-            f'<p class="caption">Not answered: {why} (run with <code>--confirm 2</code>). A single run on the front '
-            "was selected for its luck, and comparing it with a baseline would keep that luck.</p>"
+            f'<p class="caption">Not answered: {esc(why)}{how}. A single run on the front was selected for its '
+            "luck, and comparing it with a baseline would keep that luck.</p>"
         )
     else:
         parts.append(
