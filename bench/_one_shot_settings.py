@@ -10,20 +10,10 @@ __all__ = ["one_shot_settings", "train_each_settings", "training_for"]
 
 
 def training_for(args: argparse.Namespace):
-    """The quick preset's training recipe on digits, with ``--epochs`` and ``--threads``."""
-    from search.settings import PRESETS, TrainingSettings
+    """The quick preset's training recipe on ``--dataset``, with ``--epochs`` and ``--threads``."""
+    from bench._recipe import quick_training
 
-    quick = PRESETS["quick"]
-    return TrainingSettings(
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        epochs=args.epochs,
-        batch_size=quick["batch_size"],
-        lr=quick["lr"],
-        warmup_epochs=quick["warmup_epochs"],
-        threads=args.threads,
-        device=args.device,
-    )
+    return quick_training(args.dataset, args.data_dir, args.epochs, args.threads, args.device)
 
 
 def one_shot_settings(args: argparse.Namespace, seed: int, results_dir: Path):

@@ -95,20 +95,11 @@ class Front:
 
 def settings_for(args: argparse.Namespace, task: str, seed: int, budget: int, confirm: int, results: Path):
     """The search of one task: the quick preset's recipe on the task's data set."""
-    from search.settings import PRESETS, Settings, TrainingSettings
+    from bench._recipe import quick_training
+    from search.settings import Settings
 
     dataset, space = task.split(":")
-    quick = PRESETS["quick"]
-    training = TrainingSettings(
-        dataset=dataset,
-        data_dir=args.data_dir,
-        epochs=args.epochs,
-        batch_size=quick["batch_size"],
-        lr=quick["lr"],
-        warmup_epochs=quick["warmup_epochs"],
-        threads=args.threads,
-        device="cpu",
-    )
+    training = quick_training(dataset, args.data_dir, args.epochs, args.threads)
     return Settings(
         space=space,
         budget=budget,

@@ -94,19 +94,10 @@ class Run:
 
 def settings_for(args: argparse.Namespace, seed: int, mode: str, results_dir: Path):
     """The search of one (mode, seed): the quick preset's training recipe on ``--dataset``."""
-    from search.settings import PRESETS, Settings, TrainingSettings
+    from bench._recipe import quick_training
+    from search.settings import Settings
 
-    quick = PRESETS["quick"]
-    training = TrainingSettings(
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        epochs=args.epochs,
-        batch_size=quick["batch_size"],
-        lr=quick["lr"],
-        warmup_epochs=quick["warmup_epochs"],
-        threads=args.threads,
-        device="cpu",
-    )
+    training = quick_training(args.dataset, args.data_dir, args.epochs, args.threads)
     return Settings(
         space=args.space,
         budget=args.budget,
