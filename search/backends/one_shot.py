@@ -31,7 +31,7 @@ from search.errors import SearchAborted
 from search.evaluation.candidate import score_candidate
 from search.reporting.front import front_summary, pareto_records
 from search.settings import Settings, resolve_device
-from search.storage import StudyMismatch, load_records, study_objectives
+from search.storage import StudyMismatch, is_repeat, load_records, study_objectives
 from search.strategies.early_stopping import guessing
 
 __all__ = ["one_shot_study_name", "run_one_shot_search"]
@@ -221,7 +221,8 @@ def _retrain_top(settings: Settings, study: optuna.Study, standalone, progress: 
         + (f" ({len(chosen) - queued} already retrained)" if queued < len(chosen) else "")
         + (f"; the front has only {len(front)}" if len(front) < settings.one_shot.retrain_top else "")
     )
-    waiting = len(target.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    # Queued repeats (a --confirm run killed earlier) spend no budget: they must not make room for a new candidate.
+    waiting = sum(1 for t in target.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if not is_repeat(t))
     budget = count_finished(target) + waiting
     if budget > count_finished(target):
         # Retrained to the end: these were chosen already, a rung among a handful says nothing.
