@@ -6,7 +6,10 @@ a fresh storage, at **equal total training epochs**:
 
 - ``confirmed``: ``--budget B --confirm R``: the front of means, every member with R + 1 runs;
 - ``single``: ``--confirm 0`` with as many trials as the confirmed search trained in all
-  (budget plus confirmation runs): a front of single runs.
+  (budget plus confirmation runs): a front of single runs. Its first B trials are the confirmed
+  search's (copied: the same sampler with the same seed and history proposes, and the same
+  trial seeds train, the same candidates), so the two spend the same epochs differently after
+  the budget: on confirming the front, or on more candidates.
 
 Then every configuration on either front is trained ``--fresh`` more times with new seeds
 under the same protocol (validation split, same recipe), and for each front:
@@ -24,6 +27,10 @@ Rows (one per front member) go to ``--out`` (CSV), a summary per (task, seed, fr
     python bench/confirmation.py --tasks digits:vgg_hetconv --seeds 2 --budget 50 --epochs 5
     python bench/confirmation.py --tasks digits32:vgg_flgc --seeds 2 --budget 16 --epochs 4
     python bench/confirmation.py --tasks digits:vgg_hetconv --seeds 1 --budget 6 --epochs 1 --fresh 2  # smoke test
+
+With ``--work-dir`` the studies and fresh retrainings are kept there, and the same command run
+again continues where it stopped (a search continues its study; fresh runs already done are
+not repeated).
 """
 
 from __future__ import annotations
@@ -34,7 +41,6 @@ import math
 import statistics
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,15 +119,42 @@ def settings_for(args: argparse.Namespace, task: str, seed: int, budget: int, co
     )
 
 
-def run_search(settings) -> tuple[Any, float]:
+def run_search(settings, start_from=None) -> tuple[Any, float]:
+    """Run (or continue) the search of ``settings``; ``start_from``: a study whose trials before
+    its first confirmation run a new study starts with. Returns the study and the seconds its
+    trials trained."""
+    from search.backends.study import open_search
     from search.commands import search
     from search.storage import find_study, open_storage
 
-    started = time.perf_counter()
+    if start_from is not None and find_study(open_storage(settings.storage_url), settings.study) is None:
+        _copy_budget_trials(start_from, open_search(settings, heartbeat=False).study)
     search(settings, write_report=False)
     study = find_study(open_storage(settings.storage_url), settings.study)
     assert study is not None
-    return study, time.perf_counter() - started
+    seconds = sum(float(t.user_attrs.get("train_seconds") or 0.0) for t in study.get_trials(deepcopy=False))
+    return study, seconds
+
+
+def _copy_budget_trials(source, target) -> None:
+    """The trials ``source`` ran before confirmation began, into the new study ``target``, with
+    the same numbers (so trial seeds match)."""
+    import optuna
+
+    trials = source.get_trials(deepcopy=False)
+    first_repeat = min((t.number for t in trials if "repeat_of" in t.user_attrs), default=len(trials))
+    for t in trials[:first_repeat]:
+        if t.state.is_finished():
+            copy = optuna.trial.create_trial(
+                state=t.state,
+                values=t.values,
+                params=t.params,
+                distributions=t.distributions,
+                user_attrs=t.user_attrs,
+                system_attrs={k: v for k, v in t.system_attrs.items() if k != "fixed_params"},
+            )
+            copy.datetime_start, copy.datetime_complete = t.datetime_start, t.datetime_complete
+            target.add_trial(copy)
 
 
 def front_of(study, task: str, seed: int, kind: str, budget: int, seconds: float) -> Front:
@@ -139,25 +172,31 @@ def front_of(study, task: str, seed: int, kind: str, budget: int, seconds: float
     return Front(task, seed, kind, budget, trainings, epochs, members, reference, noise.sd, seconds)
 
 
-def retrain_fresh(fronts: list[Front], study, count: int) -> None:
+def retrain_fresh(fronts: list[Front], study, count: int, cache: Path) -> None:
     """Train every configuration of the fronts ``count`` times with new seeds (once per
-    configuration, shared by the fronts that hold it)."""
+    configuration, shared by the fronts that hold it; kept in ``cache``, a JSON file, so that a
+    rerun trains only what is missing)."""
+    import json
+
     from models import Architecture
     from search.evaluation.evaluate import evaluate
     from search.reporting.configurations import config_key
     from search.settings import TrainingSettings
 
     training = TrainingSettings.from_json(study.user_attrs["training"])
-    done: dict[str, list[float]] = {}
+    done: dict[str, list[float]] = json.loads(cache.read_text()) if cache.is_file() else {}
     configs = {config_key(c.record): c for front in fronts for c in front.members}
-    for index, (key, config) in enumerate(sorted(configs.items(), key=lambda kv: kv[1].number)):
+    for key, config in sorted(configs.items(), key=lambda kv: kv[0] or ""):
         assert key is not None
         arch = Architecture.from_json(config.record.user_attrs["architecture"])
         recipe = training.replace(**config.record.hyperparameters)
-        done[key] = [
-            evaluate(arch, recipe, FRESH_SEED_BASE + 1000 * (fronts[0].seed * 100 + index) + k).accuracy
-            for k in range(count)
-        ]
+        runs = done.setdefault(key, [])
+        index = sorted(configs).index(key)
+        while len(runs) < count:
+            runs.append(
+                evaluate(arch, recipe, FRESH_SEED_BASE + 1000 * (fronts[0].seed * 100 + index) + len(runs)).accuracy
+            )
+            cache.write_text(json.dumps(done))
         kinds = "/".join(f.kind for f in fronts if config in f.members)
         print(f"  fresh {kinds} #{config.number}: {' '.join(f'{a:.4f}' for a in done[key])}", flush=True)
     for front in fronts:
@@ -242,9 +281,9 @@ def run_task(args: argparse.Namespace, task: str, seed: int, work: Path) -> list
     study, seconds = run_search(settings_for(args, task, seed, args.budget, args.confirm, work))
     confirmed = front_of(study, task, seed, "confirmed", args.budget, seconds)
     print(f"  trained {confirmed.trainings} in all; single-run search with as many trials", flush=True)
-    single_study, seconds = run_search(settings_for(args, task, seed, confirmed.trainings, 0, work))
+    single_study, seconds = run_search(settings_for(args, task, seed, confirmed.trainings, 0, work), start_from=study)
     single = front_of(single_study, task, seed, "single", confirmed.trainings, seconds)
-    retrain_fresh([confirmed, single], study, args.fresh)
+    retrain_fresh([confirmed, single], study, args.fresh, work / f"fresh-{task.replace(':', '-')}-{seed}.json")
     summaries = []
     for front in (single, confirmed):
         rows, summary = rows_and_summary(front)
@@ -269,15 +308,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data-dir", default="data")
     p.add_argument("--out", type=Path, default=Path("bench/results/confirmation.csv"))
+    p.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="keep the studies here and continue them (default: a temporary folder)",
+    )
     args = p.parse_args(argv)
     from search.quiet import quiet_libraries
 
     quiet_libraries()
     with tempfile.TemporaryDirectory(prefix="confirm-bench-") as tmp:
+        work = args.work_dir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         summaries = []
         for task in args.tasks.split(","):
             for seed in range(args.seed_start, args.seed_start + args.seeds):
-                summaries += run_task(args, task, seed, Path(tmp))
+                summaries += run_task(args, task, seed, work)
     print()
     print(
         f"{'task':<22}{'seed':>5}  {'front':<10}{'members':>8}{'curse':>9}{'fresh sd':>10}{'curse/sd':>9}{'HV fresh':>10}{'epochs':>8}"
