@@ -1,5 +1,6 @@
 """Convolution layers searched by the tool: pure ``nn.Module``s, no knowledge of models or search."""
 
+from .assignment_batch import AssignmentBatch, forget_assignments, share_assignments
 from .create_conv2d import LAYER_TYPES, create_conv2d
 from .deployed import ChannelGather, ConvSum, GroupSplitConv
 from .flgc import FLGConv2d, balanced_assignment, device_balanced_assignment, param_groups_without_logit_decay
@@ -8,6 +9,7 @@ from .super_conv import ConvChoice, ConvSlot, SuperConv2d
 
 __all__ = [
     "LAYER_TYPES",
+    "AssignmentBatch",
     "ChannelGather",
     "ConvChoice",
     "ConvSlot",
@@ -19,6 +21,8 @@ __all__ = [
     "balanced_assignment",
     "device_balanced_assignment",
     "create_conv2d",
+    "forget_assignments",
     "hetconv_block_mask",
     "param_groups_without_logit_decay",
+    "share_assignments",
 ]

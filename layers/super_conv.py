@@ -7,8 +7,8 @@ layer of this tool's choices: a standard convolution, HetConv with P parts (Sing
 CVPR 2019, arXiv 1903.04120) and FLGC with G learned groups (Wang et al., CVPR 2019, arXiv
 1904.00346), all drawn from one KxK weight. With a choice active it computes exactly what
 that choice's own layer (:func:`layers.create_conv2d`) computes with the same weights; FLGC's
-assignment, its cache and its straight-through masked weight are :mod:`layers.group_assignment`'s,
-the ones :class:`layers.FLGConv2d` uses.
+assignment, its cache and its straight-through masked weight are the ones :class:`layers.FLGConv2d`
+uses (:mod:`layers.assignment_batch`, :mod:`layers.straight_through`), solved per layer.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .assignment_batch import AssignmentCache, HardAssignment
 from .create_conv2d import create_conv2d
 from .flgc import FLGConv2d
-from .group_assignment import AssignmentCache, HardAssignment, masked_weight
 from .hetconv import HetConv2d, hetconv_block_mask
+from .straight_through import masked_weight
 
 __all__ = ["ConvChoice", "ConvSlot", "SuperConv2d"]
 
