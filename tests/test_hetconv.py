@@ -262,10 +262,11 @@ def test_init_zeroes_masked_weights_and_p1_has_no_pointwise_branch():
     assert plain.gwc.groups == 1
 
 
+@pytest.mark.parametrize("form", ["split", "dense"])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_masked_pointwise_weights_have_no_effect_and_zero_grad(stride):
+def test_masked_pointwise_weights_have_no_effect_and_zero_grad(stride, form):
     torch.manual_seed(0)
-    layer = HetConv2d(8, 12, part=4, stride=stride, bias=True).to(DTYPE)
+    layer = HetConv2d(8, 12, part=4, stride=stride, bias=True, training_form=form).to(DTYPE)
     x = torch.randn(2, 8, 6, 6, dtype=DTYPE)
     y0 = layer(x).detach()
     masked = layer.mask.expand_as(layer.pwc.weight) == 0
