@@ -1,6 +1,7 @@
 """Convolution layers searched by the tool: pure ``nn.Module``s, no knowledge of models or search."""
 
 from .assignment_batch import AssignmentBatch, forget_assignments, share_assignments
+from .aten_count import StepCount, count_training_step
 from .create_conv2d import LAYER_TYPES, create_conv2d
 from .deployed import ChannelGather, ConvSum, GroupSplitConv
 from .flgc import FLGConv2d, balanced_assignment, device_balanced_assignment, param_groups_without_logit_decay
@@ -17,9 +18,11 @@ __all__ = [
     "GroupSplitConv",
     "FLGConv2d",
     "HetConv2d",
+    "StepCount",
     "SuperConv2d",
     "balanced_assignment",
     "device_balanced_assignment",
+    "count_training_step",
     "create_conv2d",
     "forget_assignments",
     "hetconv_block_mask",
