@@ -2,6 +2,7 @@
 
 from .assignment_batch import AssignmentBatch, forget_assignments, share_assignments
 from .aten_count import StepCount, count_training_step
+from .capture import capture_blocker
 from .create_conv2d import LAYER_TYPES, create_conv2d
 from .deployed import ChannelGather, ConvSum, GroupSplitConv
 from .flgc import FLGConv2d, balanced_assignment, device_balanced_assignment, param_groups_without_logit_decay
@@ -21,6 +22,7 @@ __all__ = [
     "StepCount",
     "SuperConv2d",
     "balanced_assignment",
+    "capture_blocker",
     "device_balanced_assignment",
     "count_training_step",
     "create_conv2d",

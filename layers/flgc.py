@@ -161,6 +161,12 @@ class FLGConv2d(nn.Module):
         layer resolves near-ties the same way)."""
         self._in_groups, self._out_groups = in_groups, out_groups
 
+    def capture_blocker(self) -> str | None:
+        """Why a CUDA graph cannot replay this layer's training step (``layers.capture``)."""
+        if self.reassign_every > 1:
+            return f"FLGC reassign_every={self.reassign_every} counts steps on the host"
+        return None
+
     def input_groups(self) -> torch.Tensor:
         """Group index of every input channel, (C,)."""
         return self.assignment().in_groups

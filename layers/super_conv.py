@@ -116,6 +116,11 @@ class SuperConv2d(nn.Module):
             raise self.error(f"{spec.label} is not a choice of layer {self.slot.name} ({legal})")
         self.active = spec
 
+    def capture_blocker(self) -> str | None:
+        """Why a CUDA graph cannot replay a training step (``layers.capture``): the active
+        choice is set on the host, typically per step."""
+        return "a weight-sharing layer's active choice is set on the host"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spec = self.active
         if spec.type == "hetconv" and spec.part and spec.part > 1:
