@@ -245,7 +245,7 @@ def model_parts(args, device: torch.device, old, parts: set[str]) -> list[dict]:
                     dict(base, part="deploy", model_choice=choice, form="deployed"),
                 )
                 for choice, form, model in variants
-                if form in ("dense", "auto", "as-trained") and not choice.endswith(":free")
+                if "deploy" in parts and form in ("dense", "auto", "as-trained") and not choice.endswith(":free")
             ]
             if "train" in parts:
                 measure(train, args, device)

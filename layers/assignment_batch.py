@@ -126,8 +126,9 @@ def _solve(
     device, _, dtype, rounds = requests[0].kind()
     # On the CPU the host loop is the faster (reading a value costs nothing there)
     on_device = rounds and (device.type != "cpu" if host_loop_on_cpu is None else not host_loop_on_cpu)
-    stacked = stack_logits(sides, groups, sentinel=on_device)
-    with _no_autocast(device):
+    # cached and reused in training: never inference tensors, even when asked in inference mode
+    with _no_autocast(device), torch.inference_mode(False):
+        stacked = stack_logits(sides, groups, sentinel=on_device)
         if not rounds:
             groups_of_rows = stacked.argmax(dim=1)
         elif on_device:
@@ -161,7 +162,8 @@ def _narrow(piece: tuple[torch.Tensor, ...], groups: int) -> tuple[torch.Tensor,
 
 @functools.lru_cache(maxsize=32)
 def _arange(groups: int, device: torch.device) -> torch.Tensor:
-    return torch.arange(groups, device=device)
+    with torch.inference_mode(False):  # cached: not an inference tensor, whoever asks first
+        return torch.arange(groups, device=device)
 
 
 def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:

@@ -76,6 +76,11 @@ class BatchLayout:
 def batch_layout(sizes: tuple[tuple[int, int], ...], device: torch.device) -> BatchLayout:
     """The :class:`BatchLayout` of sides of these (rows, groups), each with at least two
     groups that divide its rows, on ``device`` (cached: a model has one structure)."""
+    with torch.inference_mode(False):  # cached: never inference tensors, whoever asks first
+        return _batch_layout(sizes, device)
+
+
+def _batch_layout(sizes: tuple[tuple[int, int], ...], device: torch.device) -> BatchLayout:
     groups = max(g for _, g in sizes)
     top = max(rows // g for rows, g in sizes)
     plain = max(rows for rows, _ in sizes)

@@ -272,13 +272,15 @@ class _DenseWeight(torch.autograd.Function):
 def _dense_indices(n: int, m: int, part: int, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat positions in the dense (N, M, K, K) weight of every grouped weight entry, shaped
     like the grouped weight (N, M/P, K, K), and of every 1 x 1 entry (its centre tap), shaped
-    (N, M, 1, 1); shared by the layers of one shape."""
-    position = torch.arange(n * m * k * k).view(n, m, k, k)
-    block_of_filter = torch.arange(n) // (n // part)
-    channels = block_of_filter[:, None] * (m // part) + torch.arange(m // part)  # (N, M/P)
-    blocks = position[torch.arange(n)[:, None], channels]  # (N, M/P, K, K)
-    centre = position[:, :, k // 2, k // 2].reshape(n, m, 1, 1)
-    return blocks.to(device), centre.contiguous().to(device)
+    (N, M, 1, 1); shared by the layers of one shape (and never inference tensors, which a
+    training step could not save for its backward, whatever mode the first caller ran in)."""
+    with torch.inference_mode(False):
+        position = torch.arange(n * m * k * k).view(n, m, k, k)
+        block_of_filter = torch.arange(n) // (n // part)
+        channels = block_of_filter[:, None] * (m // part) + torch.arange(m // part)  # (N, M/P)
+        blocks = position[torch.arange(n)[:, None], channels]  # (N, M/P, K, K)
+        centre = position[:, :, k // 2, k // 2].reshape(n, m, 1, 1)
+        return blocks.to(device), centre.contiguous().to(device)
 
 
 def _copy_conv(conv: nn.Conv2d) -> nn.Conv2d:

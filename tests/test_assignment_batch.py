@@ -140,3 +140,15 @@ def test_forget_recomputes_although_the_logits_look_unchanged(solves):
     forget_assignments(model)
     again = layers[0].assignment()
     assert solves[0] == before + 1 and not torch.equal(again.in_groups, first.in_groups)  # ... until told
+
+
+def test_an_assignment_first_asked_in_inference_mode_trains():
+    """Cached tensors are never inference tensors: a model evaluated under
+    ``torch.inference_mode`` (latency, deployment's timings) trains next, from the cache."""
+    layer = FLGConv2d(8, 8, 4)
+    with torch.inference_mode():
+        first = layer.eval().assignment()
+        layer(torch.randn(1, 8, 4, 4))
+    assert not first.mask.is_inference() and layer.assignment() is first
+    layer.train()(torch.randn(1, 8, 4, 4)).sum().backward()
+    assert layer.in_logits.grad is not None

@@ -396,6 +396,16 @@ def test_autocast_bfloat16_cpu(part):
     torch.testing.assert_close(y.float(), layer(x).detach(), atol=0.1, rtol=0.05)
 
 
+def test_dense_form_trains_after_a_first_call_in_inference_mode():
+    """The dense form's index tensors are cached per shape (one no other test uses, so that
+    this first call makes them): never as inference tensors."""
+    layer = HetConv2d(18, 6, part=3, training_form="dense")
+    with torch.inference_mode():
+        layer.eval()(torch.randn(1, 18, 4, 4))
+    layer.train()(torch.randn(1, 18, 4, 4)).sum().backward()
+    assert layer.gwc.weight.grad is not None and layer.pwc.weight.grad is not None
+
+
 def test_training_forms_auto_and_errors():
     layer = HetConv2d(8, 8, part=4)
     assert layer.training_form == "auto" and layer._form_for(torch.zeros(1, 8, 4, 4)) == "split"  # CPU
