@@ -126,8 +126,7 @@ def _solve(
     device, _, dtype, rounds = requests[0].kind()
     # On the CPU the host loop is the faster (reading a value costs nothing there)
     on_device = rounds and (device.type != "cpu" if host_loop_on_cpu is None else not host_loop_on_cpu)
-    # cached and reused in training: never inference tensors, even when asked in inference mode
-    with _no_autocast(device), torch.inference_mode(False):
+    with _no_autocast(device), _no_inference_mode():
         stacked = stack_logits(sides, groups, sentinel=on_device)
         if not rounds:
             groups_of_rows = stacked.argmax(dim=1)
@@ -164,6 +163,12 @@ def _narrow(piece: tuple[torch.Tensor, ...], groups: int) -> tuple[torch.Tensor,
 def _arange(groups: int, device: torch.device) -> torch.Tensor:
     with torch.inference_mode(False):  # cached: not an inference tensor, whoever asks first
         return torch.arange(groups, device=device)
+
+
+def _no_inference_mode() -> contextlib.AbstractContextManager[Any]:
+    """Cached and reused in training: never inference tensors, even when asked in inference
+    mode (entered only then: leaving it costs a call per step)."""
+    return torch.inference_mode(False) if torch.is_inference_mode_enabled() else contextlib.nullcontext()
 
 
 def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
