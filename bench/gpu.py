@@ -227,8 +227,9 @@ def model_parts(args, device: torch.device, old, parts: set[str]) -> list[dict]:
                     dict(base, part="train", model_choice=choice, form=form),
                 )
                 for choice, form, model in variants
+                if "train" in parts
             ]
-            if device.type == "cuda":  # the step replayed from a CUDA graph, and compiled
+            if device.type == "cuda" and "train" in parts:  # the step replayed from a CUDA graph, and compiled
                 for how in ("graph", "compile") if args.compile else ("graph",):
                     train += [
                         Candidate(
@@ -245,7 +246,9 @@ def model_parts(args, device: torch.device, old, parts: set[str]) -> list[dict]:
                     dict(base, part="deploy", model_choice=choice, form="deployed"),
                 )
                 for choice, form, model in variants
-                if "deploy" in parts and form in ("dense", "auto", "as-trained") and not choice.endswith(":free")
+                if "deploy" in parts
+                and (choice == "dense" or form in ("auto", "as-trained"))
+                and not choice.endswith(":free")
             ]
             if "train" in parts:
                 measure(train, args, device)

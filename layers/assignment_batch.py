@@ -111,7 +111,6 @@ def hard_assignment(
     return hard_assignments([AssignmentRequest(in_logits, out_logits, balanced, dtype, previous)])[0]
 
 
-@torch.no_grad()
 def _solve(
     requests: Sequence[AssignmentRequest],
     previous: Sequence[torch.Tensor | None],
@@ -126,7 +125,7 @@ def _solve(
     device, _, dtype, rounds = requests[0].kind()
     # On the CPU the host loop is the faster (reading a value costs nothing there)
     on_device = rounds and (device.type != "cpu" if host_loop_on_cpu is None else not host_loop_on_cpu)
-    with _no_autocast(device), _no_inference_mode():
+    with _no_autocast(device), _no_inference_mode(), torch.no_grad():
         stacked = stack_logits(sides, groups, sentinel=on_device)
         if not rounds:
             groups_of_rows = stacked.argmax(dim=1)
@@ -167,7 +166,8 @@ def _arange(groups: int, device: torch.device) -> torch.Tensor:
 
 def _no_inference_mode() -> contextlib.AbstractContextManager[Any]:
     """Cached and reused in training: never inference tensors, even when asked in inference
-    mode (entered only then: leaving it costs a call per step)."""
+    mode (entered only then: leaving it costs a call per step; it turns gradients back on,
+    so ``torch.no_grad`` goes inside it)."""
     return torch.inference_mode(False) if torch.is_inference_mode_enabled() else contextlib.nullcontext()
 
 
@@ -270,12 +270,6 @@ class AssignmentBatch:
             m.assignment_cache.store(r.key(), hard)
             if r.balanced:  # the last balanced groups: kept by the host loop while still stable
                 m.seed_assignment(hard.in_groups, hard.out_groups)
-
-    def forget(self) -> None:
-        """Recompute every member's assignment at its next request (after CUDA-graph replays,
-        which change the logits without bumping their version counters)."""
-        for m in self.members:
-            m.assignment_cache.forget()
 
 
 def share_assignments(module: nn.Module) -> AssignmentBatch:

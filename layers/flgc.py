@@ -155,10 +155,9 @@ class FLGConv2d(nn.Module):
         return AssignmentRequest(self.in_logits, self.out_logits, self.balanced, self.weight.dtype, previous)
 
     def seed_assignment(self, in_groups: torch.Tensor | None, out_groups: torch.Tensor | None) -> None:
-        """Set the last balanced groups, which the next assignment falls back to where the
-        device algorithm's rounds do not settle and which the host loop keeps while they are
-        still stable (a weight-sharing layer hands over its own, so that its stand-alone
-        layer resolves near-ties the same way)."""
+        """Set the last balanced groups, which the host loop keeps while they are still
+        stable (with tied logits several are: a weight-sharing layer hands over its own, so
+        that its stand-alone layer resolves ties the same way)."""
         self._in_groups, self._out_groups = in_groups, out_groups
 
     def capture_blocker(self) -> str | None:

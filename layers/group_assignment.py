@@ -91,9 +91,9 @@ def device_balanced_assignment(
     """The stable balanced assignment of :func:`balanced_assignment`, computed where the
     logits live without ever waiting on the host (no ``.item()``, no copy, no loop that
     depends on values), so a GPU training step never stalls on it: vectorised deferred
-    acceptance (:func:`layers.deferred_acceptance.solve`). If its ``rounds`` do not settle,
-    ``previous`` (a balanced assignment, typically the last step's) is returned; without one,
-    the rows are packed into groups in the order of their last proposals, which is balanced
+    acceptance (:func:`layers.deferred_acceptance.solve`), whose default rounds always settle.
+    With fewer ``rounds`` an unsettled result is ``previous`` (a balanced assignment), or
+    without one the rows packed into groups in the order of their last proposals, balanced
     too. Returns group indices (R,), int64, on the logits' device.
     """
     return device_balanced_assignments([logits], [previous], rounds, host_loop_on_cpu)[0]

@@ -149,6 +149,8 @@ def test_an_assignment_first_asked_in_inference_mode_trains():
     with torch.inference_mode():
         first = layer.eval().assignment()
         layer(torch.randn(1, 8, 4, 4))
-    assert not first.mask.is_inference() and layer.assignment() is first
+    assert layer.assignment() is first
+    assert not any(t.is_inference() or t.requires_grad for t in first if t is not None)
+    copy.deepcopy(layer)  # (a tensor that required grad would refuse)
     layer.train()(torch.randn(1, 8, 4, 4)).sum().backward()
     assert layer.in_logits.grad is not None
