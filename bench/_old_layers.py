@@ -55,28 +55,17 @@ def with_layers(model: nn.Module, old: types.ModuleType) -> nn.Module:
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if isinstance(child, FLGConv2d):
-                new = old.FLGConv2d(
-                    child.in_channels,
-                    child.out_channels,
+                cls, size, extra = (
+                    old.FLGConv2d,
                     child.groups,
-                    child.kernel_size,
-                    child.stride,
-                    child.padding,
-                    bias=child.bias is not None,
-                    balanced=child.balanced,
+                    dict(bias=child.bias is not None, balanced=child.balanced),
                 )
             elif isinstance(child, HetConv2d):
-                new = old.HetConv2d(
-                    child.in_channels,
-                    child.out_channels,
-                    child.part,
-                    child.kernel_size,
-                    child.stride,
-                    child.padding,
-                    bias=child.gwc.bias is not None,
-                )
+                cls, size, extra = old.HetConv2d, child.part, dict(bias=child.gwc.bias is not None)
             else:
                 continue
+            shape = (child.in_channels, child.out_channels, size, child.kernel_size, child.stride, child.padding)
+            new = cls(*shape, **extra)
             new.load_state_dict(child.state_dict())
             setattr(parent, name, new)
     return model

@@ -198,17 +198,8 @@ class AssignmentCache:
         """Recompute at the next request, even if the key looks the same."""
         self.key = None
 
-    def get(
-        self,
-        in_logits: torch.Tensor,
-        out_logits: torch.Tensor,
-        *,
-        balanced: bool,
-        dtype: torch.dtype,
-        previous: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
-    ) -> HardAssignment:
-        """:func:`hard_assignment` of the logits, from the cache while they hold."""
-        request = AssignmentRequest(in_logits, out_logits, balanced, dtype, previous)
+    def get(self, request: AssignmentRequest) -> HardAssignment:
+        """The assignment of ``request`` (solved alone), from the cache while its logits hold."""
         key = request.key()
         if not self.fresh(key):
             self.store(key, hard_assignments([request])[0])

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .assignment_batch import AssignmentCache, HardAssignment
+from .assignment_batch import AssignmentCache, AssignmentRequest, HardAssignment
 from .create_conv2d import create_conv2d
 from .flgc import FLGConv2d
 from .hetconv import HetConv2d, hetconv_block_mask
@@ -151,13 +151,11 @@ class SuperConv2d(nn.Module):
         if spec.type != "flgc" or groups is None or (groups, balanced) not in self._assignments:
             raise self.error(f"{spec.label} is not an FLGC choice of layer {self.slot.name}")
         names = (f"_in_groups_{groups}", f"_out_groups_{groups}")
-        hard = self._assignments[groups, balanced].get(
-            self.in_logits[str(groups)],
-            self.out_logits[str(groups)],
-            balanced=balanced,
-            dtype=self.weight.dtype,
-            previous=(getattr(self, names[0]), getattr(self, names[1])),
+        previous = (getattr(self, names[0]), getattr(self, names[1]))
+        request = AssignmentRequest(
+            self.in_logits[str(groups)], self.out_logits[str(groups)], balanced, self.weight.dtype, previous
         )
+        hard = self._assignments[groups, balanced].get(request)
         if balanced:
             setattr(self, names[0], hard.in_groups)
             setattr(self, names[1], hard.out_groups)
