@@ -64,7 +64,7 @@ def _add_width(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_search_options(parser: argparse.ArgumentParser) -> None:
-    from search.settings import PRESETS, SAMPLERS, TUNABLE, TrainingSettings
+    from search.settings import CUDA_GRAPH_MODES, PRESETS, SAMPLERS, TUNABLE, TrainingSettings
 
     d = TrainingSettings()
     g = parser.add_argument_group("what to search")
@@ -191,6 +191,12 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--device", default=None, help="auto (CUDA if present), cpu, cuda, cuda:1 ... (default: auto)")
     g.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    g.add_argument(
+        "--cuda-graphs",
+        default=None,
+        help=f"{', '.join(CUDA_GRAPH_MODES)}: on CUDA, replay each training step from a captured CUDA graph "
+        "where that measures faster, wherever possible, or never; the same result (default: auto)",
+    )
     g.add_argument("--threads", type=_n("threads"), default=None, help="torch CPU threads per trial (default: torch's)")
 
     g = parser.add_argument_group("driver and storage")
@@ -344,6 +350,7 @@ def settings_from_args(args: argparse.Namespace):
         "split_seed",
         "device",
         "threads",
+        "cuda_graphs",
     )
     training = {
         k: getattr(args, k) if getattr(args, k) is not None else preset[k]

@@ -1,12 +1,17 @@
 #!/usr/bin/env python
 """GPU benchmark in one command: what the search costs on a device, as ratios to dense.
 
+0. ``calls``: aten calls and kernel-launching calls of each training step below, counted on
+   PyTorch's meta device (the GPU code path, without a GPU: ``layers.count_training_step``),
+   against dense; on any machine, whatever ``--device``.
 1. ``train``: a training step of whole models (forward under the recipe's autocast and
    layout, cross-entropy, backward, the recipe's SGD) per space and uniform choice, against the
    dense model of the same family; HetConv in each training form (``split``, ``dense``,
-   ``auto``), FLGC as trained (balanced and ``free``) and with ``reassign_every=16``. With ``--baseline-rev REV`` the same
-   models with the layer code of git revision REV (default ``c79171d``, before the GPU work)
-   are timed in the same round-robin, so old and new compare on one machine in one run.
+   ``auto``), FLGC as trained (balanced and ``free``) and with ``reassign_every=16``; on CUDA
+   also replayed from a captured CUDA graph (``... graph``) and, with ``--compile``,
+   ``torch.compile``d (``... compile``). With ``--baseline-rev REV`` the same models with the
+   layer code of git revision REV (default ``c79171d``, before the GPU work) are timed (and
+   counted) in the same round-robin, so old and new compare on one machine in one run.
 2. ``deploy``: inference of the deployed models (``hetconv_form``/``flgc_form`` ``auto``)
    against the deployed dense model.
 3. ``search``: trials per hour of a short ``vgg_hetconv`` search run through the CLI with 1
@@ -29,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,9 +41,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from bench._old_layers import old_layers, with_layers
 from bench._timing import (
     Candidate,
     default_out,
@@ -49,66 +53,33 @@ from bench._timing import (
     setup_threads,
     write_csv,
 )
-from layers import FLGConv2d, HetConv2d
+from layers import FLGConv2d, HetConv2d, count_training_step
 from models import LayerSpec, build_model, deploy
+from search.evaluation.step import StepRunner, TrainingSetup, training_step
 from spaces import get_space, space_names
 
 ROOT = Path(__file__).resolve().parents[1]
 REASSIGN = 16  # FLGC reassign_every timed beside the default 1
-CSV_COLUMNS = ["part", "device", "space", "model_choice", "form", "batch", "ms", "ratio", "trials_per_hour", "note"]
+CSV_COLUMNS = [
+    "part",
+    "device",
+    "space",
+    "model_choice",
+    "form",
+    "batch",
+    "calls",
+    "launching",
+    "ms",
+    "ratio",
+    "trials_per_hour",
+    "note",
+]
 VALUES = {
     "vgg_hetconv": ["2", "4", "8", "16"],
-    "vgg_flgc": ["2", "4", "8"],
+    "vgg_flgc": ["2", "4", "8", "16"],
     "mbv2_flgc": ["2", "4", "8"],
     "vgg_mixed": ["hetconv:4", "flgc:4"],
 }
-
-
-def old_layers(rev: str) -> types.SimpleNamespace:
-    """``FLGConv2d`` and ``HetConv2d`` as they were at git revision ``rev``."""
-    found = {}
-    for name, cls in (("flgc", "FLGConv2d"), ("hetconv", "HetConv2d")):
-        source = subprocess.run(
-            ["git", "show", f"{rev}:layers/{name}.py"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout
-        module = types.ModuleType(f"_old_{name}")
-        module.__dict__["__package__"] = "layers"  # its relative imports (deploy only) still resolve
-        exec(compile(source, f"{rev}:layers/{name}.py", "exec"), module.__dict__)
-        found[cls] = getattr(module, cls)
-    return types.SimpleNamespace(**found)
-
-
-def with_layers(model: nn.Module, old: types.SimpleNamespace) -> nn.Module:
-    """A copy of ``model`` whose FLGC and HetConv layers run the old code, same weights."""
-    model = copy.deepcopy(model)
-    for parent in list(model.modules()):
-        for name, child in parent.named_children():
-            if isinstance(child, FLGConv2d):
-                new = old.FLGConv2d(
-                    child.in_channels,
-                    child.out_channels,
-                    child.groups,
-                    child.kernel_size,
-                    child.stride,
-                    child.padding,
-                    bias=child.bias is not None,
-                    balanced=child.balanced,
-                )
-            elif isinstance(child, HetConv2d):
-                new = old.HetConv2d(
-                    child.in_channels,
-                    child.out_channels,
-                    child.part,
-                    child.kernel_size,
-                    child.stride,
-                    child.padding,
-                    bias=child.gwc.bias is not None,
-                )
-            else:
-                continue
-            new.load_state_dict(child.state_dict())
-            setattr(parent, name, new)
-    return model
 
 
 def _copy_setting(model: nn.Module, layer_type: type, name: str, value: object) -> nn.Module:
@@ -128,9 +99,12 @@ def set_reassign_every(model: nn.Module, k: int) -> nn.Module:
     return _copy_setting(model, FLGConv2d, "reassign_every", k)
 
 
-def train_step(model: nn.Module, batch: int, device: torch.device, lr: float = 1e-3):
-    """One step of the recipe on random data: bf16 autocast and channels_last on CUDA, fused
-    SGD with Nesterov momentum; float32 on CPU."""
+def train_step(model: nn.Module, batch: int, device: torch.device, how: str = "eager", lr: float = 1e-3):
+    """One step of the recipe (``search.evaluation.step.training_step``) on random data: bf16
+    autocast and channels_last on CUDA, fused SGD with Nesterov momentum; float32 on CPU.
+    ``how``: ``eager``; ``graph``, replayed from a CUDA graph captured at the first call
+    (``StepRunner``, ``--cuda-graphs on``); ``compile``, the model ``torch.compile``d (the
+    first call compiles)."""
     cuda = device.type == "cuda"
     model = model.to(device).train()
     x = torch.randn(batch, 3, 32, 32, device=device)
@@ -139,16 +113,12 @@ def train_step(model: nn.Module, batch: int, device: torch.device, lr: float = 1
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,), device=device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, fused=True if cuda else None)
-    dtype = torch.bfloat16 if cuda else None
-
-    def run():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = F.cross_entropy(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return run
+    setup = TrainingSetup(torch.bfloat16 if cuda else None, cuda, None, optimizer, torch.amp.GradScaler(enabled=False))
+    if how == "graph":
+        runner = StepRunner(model, setup, mode="on", device=device)
+        return lambda: runner(x, y)
+    stepped = torch.compile(model) if how == "compile" else model
+    return lambda: training_step(stepped, x, y, setup)
 
 
 def infer(model: nn.Module, batch: int, device: torch.device):
@@ -187,62 +157,105 @@ def rows_of(candidates: list[Candidate]) -> list[dict]:
     return rows
 
 
-def model_parts(args, device: torch.device, old) -> list[dict]:
-    """Training steps (and deployed inference) of uniform models of every space, each
-    against the dense model of its space, batch by batch."""
-    rows = []
+def training_variants(name: str, args, old) -> list[tuple[str, str, nn.Module]]:
+    """(choice, form, model) of every training step the ``calls`` and ``train`` parts measure:
+    the dense model, then per uniform choice HetConv in each training form or FLGC as trained
+    and with ``reassign_every=16`` (on ``vgg_flgc`` also with free assignment), each beside the
+    same model with the layer code of ``--baseline-rev`` (``old``)."""
+    space = get_space(name, width=args.width)
     old_form = f"old {args.baseline_rev}"
+    torch.manual_seed(args.seed)
+    variants = [("dense", "dense", build_model(space.dense()))]
+
+    def with_old(choice: str, form: str, model: nn.Module) -> None:
+        variants.append((choice, form, model))
+        if old is not None:
+            variants.append((choice, old_form, with_layers(model, old)))
+
+    for value in VALUES[name][: 2 if args.quick else None]:
+        torch.manual_seed(args.seed)
+        model = build_model(space.uniform(value))
+        if any(isinstance(m, HetConv2d) for m in model.modules()):
+            for form in ("split", "dense"):
+                variants.append((value, form, set_hetconv_form(model, form)))
+            with_old(value, "auto", model)
+        else:
+            with_old(value, "as-trained", model)
+            variants.append((value, f"reassign-every-{REASSIGN}", set_reassign_every(model, REASSIGN)))
+        if name == "vgg_flgc" and value == VALUES[name][0]:  # free assignment, as the paper's code
+            arch = space.uniform(value)
+            free_layers = tuple(LayerSpec.flgc(s.groups, balanced=False) for s in arch.layers)
+            with_old(f"{value}:free", "as-trained", build_model(replace(arch, layers=free_layers)))
+    return variants
+
+
+def calls_rows(name: str, variants: list[tuple[str, str, nn.Module]]) -> list[dict]:
+    """Aten calls and kernel-launching calls per training step of every variant, counted on the
+    meta device (the GPU code path, on any machine; ``layers.count_training_step``)."""
+    rows = []
+    for choice, form, model in variants:
+        row = dict(part="calls", device="meta", space=name, model_choice=choice, form=form)
+        try:
+            count = count_training_step(copy.deepcopy(model))
+        except (NotImplementedError, RuntimeError) as error:  # old code that reads values on the host
+            rows.append(dict(row, note=f"cannot run on meta: {str(error).splitlines()[0][:60]}"))
+            continue
+        rows.append(dict(row, calls=count.calls, launching=count.launching))
+    dense = next(r["calls"] for r in rows if r["model_choice"] == "dense")
+    for row in rows:
+        row["ratio"] = row["calls"] / dense if "calls" in row else float("nan")
+    return rows
+
+
+def model_parts(args, device: torch.device, old, parts: set[str]) -> list[dict]:
+    """Aten calls per training step, training steps and deployed inference of uniform models
+    of every space, each against the dense model of its space (times batch by batch)."""
+    rows = []
     for name in args.spaces:
-        space = get_space(name, width=args.width)
+        variants = training_variants(name, args, old)
+        if "calls" in parts:
+            rows += calls_rows(name, variants)
+        if not parts & {"train", "deploy"}:
+            continue
         for batch in args.batch_sizes:
             base = dict(device=device.type, space=name, batch=batch)
-            train: list[Candidate] = []
-            inference: list[Candidate] = []
-
-            # the closures below run within this iteration, so the loop variables they read are current
-            def timed(model: nn.Module, choice: str, form: str) -> None:
-                # every candidate a private copy: measured here, the original module timed
-                # up to 15 % apart from its deep copies on CPU
-                step = train_step(copy.deepcopy(model), batch, device)  # noqa: B023
-                train.append(Candidate(step, dict(base, part="train", model_choice=choice, form=form)))  # noqa: B023
-
-            def timed_with_old(model: nn.Module, choice: str, form: str) -> None:
-                timed(model, choice, form)
-                if old is not None:
-                    timed(with_layers(model, old), choice, old_form)
-
-            torch.manual_seed(args.seed)
-            dense = build_model(space.dense())
-            timed(dense, "dense", "dense")
-            inference.append(
+            # every candidate a private copy: measured here, the original module timed up to
+            # 15 % apart from its deep copies on CPU
+            train = [
                 Candidate(
-                    infer(copy.deepcopy(dense), batch, device),
-                    dict(base, part="deploy", model_choice="dense", form="deployed"),
+                    train_step(copy.deepcopy(model), batch, device),
+                    dict(base, part="train", model_choice=choice, form=form),
                 )
-            )
-            for value in VALUES[name][: 2 if args.quick else None]:
-                torch.manual_seed(args.seed)
-                model = build_model(space.uniform(value))
-                if any(isinstance(m, HetConv2d) for m in model.modules()):
-                    for form in ("split", "dense", "auto"):
-                        timed(set_hetconv_form(model, form), value, form)
-                    if old is not None:
-                        timed(with_layers(model, old), value, old_form)
-                else:
-                    timed_with_old(model, value, "as-trained")
-                    timed(set_reassign_every(model, REASSIGN), value, f"reassign-every-{REASSIGN}")
-                if name == "vgg_flgc" and value == VALUES[name][0]:  # free assignment, as the paper's code
-                    arch = space.uniform(value)
-                    free_layers = tuple(LayerSpec.flgc(s.groups, balanced=False) for s in arch.layers)
-                    timed_with_old(build_model(replace(arch, layers=free_layers)), f"{value}:free", "as-trained")
-                inference.append(
-                    Candidate(
-                        infer(model, batch, device), dict(base, part="deploy", model_choice=value, form="deployed")
-                    )
+                for choice, form, model in variants
+                if "train" in parts
+            ]
+            if device.type == "cuda" and "train" in parts:  # the step replayed from a CUDA graph, and compiled
+                for how in ("graph", "compile") if args.compile else ("graph",):
+                    train += [
+                        Candidate(
+                            train_step(copy.deepcopy(model), batch, device, how),
+                            dict(base, part="train", model_choice=choice, form=f"{form} {how}"),
+                        )
+                        for choice, form, model in variants
+                        if form in ("dense", "auto", "as-trained")
+                        and (how == "graph" or choice in ("dense", VALUES[name][0]))
+                    ]
+            inference = [
+                Candidate(
+                    infer(copy.deepcopy(model), batch, device),
+                    dict(base, part="deploy", model_choice=choice, form="deployed"),
                 )
-            measure(train, args, device)
-            measure(inference, args, device)
-            rows += rows_of(train) + rows_of(inference)
+                for choice, form, model in variants
+                if "deploy" in parts
+                and (choice == "dense" or form in ("auto", "as-trained"))
+                and not choice.endswith(":free")
+            ]
+            if "train" in parts:
+                measure(train, args, device)
+                rows += rows_of(train)
+            if "deploy" in parts:
+                measure(inference, args, device)
+                rows += rows_of(inference)
     return rows
 
 
@@ -329,7 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--spaces", default=",".join(space_names()), help="spaces to time (default: all built-in)")
     parser.add_argument("--width", type=float, default=None, help="model width (default: 1; 0.25 with --quick)")
-    parser.add_argument("--parts", default="train,deploy,search", help="train, deploy, search (default: all)")
+    parser.add_argument(
+        "--parts", default="calls,train,deploy,search", help="calls, train, deploy, search (default: all)"
+    )
     parser.add_argument(
         "--baseline-rev", default="c79171d", help="git revision whose layer code is timed beside (or 'none')"
     )
@@ -347,6 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per candidate (default: 3)")
     parser.add_argument("--min-sample-ms", type=float, default=20.0, help="calls per sample so that it lasts this long")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="on CUDA, also time torch.compile'd steps of each space's dense and first candidate (compiles each)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="CSV path (default: results/bench/gpu_<time>.csv)")
@@ -380,19 +400,20 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     print("environment:", env)
-    rows = model_parts(args, device, old) if parts & {"train", "deploy"} else []
-    rows = [r for r in rows if r["part"] in parts]
+    rows = model_parts(args, device, old, parts)
     if "search" in parts:
         rows += search_part(args, device)
-    columns = ["part", "space", "model_choice", "form", "batch", "ms", "ratio", "trials_per_hour", "note"]
-    for part, title in (
-        ("train", "training step / dense"),
-        ("deploy", "deployed inference / dense"),
-        ("search", "vgg_hetconv search, trials at once"),
+    timed = ["part", "space", "model_choice", "form", "batch", "ms", "ratio", "trials_per_hour", "note"]
+    counted = ["part", "space", "model_choice", "form", "calls", "launching", "ratio", "note"]
+    for part, title, columns, where in (
+        ("calls", "aten calls per training step / dense", counted, "meta"),
+        ("train", "training step / dense", timed, device),
+        ("deploy", "deployed inference / dense", timed, device),
+        ("search", "vgg_hetconv search, trials at once", timed, device),
     ):
         selected = [r for r in rows if r["part"] == part]
         if selected:
-            print_table(selected, columns, title=f"\n{title} ({device}, width {args.width})")
+            print_table(selected, columns, title=f"\n{title} ({where}, width {args.width})")
     out = write_csv(rows, Path(args.out) if args.out else default_out("gpu"), CSV_COLUMNS)
     print(f"\nwrote {out}")
     return 0

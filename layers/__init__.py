@@ -1,5 +1,8 @@
 """Convolution layers searched by the tool: pure ``nn.Module``s, no knowledge of models or search."""
 
+from .assignment_batch import AssignmentBatch, forget_assignments, share_assignments
+from .aten_count import StepCount, count_training_step
+from .capture import capture_blocker
 from .create_conv2d import LAYER_TYPES, create_conv2d
 from .deployed import ChannelGather, ConvSum, GroupSplitConv
 from .flgc import FLGConv2d, balanced_assignment, device_balanced_assignment, param_groups_without_logit_decay
@@ -8,6 +11,7 @@ from .super_conv import ConvChoice, ConvSlot, SuperConv2d
 
 __all__ = [
     "LAYER_TYPES",
+    "AssignmentBatch",
     "ChannelGather",
     "ConvChoice",
     "ConvSlot",
@@ -15,10 +19,15 @@ __all__ = [
     "GroupSplitConv",
     "FLGConv2d",
     "HetConv2d",
+    "StepCount",
     "SuperConv2d",
     "balanced_assignment",
+    "capture_blocker",
     "device_balanced_assignment",
+    "count_training_step",
     "create_conv2d",
+    "forget_assignments",
     "hetconv_block_mask",
     "param_groups_without_logit_decay",
+    "share_assignments",
 ]

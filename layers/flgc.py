@@ -15,9 +15,12 @@ filters, the stable assignment under the logits, so the nominal cost holds and t
 deploys exactly to ``nn.Conv2d(groups=G)``. Free (argmax) assignment is kept as an option and
 is counted by its true connections.
 
-The assignment itself (balanced, on the logits' device, cached while the logits hold) and the
-straight-through masked weight live in :mod:`layers.group_assignment`, shared with the
-weight-sharing :class:`layers.SuperConv2d`; they are re-exported here.
+The assignment itself (balanced, on the logits' device, cached while the logits hold) lives in
+:mod:`layers.group_assignment` and :mod:`layers.deferred_acceptance`, the hard tensors and the
+batch that solves the assignments of all layers of a model at once in
+:mod:`layers.assignment_batch`, the straight-through masked weight in
+:mod:`layers.straight_through`; all are shared with the weight-sharing
+:class:`layers.SuperConv2d`, and re-exported here.
 """
 
 from __future__ import annotations
@@ -28,22 +31,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .group_assignment import (
+from .assignment_batch import (
+    AssignmentBatch,
     AssignmentCache,
+    AssignmentRequest,
     HardAssignment,
+    hard_assignment,
+    hard_assignments,
+    share_assignments,
+)
+from .group_assignment import (
     balanced_assignment,
     default_rounds,
     device_balanced_assignment,
     device_balanced_assignments,
-    hard_assignment,
     is_stable_assignment,
-    masked_weight,
-    one_hot,
-    straight_through_one_hot,
 )
+from .straight_through import masked_weight, one_hot, straight_through_one_hot
 
 __all__ = [
+    "AssignmentBatch",
     "AssignmentCache",
+    "AssignmentRequest",
     "FLGConv2d",
     "HardAssignment",
     "balanced_assignment",
@@ -51,10 +60,12 @@ __all__ = [
     "device_balanced_assignment",
     "device_balanced_assignments",
     "hard_assignment",
+    "hard_assignments",
     "is_stable_assignment",
     "masked_weight",
     "one_hot",
     "param_groups_without_logit_decay",
+    "share_assignments",
     "straight_through_one_hot",
 ]
 
@@ -73,6 +84,10 @@ class FLGConv2d(nn.Module):
         reassign_every: in training, recompute the assignment every this many steps and
             reuse it (and its hard mask) in between; 1 (default) follows the logits at every
             step, as the paper does. The gradients reach the logits at every step either way.
+
+    The assignment is solved by the layer's :attr:`assignment_batch`: its own until
+    :func:`layers.share_assignments` (which ``models.build_model`` calls) makes every FLGC
+    layer of a model share one, so that a step solves all of them at once.
 
     Example:
         >>> layer = FLGConv2d(32, 64, groups=4, kernel_size=1)
@@ -125,27 +140,31 @@ class FLGConv2d(nn.Module):
         self.register_buffer("_in_groups", None, persistent=False)
         self.register_buffer("_out_groups", None, persistent=False)
         self.assignment_cache = AssignmentCache()
+        self.assignment_batch = AssignmentBatch()
+        self.assignment_batch.add(self)
         self._training_steps = 0
 
     def assignment(self) -> HardAssignment:
         """The hard assignment (groups, mask, one-hots in the weight's dtype), recomputed only
         when the logits have changed, on the logits' device without waiting on the host."""
-        hard = self.assignment_cache.get(
-            self.in_logits,
-            self.out_logits,
-            balanced=self.balanced,
-            dtype=self.weight.dtype,
-            previous=(self._in_groups, self._out_groups),
-        )
-        if self.balanced:
-            self._in_groups, self._out_groups = hard.in_groups, hard.out_groups
-        return hard
+        return self.assignment_batch.assignment(self)
+
+    def assignment_request(self) -> AssignmentRequest:
+        """What the assignment is computed from (for :class:`layers.AssignmentBatch`)."""
+        previous = (self._in_groups, self._out_groups) if self.balanced else (None, None)
+        return AssignmentRequest(self.in_logits, self.out_logits, self.balanced, self.weight.dtype, previous)
 
     def seed_assignment(self, in_groups: torch.Tensor | None, out_groups: torch.Tensor | None) -> None:
-        """Set the last balanced groups, which the next assignment falls back to where the
-        device algorithm's rounds do not settle (a weight-sharing layer hands over its own,
-        so that its stand-alone layer resolves near-ties the same way)."""
+        """Set the last balanced groups, which the host loop keeps while they are still
+        stable (with tied logits several are: a weight-sharing layer hands over its own, so
+        that its stand-alone layer resolves ties the same way)."""
         self._in_groups, self._out_groups = in_groups, out_groups
+
+    def capture_blocker(self) -> str | None:
+        """Why a CUDA graph cannot replay this layer's training step (``layers.capture``)."""
+        if self.reassign_every > 1:
+            return f"FLGC reassign_every={self.reassign_every} counts steps on the host"
+        return None
 
     def input_groups(self) -> torch.Tensor:
         """Group index of every input channel, (C,)."""
@@ -168,7 +187,9 @@ class FLGConv2d(nn.Module):
             and last.mask.dtype == self.weight.dtype
             and last.mask.device == self.weight.device
         ):
-            hard = last  # between reassignments: the last one, even if the logits moved
+            # between reassignments: the last one, even if the logits moved (so its softmax is
+            # not theirs any more)
+            hard = last._replace(soft_in=None, soft_out=None)
         else:
             hard = self.assignment()
         if self.training:

@@ -16,12 +16,16 @@ any optimizer, weight decay, AMP and gradient clipping.
 Two exact training forms compute the same function from the same parameters: ``split``
 (the grouped KxK conv plus the masked 1x1 conv, FLOPs-proportional) and ``dense`` (one
 standard KxK conv whose weight is the KxK kernels placed on their diagonal blocks plus the
-1x1 kernels at the kernel centre). At CIFAR shapes a GPU runs one dense conv faster than a
-grouped conv plus a 1x1 conv, although it does more FLOPs; ``auto`` picks per layer shape
-and device.
+1x1 kernels at the kernel centre, built by one autograd node of two kernels forward and three
+backward). At CIFAR shapes a GPU runs one dense conv faster than a grouped conv plus a 1x1
+conv, although it does more FLOPs, and it is launch-bound: the dense form launches fewer
+kernels. ``auto`` picks per layer shape and device.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -73,8 +77,7 @@ class HetConv2d(nn.Module):
         torch.Size([2, 128, 16, 16])
     """
 
-    mask: torch.Tensor | None  # buffers, registered in __init__ (None for P = 1)
-    _block_eye: torch.Tensor | None
+    mask: torch.Tensor | None  # buffer, registered in __init__ (None for P = 1)
 
     def __init__(
         self,
@@ -108,12 +111,9 @@ class HetConv2d(nn.Module):
             self.register_buffer("mask", mask)
             with torch.no_grad():
                 self.pwc.weight.mul_(mask)
-            # (P, 1, P, 1, 1, 1): 1 on the diagonal blocks, to place the grouped kernels.
-            self.register_buffer("_block_eye", torch.eye(part)[:, None, :, None, None, None], persistent=False)
         else:
             self.pwc = None
             self.register_buffer("mask", None)
-            self.register_buffer("_block_eye", None, persistent=False)
 
     def pointwise_weight(self) -> torch.Tensor:
         """The 1x1 weight as the forward pass uses it (block diagonal exactly zero)."""
@@ -122,12 +122,11 @@ class HetConv2d(nn.Module):
 
     def dense_weight(self) -> torch.Tensor:
         """(N, M, K, K): the grouped kernels on their diagonal blocks plus the masked 1x1
-        kernels at the centre tap, differentiable; four small ops."""
-        assert self.pwc is not None and self._block_eye is not None  # P > 1
+        kernels at the centre tap, differentiable; one autograd node (:class:`_DenseWeight`)."""
+        assert self.pwc is not None and self.mask is not None  # P > 1
         n, m, k, p = self.out_channels, self.in_channels, self.kernel_size, self.part
-        grouped = (self.gwc.weight.view(p, n // p, 1, m // p, k, k) * self._block_eye).reshape(n, m, k, k)
-        c = k // 2
-        return grouped + F.pad(self.pointwise_weight(), (c, k - 1 - c, c, k - 1 - c))
+        blocks, centre = _dense_indices(n, m, p, k, self.gwc.weight.device)
+        return _DenseWeight.apply(self.gwc.weight, self.pwc.weight, blocks, centre, self.mask)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pwc is None:
@@ -238,6 +237,50 @@ class HetConv2d(nn.Module):
             f"kernel_size={self.kernel_size}, stride={self.stride}"
             + ("" if self.training_form == "auto" else f", training_form={self.training_form}")
         )
+
+
+class _DenseWeight(torch.autograd.Function):
+    """HetConv's dense K x K weight from its grouped weight (N, M/P, K, K) and its 1 x 1 weight
+    (N, M, 1, 1): two kernels forward (the 1 x 1 weight padded to the centre tap, the grouped
+    kernels written over the diagonal blocks, so the masked 1 x 1 entries are never read),
+    three backward (a gather per weight, the mask on the 1 x 1 gradient). Autograd of the same
+    construction from views, products and sums takes about twice the calls."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        grouped: torch.Tensor,
+        pointwise: torch.Tensor,
+        blocks: torch.Tensor,
+        centre: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(blocks, centre, mask)
+        k = grouped.shape[-1]
+        c = k // 2
+        return F.pad(pointwise, (c, k - 1 - c, c, k - 1 - c)).put_(blocks, grouped)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        blocks, centre, mask = ctx.saved_tensors
+        grad_grouped = grad.take(blocks) if ctx.needs_input_grad[0] else None
+        grad_pointwise = grad.take(centre) * mask if ctx.needs_input_grad[1] else None
+        return grad_grouped, grad_pointwise, None, None, None
+
+
+@functools.lru_cache(maxsize=32)
+def _dense_indices(n: int, m: int, part: int, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat positions in the dense (N, M, K, K) weight of every grouped weight entry, shaped
+    like the grouped weight (N, M/P, K, K), and of every 1 x 1 entry (its centre tap), shaped
+    (N, M, 1, 1); shared by the layers of one shape (and never inference tensors, which a
+    training step could not save for its backward, whatever mode the first caller ran in)."""
+    with torch.inference_mode(False):
+        position = torch.arange(n * m * k * k).view(n, m, k, k)
+        block_of_filter = torch.arange(n) // (n // part)
+        channels = block_of_filter[:, None] * (m // part) + torch.arange(m // part)  # (N, M/P)
+        blocks = position[torch.arange(n)[:, None], channels]  # (N, M/P, K, K)
+        centre = position[:, :, k // 2, k // 2].reshape(n, m, 1, 1)
+        return blocks.to(device), centre.contiguous().to(device)
 
 
 def _copy_conv(conv: nn.Conv2d) -> nn.Conv2d:

@@ -7,8 +7,8 @@ layer of this tool's choices: a standard convolution, HetConv with P parts (Sing
 CVPR 2019, arXiv 1903.04120) and FLGC with G learned groups (Wang et al., CVPR 2019, arXiv
 1904.00346), all drawn from one KxK weight. With a choice active it computes exactly what
 that choice's own layer (:func:`layers.create_conv2d`) computes with the same weights; FLGC's
-assignment, its cache and its straight-through masked weight are :mod:`layers.group_assignment`'s,
-the ones :class:`layers.FLGConv2d` uses.
+assignment, its cache and its straight-through masked weight are the ones :class:`layers.FLGConv2d`
+uses (:mod:`layers.assignment_batch`, :mod:`layers.straight_through`), solved per layer.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .assignment_batch import AssignmentCache, AssignmentRequest, HardAssignment
 from .create_conv2d import create_conv2d
 from .flgc import FLGConv2d
-from .group_assignment import AssignmentCache, HardAssignment, masked_weight
 from .hetconv import HetConv2d, hetconv_block_mask
+from .straight_through import masked_weight
 
 __all__ = ["ConvChoice", "ConvSlot", "SuperConv2d"]
 
@@ -115,6 +116,11 @@ class SuperConv2d(nn.Module):
             raise self.error(f"{spec.label} is not a choice of layer {self.slot.name} ({legal})")
         self.active = spec
 
+    def capture_blocker(self) -> str | None:
+        """Why a CUDA graph cannot replay a training step (``layers.capture``): the active
+        choice is set on the host, typically per step."""
+        return "a weight-sharing layer's active choice is set on the host"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spec = self.active
         if spec.type == "hetconv" and spec.part and spec.part > 1:
@@ -145,13 +151,11 @@ class SuperConv2d(nn.Module):
         if spec.type != "flgc" or groups is None or (groups, balanced) not in self._assignments:
             raise self.error(f"{spec.label} is not an FLGC choice of layer {self.slot.name}")
         names = (f"_in_groups_{groups}", f"_out_groups_{groups}")
-        hard = self._assignments[groups, balanced].get(
-            self.in_logits[str(groups)],
-            self.out_logits[str(groups)],
-            balanced=balanced,
-            dtype=self.weight.dtype,
-            previous=(getattr(self, names[0]), getattr(self, names[1])),
+        previous = (getattr(self, names[0]), getattr(self, names[1]))
+        request = AssignmentRequest(
+            self.in_logits[str(groups)], self.out_logits[str(groups)], balanced, self.weight.dtype, previous
         )
+        hard = self._assignments[groups, balanced].get(request)
         if balanced:
             setattr(self, names[0], hard.in_groups)
             setattr(self, names[1], hard.out_groups)

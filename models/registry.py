@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from layers import share_assignments
+
 from .architecture import Architecture, ArchitectureError, LayerSlot, check_hetconv_nesting
 
 __all__ = [
@@ -89,6 +91,10 @@ def validate(arch: Architecture) -> list[LayerSlot]:
 
 
 def build_model(arch: Architecture) -> nn.Module:
-    """Validate ``arch`` and build its model (the one factory every caller uses)."""
+    """Validate ``arch`` and build its model (the one factory every caller uses). The FLGC
+    layers of the model share one assignment batch (``layers.share_assignments``): a training
+    step solves all their assignments at once."""
     validate(arch)
-    return get_model_family(arch.model).build(arch)
+    model = get_model_family(arch.model).build(arch)
+    share_assignments(model)
+    return model

@@ -90,6 +90,7 @@ CASES = [
     Case("tune-unknown", ("--tune", "nope"), "nope"),
     Case("latency-unknown", ("--latency", "foo"), "--latency"),
     Case("early-stop-unknown", ("--early-stop", "foo"), "foo"),
+    Case("cuda-graphs-unknown", ("--cuda-graphs", "maybe"), "--cuda-graphs"),
     Case(
         "early-stop-min-epochs-above-epochs",
         ("--early-stop", "mo-asha", "--min-epochs", "5", "--epochs", "3"),

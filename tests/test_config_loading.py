@@ -170,6 +170,7 @@ def test_every_training_field_the_exporter_writes_is_accepted(tmp_path):
         device="cpu",
         amp=False,
         channels_last=False,
+        cuda_graphs="off",
         threads=1,
     )
     study = optuna.create_study(directions=["maximize", "minimize"])

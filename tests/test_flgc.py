@@ -14,6 +14,7 @@ from layers import (
     device_balanced_assignment,
     param_groups_without_logit_decay,
 )
+from layers.deferred_acceptance import batch_layout
 from layers.flgc import default_rounds, device_balanced_assignments, straight_through_one_hot
 
 DTYPE = torch.float64
@@ -457,10 +458,47 @@ def test_device_assignment_keeps_previous_when_rounds_do_not_settle():
     exact = balanced_assignment(logits)
     assert not torch.equal(previous, exact)
     rounds = dict(host_loop_on_cpu=False)
-    assert torch.equal(device_balanced_assignment(logits, previous, rounds=1, **rounds), previous)
+    assert torch.equal(device_balanced_assignment(logits, previous, rounds=0, **rounds), previous)
     # without a previous one the unsettled result is still balanced
-    assert_valid_balanced(device_balanced_assignment(logits, rounds=1, **rounds), 64, 8)
+    assert_valid_balanced(device_balanced_assignment(logits, rounds=0, **rounds), 64, 8)
     assert torch.equal(device_balanced_assignment(logits, previous, rounds=default_rounds(8), **rounds), exact)
+
+
+# Sides of many layers at once: every size and group count of the built-in models' FLGC
+# layers, both sides, plus small odd ones.
+MANY_SIDES = [(64, 2), (128, 2), (512, 2), (64, 16), (512, 16), (960, 8), (24, 8), (6, 3), (30, 5), (16, 16), (4, 4)]
+
+
+@pytest.mark.parametrize("sides", [MANY_SIDES, [(64, 4), (128, 4), (256, 4), (512, 4)]], ids=["mixed", "uniform"])
+def test_many_layers_solved_as_one_batch_exactly(sides):
+    """The rounds of a whole model's sides at once equal the host loop side by side, on every
+    kind of logits; ``mixed`` group counts take per-side capacities, ``uniform`` the dummy
+    rows that give every group the same seats (both layouts of the batch)."""
+    assert batch_layout(tuple(sides), torch.device("cpu")).dummies == (sides != MANY_SIDES)
+    for seed in range(2):
+        for name in logit_kinds(4, 2, 0):
+            logits = [logit_kinds(rows, groups, seed + rows + groups)[name] for rows, groups in sides]
+            solved = device_balanced_assignments(logits, [None] * len(logits), host_loop_on_cpu=False)
+            for side, got in zip(logits, solved):
+                assert torch.equal(got, balanced_assignment(side)), f"{name} seed {seed} {tuple(side.shape)}"
+
+
+@pytest.mark.parametrize("groups", [3, 4, 8, 16])
+def test_default_rounds_are_enough_and_all_ties_need_them_all(groups):
+    """G - 1 rounds settle every case (``deferred_acceptance.solve`` says why); with all
+    logits tied every round fills one more group, so none fewer does."""
+    ties = torch.zeros(4 * groups, groups)
+    exact = balanced_assignment(ties)
+    solo = dict(host_loop_on_cpu=False)
+    assert default_rounds(groups) == groups - 1
+    assert torch.equal(device_balanced_assignment(ties, **solo), exact)
+    other = exact.flip(0)  # balanced, not the greedy's: what an unsettled side keeps
+    assert torch.equal(device_balanced_assignment(ties, other, rounds=groups - 2, **solo), other)
+    assert torch.equal(device_balanced_assignment(ties, other, rounds=groups - 1, **solo), exact)
+    gen = torch.Generator().manual_seed(groups)
+    for _ in range(200):  # small integer logits: many ties, long chains of rejections
+        logits = torch.randint(0, 3, (groups * int(torch.randint(1, 4, (1,), generator=gen)), groups), generator=gen)
+        assert torch.equal(device_balanced_assignment(logits.float(), **solo), balanced_assignment(logits.float()))
 
 
 def reference_masked_weight(layer: FLGConv2d) -> torch.Tensor:
@@ -471,14 +509,26 @@ def reference_masked_weight(layer: FLGConv2d) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("balanced", [True, False])
-def test_fused_training_form_matches_straight_through_reference(balanced):
-    layer = make_flgc(12, 8, 4, seed=5, balanced=balanced)
+@pytest.mark.parametrize("kernel", [3, 1])
+@pytest.mark.parametrize("reused", [False, True], ids=["fresh", "reused"])
+def test_fused_training_form_matches_straight_through_reference(balanced, kernel, reused):
+    """``reused``: the assignment of a step between reassignments (``reassign_every``), whose
+    logits have moved since: its softmax is recomputed from the current logits."""
+    layer = make_flgc(12, 8, 4, k=kernel, seed=5, balanced=balanced)
     x = torch.randn(2, 12, 6, 6, dtype=DTYPE)
     layer.train()
+    if reused:
+        layer.reassign_every = 2
+        layer(x)
+        with torch.no_grad():
+            layer.in_logits.mul_(1.5)  # moved, but the assignment is the last one
+        hard = layer.assignment_cache.last
     y = layer(x)
+    if reused:
+        assert torch.equal(layer.assignment_cache.last.mask, hard.mask)
     upstream = torch.randn_like(y)
     grads = torch.autograd.grad(y, (layer.weight, layer.in_logits, layer.out_logits), upstream)
-    y_ref = F.conv2d(x, reference_masked_weight(layer), None, 1, 1)
+    y_ref = F.conv2d(x, reference_masked_weight(layer), None, 1, kernel // 2)
     grads_ref = torch.autograd.grad(y_ref, (layer.weight, layer.in_logits, layer.out_logits), upstream)
     # the reference's hard + soft - soft.detach() is 0/1 only up to rounding; the fused form is exact
     torch.testing.assert_close(y, y_ref, atol=1e-12, rtol=1e-12)
@@ -497,13 +547,18 @@ def test_hard_assignment_recomputed_only_when_logits_change():
 
 
 def test_seed_assignment_is_where_the_next_assignment_starts():
-    """A handed-over assignment that is still stable under the logits is kept as is (the host
-    loop's cheap path), so near-ties resolve as they did where it came from."""
-    reference = make_flgc(8, 12, 4, seed=3)
-    in_groups, out_groups = reference.input_groups(), reference.output_groups()
+    """A handed-over assignment that is still stable under the logits is kept (the host loop's
+    cheap path), so ties resolve as they did where it came from: with all logits tied every
+    balanced assignment is stable, and the greedy alone would pick another one."""
     layer = make_flgc(8, 12, 4, seed=3)
+    with torch.no_grad():
+        layer.in_logits.zero_()
+        layer.out_logits.zero_()
+    greedy = (balanced_assignment(layer.in_logits), balanced_assignment(layer.out_logits))
+    in_groups, out_groups = greedy[0].flip(0), greedy[1].flip(0)
+    assert not torch.equal(in_groups, greedy[0])
     layer.seed_assignment(in_groups, out_groups)
-    assert layer.input_groups() is in_groups and layer.output_groups() is out_groups
+    assert torch.equal(layer.input_groups(), in_groups) and torch.equal(layer.output_groups(), out_groups)
     hard = layer.assignment()
     assert torch.equal(hard.mask, (out_groups[:, None] == in_groups[None, :]).to(DTYPE))
     assert torch.equal(hard.b_in.argmax(1), in_groups) and torch.equal(hard.b_out.argmax(1), out_groups)

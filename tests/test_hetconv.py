@@ -262,10 +262,11 @@ def test_init_zeroes_masked_weights_and_p1_has_no_pointwise_branch():
     assert plain.gwc.groups == 1
 
 
+@pytest.mark.parametrize("form", ["split", "dense"])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_masked_pointwise_weights_have_no_effect_and_zero_grad(stride):
+def test_masked_pointwise_weights_have_no_effect_and_zero_grad(stride, form):
     torch.manual_seed(0)
-    layer = HetConv2d(8, 12, part=4, stride=stride, bias=True).to(DTYPE)
+    layer = HetConv2d(8, 12, part=4, stride=stride, bias=True, training_form=form).to(DTYPE)
     x = torch.randn(2, 8, 6, 6, dtype=DTYPE)
     y0 = layer(x).detach()
     masked = layer.mask.expand_as(layer.pwc.weight) == 0
@@ -393,6 +394,16 @@ def test_autocast_bfloat16_cpu(part):
         assert (layer.pwc.weight.grad[masked] == 0).all()
     # close to the float32 result
     torch.testing.assert_close(y.float(), layer(x).detach(), atol=0.1, rtol=0.05)
+
+
+def test_dense_form_trains_after_a_first_call_in_inference_mode():
+    """The dense form's index tensors are cached per shape (one no other test uses, so that
+    this first call makes them): never as inference tensors."""
+    layer = HetConv2d(18, 6, part=3, training_form="dense")
+    with torch.inference_mode():
+        layer.eval()(torch.randn(1, 18, 4, 4))
+    layer.train()(torch.randn(1, 18, 4, 4)).sum().backward()
+    assert layer.gwc.weight.grad is not None and layer.pwc.weight.grad is not None
 
 
 def test_training_forms_auto_and_errors():

@@ -220,6 +220,8 @@ CASES = [
     Case("dataset", ("--dataset", "mnist"), "mnist"),
     Case("sampler", ("--sampler", "cmaes"), "cmaes"),
     Case("backend", ("--backend", "dask"), "dask"),
+    Case("cuda-graphs", ("--cuda-graphs", "sometimes"), "--cuda-graphs"),
+    Case("cuda-graphs-case", ("--cuda-graphs", "ON"), "--cuda-graphs"),
     Case("device-meta", ("--device", "meta"), "--device"),
     Case("device-junk", ("--device", "gpu0"), "--device"),
     Case("study-name-traversal", ("--study-name", "../../escape"), "--study-name"),
@@ -346,6 +348,13 @@ CASES = [
         "imagenet",
         command="retrain",
         files={"c.json": _config([HET2] * 12, {"dataset": "imagenet"})},
+    ),
+    Case(
+        "retrain-training-cuda-graphs",
+        ("{dir}/c.json",),
+        "training.cuda_graphs",
+        command="retrain",
+        files={"c.json": _config([HET2] * 12, {"dataset": "digits", "cuda_graphs": True})},
     ),
     Case(
         "retrain-classes-mismatch",
@@ -645,7 +654,9 @@ def test_random_space_files_are_loaded_or_one_error_line(space, tmp_path_factory
 @settings(max_examples=60, deadline=None)
 @given(
     training=st.dictionaries(
-        st.sampled_from(list(NUMBERS) + ["dataset", "device", "data_dir", "amp"]), yaml_values, max_size=4
+        st.sampled_from(list(NUMBERS) + ["dataset", "device", "data_dir", "amp", "cuda_graphs"]),
+        yaml_values,
+        max_size=4,
     ),
     seed=yaml_values,
 )

@@ -9,7 +9,9 @@ few steps with that reason (:class:`TrialFailed`) instead of wasting its remaini
 No step waits on the device: the loss is summed on the device and its finiteness copied to
 the host asynchronously every few steps (:class:`NonFiniteWatch`); the host reads it once the
 copy has landed, and once per epoch for the epoch's mean loss. (With float16 autocast, on
-GPUs without bfloat16, the gradient scaler still checks for overflow once per step.)
+GPUs without bfloat16, the gradient scaler still checks for overflow once per step.) On CUDA
+the step can be captured as a CUDA graph and replayed (``cuda_graphs``,
+:mod:`search.evaluation.step`), exactly.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import nn
 
 from layers import param_groups_without_logit_decay
 from search.evaluation.data import BatchLoader, Dataset
+from search.evaluation.step import StepRunner, TrainingSetup, training_step
 from search.files import atomic_torch_save
 from search.settings import TrainingSettings
 
@@ -33,6 +36,7 @@ __all__ = [
     "CHECK_EVERY",
     "EpochRecord",
     "NonFiniteWatch",
+    "StepRunner",
     "TrainingSetup",
     "TrialFailed",
     "evaluate_loader",
@@ -137,17 +141,6 @@ def evaluate_loader(
     return total_loss.item() / max(count, 1), correct.item() / max(count, 1)
 
 
-@dataclass
-class TrainingSetup:
-    """What one training run needs, the same for a stand-alone model and the supernet."""
-
-    autocast_dtype: torch.dtype | None
-    channels_last: bool
-    loader: BatchLoader
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-
-
 def prepare_training(
     model: nn.Module, data: Dataset, training: TrainingSettings, seed: int, device: torch.device
 ) -> TrainingSetup:
@@ -183,20 +176,6 @@ def prepare_training(
     )
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
     return TrainingSetup(autocast_dtype, channels_last, loader, optimizer, scaler)
-
-
-def training_step(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, setup: TrainingSetup, label_smoothing: float = 0.0
-) -> torch.Tensor:
-    """One step of the recipe (forward under autocast, backward, optimizer and scaler step);
-    returns the detached loss, on the device: nothing here waits for the GPU."""
-    with torch.autocast(images.device.type, dtype=setup.autocast_dtype, enabled=setup.autocast_dtype is not None):
-        loss = F.cross_entropy(model(images).float(), labels, label_smoothing=label_smoothing)
-    setup.optimizer.zero_grad(set_to_none=True)
-    setup.scaler.scale(loss).backward()
-    setup.scaler.step(setup.optimizer)
-    setup.scaler.update()
-    return loss.detach()
 
 
 def train_model(
@@ -240,6 +219,7 @@ def train_model(
     total_steps = steps_per_epoch * training.epochs
     warmup_steps = int(round(training.warmup_epochs * steps_per_epoch))
     watch = NonFiniteWatch(device)
+    runner = StepRunner(model, setup, training.label_smoothing, training.cuda_graphs, device)
     history: list[EpochRecord] = []
     step = 0
     first_epoch = 1
@@ -258,13 +238,13 @@ def train_model(
         loss_sum = torch.zeros((), device=device)
         for images, labels in train_loader:
             lr = lr_at(step, total_steps, warmup_steps, training.lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum += training_step(model, images, labels, setup, training.label_smoothing)
+            runner.set_lr(lr)
+            loss_sum += runner(images, labels)  # a replayed step's loss is the graph's: add it now
             bad_at = watch.check(loss_sum, step)
             if bad_at is not None:
                 raise TrialFailed(f"loss became {loss_sum.item()} at epoch {epoch}, by step {bad_at + 1}")
             step += 1
+        runner.sync()  # the model as the host sees it is current again (after replays)
         train_loss = loss_sum.item() / max(steps_per_epoch, 1)
         if not math.isfinite(train_loss):
             raise TrialFailed(f"loss became {train_loss} in epoch {epoch}")

@@ -41,6 +41,7 @@ from __future__ import annotations
 from search.settings._device import check_device_available, resolve_device
 from search.settings._options import (
     BACKENDS,
+    CUDA_GRAPH_MODES,
     DATASET_CLASSES,
     DATASETS,
     EARLY_STOP_MODES,
@@ -84,6 +85,7 @@ from search.settings._validation import (
 __all__ = [
     "BACKENDS",
     "CHOICES",
+    "CUDA_GRAPH_MODES",
     "DATASETS",
     "DATASET_CLASSES",
     "EARLY_STOP_MODES",

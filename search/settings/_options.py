@@ -9,6 +9,7 @@ import search.objectives as objective_table
 
 __all__ = [
     "BACKENDS",
+    "CUDA_GRAPH_MODES",
     "DATASETS",
     "DATASET_CLASSES",
     "EARLY_STOP_MODES",
@@ -29,6 +30,9 @@ OBJECTIVES = tuple(objective_table.OBJECTIVES)  # names, from the one table of o
 OBJECTIVE_ALIASES = {"latency": "latency_ms", "flops": "mflops"}
 LATENCY_MODES = ("measured", "table")
 STRATEGIES = ("train-each", "one-shot")
+# How a training step runs on CUDA (search/evaluation/step.py): replayed from a captured CUDA
+# graph where that measures faster, always where possible, or never.
+CUDA_GRAPH_MODES = ("auto", "on", "off")
 # Direction of every objective the tool knows.
 EARLY_STOP_MODES = ("auto", "mo-asha", "none")
 OBJECTIVE_SENSES = objective_table.OBJECTIVE_SENSES

@@ -31,6 +31,7 @@ class TrainingSettings:
     device: str = "auto"
     amp: bool = True  # used only on CUDA
     channels_last: bool = True  # used only on CUDA
+    cuda_graphs: str = "auto"  # used only on CUDA: auto, on, off (search/evaluation/step.py)
     threads: int | None = None  # torch CPU threads per trial (None: torch's default)
 
     def replace(self, **changes: Any) -> TrainingSettings:
@@ -46,6 +47,7 @@ class TrainingSettings:
             elif f.name in ("amp", "channels_last") and not isinstance(value, bool):
                 raise SettingsError(f"{where or '--'}{f.name} must be true or false, got {value!r}")
         check_choice("dataset", self.dataset, where)
+        check_choice("cuda_graphs", self.cuda_graphs, where)
         check_device(self.device, where)
         if not isinstance(self.data_dir, (str, PurePath)) or not str(self.data_dir) or "\x00" in str(self.data_dir):
             raise SettingsError(

@@ -13,6 +13,7 @@ from typing import Any
 
 from search.settings._options import (
     BACKENDS,
+    CUDA_GRAPH_MODES,
     DATASETS,
     EARLY_STOP_MODES,
     LATENCY_MODES,
@@ -145,6 +146,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "early_stop": EARLY_STOP_MODES,
     "preset": tuple(PRESETS),
     "dataset": DATASETS,
+    "cuda_graphs": CUDA_GRAPH_MODES,
 }
 # Options whose command-line name is not the field name.
 _OPTION_NAMES = {"ray_address": "--address", "classes": "--classes"}
