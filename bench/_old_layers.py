@@ -19,6 +19,7 @@ import tempfile
 import types
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from layers import FLGConv2d, HetConv2d
@@ -61,11 +62,26 @@ def with_layers(model: nn.Module, old: types.ModuleType) -> nn.Module:
                     dict(bias=child.bias is not None, balanced=child.balanced),
                 )
             elif isinstance(child, HetConv2d):
-                cls, size, extra = old.HetConv2d, child.part, dict(bias=child.gwc.bias is not None)
+                cls, size, extra = old.HetConv2d, child.part, dict(bias=child.bias is not None)
             else:
                 continue
             shape = (child.in_channels, child.out_channels, size, child.kernel_size, child.stride, child.padding)
             new = cls(*shape, **extra)
-            new.load_state_dict(child.state_dict())
+            if isinstance(child, HetConv2d) and hasattr(new, "gwc"):
+                _load_two_weights(new, child)
+            else:
+                new.load_state_dict(child.state_dict())
             setattr(parent, name, new)
     return model
+
+
+@torch.no_grad()
+def _load_two_weights(old: nn.Module, layer: HetConv2d) -> None:
+    """``layer``'s weights into a HetConv layer of the two-weight layout of earlier revisions
+    (``gwc``, a grouped KxK conv with the bias, and ``pwc``, the 1x1 conv)."""
+    grouped, pointwise = layer.parts()
+    old.gwc.weight.copy_(grouped)
+    if layer.bias is not None:
+        old.gwc.bias.copy_(layer.bias)
+    if pointwise is not None:
+        old.pwc.weight.copy_(pointwise)

@@ -121,8 +121,9 @@ class LoopReferenceHetConv(nn.Module):
         self.part, self.stride, self.padding = p, layer.stride, layer.padding
         self.per_out, self.per_in = n // p, m // p
         with torch.no_grad():
-            small = layer.pointwise_weight()
-            self.big = [layer.gwc.weight[i : i + 1].clone() for i in range(n)]
+            big, small = layer.parts()
+            assert small is not None  # P > 1
+            self.big = [big[i : i + 1].clone() for i in range(n)]
             self.rest = [
                 torch.cat([torch.arange(0, g * self.per_in), torch.arange((g + 1) * self.per_in, m)]) for g in range(p)
             ]

@@ -6,7 +6,7 @@ from .capture import capture_blocker
 from .create_conv2d import LAYER_TYPES, create_conv2d
 from .deployed import ChannelGather, ConvSum, GroupSplitConv
 from .flgc import FLGConv2d, balanced_assignment, device_balanced_assignment, param_groups_without_logit_decay
-from .hetconv import HetConv2d, hetconv_block_mask
+from .hetconv import HetConv2d, hetconv_block_mask, hetconv_weight_mask, upgrade_hetconv_state
 from .super_conv import ConvChoice, ConvSlot, SuperConv2d
 
 __all__ = [
@@ -28,6 +28,8 @@ __all__ = [
     "create_conv2d",
     "forget_assignments",
     "hetconv_block_mask",
+    "hetconv_weight_mask",
     "param_groups_without_logit_decay",
     "share_assignments",
+    "upgrade_hetconv_state",
 ]

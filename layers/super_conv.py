@@ -67,7 +67,7 @@ class SuperConv2d(nn.Module):
     """One searchable layer holding every choice of its space with shared weights.
 
     - ``weight`` (N, M, K, K): the KxK kernels. Dense (and HetConv P=1) uses all of them;
-      HetConv P uses its block-diagonal g x g blocks (what ``HetConv2d.gwc`` holds); FLGC G
+      HetConv P uses its block-diagonal g x g blocks (HetConv2d's grouped KxK kernels); FLGC G
       uses it masked by the learned groups.
     - ``pointwise`` (N, M): HetConv's 1x1 kernels, used off the block diagonal of the active P
       (only present if some choice is a HetConv with P > 1).
@@ -134,7 +134,7 @@ class SuperConv2d(nn.Module):
         return F.conv2d(x, self.weight, None, self.stride, self.padding)  # dense, HetConv P=1
 
     def _block_diagonal(self, part: int) -> torch.Tensor:
-        """(N, M/P, K, K): filter block g's kernels on channel block g, as ``HetConv2d.gwc``."""
+        """(N, M/P, K, K): filter block g's kernels on channel block g, as ``HetConv2d.parts``."""
         n, m, k, _ = self.weight.shape
         blocks = self.weight.view(part, n // part, part, m // part, k, k).diagonal(dim1=0, dim2=2)
         return blocks.permute(4, 0, 1, 2, 3).reshape(n, m // part, k, k)
@@ -170,11 +170,10 @@ class SuperConv2d(nn.Module):
         s = self.slot
         layer = create_conv2d(s.in_channels, s.out_channels, s.kernel_size, s.stride, **spec.conv_kwargs())
         layer = layer.to(self.weight.device, self.weight.dtype)
-        if isinstance(layer, HetConv2d) and layer.pwc is not None:
-            layer.gwc.weight.copy_(self._block_diagonal(layer.part))
-            layer.pwc.weight.copy_(self._pointwise(layer.part)[:, :, None, None])
+        if isinstance(layer, HetConv2d) and layer.part > 1:
+            layer.load_parts(self._block_diagonal(layer.part), self._pointwise(layer.part)[:, :, None, None])
         elif isinstance(layer, HetConv2d):
-            layer.gwc.weight.copy_(self.weight)
+            layer.weight.copy_(self.weight)
         elif isinstance(layer, FLGConv2d):
             g = layer.groups
             layer.weight.copy_(self.weight)

@@ -4,7 +4,8 @@ as ratios to the space's dense candidate. The count is deterministic; no time is
 
 A GPU at CIFAR scale is bound by the calls a step issues, so these ceilings are what keeps
 FLGC and HetConv training near dense speed there. Before the batched assignment, FLGC took
-10-29x dense's calls (every layer ran its own deferred-acceptance rounds), HetConv 1.39x.
+10-29x dense's calls (every layer ran its own deferred-acceptance rounds); HetConv took 1.33x
+in its dense form while it had two weights (a grouped KxK conv and a 1x1 conv).
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ from spaces import get_space
 # checks); the batch does not matter on the meta device either.
 WIDTH = 0.5
 FLGC_CEILING = 3.0  # x dense, every uniform FLGC candidate (measured: VGG 1.8-2.5x, MobileNetV2 1.7x)
-# HetConv: a layer has two weights (one more gradient accumulation than a conv), and its dense
-# form needs a call to build the dense weight and one per weight gradient, plus the mask on the
-# 1x1 gradient: at least 5 calls per layer, 60 for VGG-16's 12 layers, against 44 for 1.2x.
-HETCONV_CEILING = {"dense": 1.34, "split": 1.39}  # measured 290 and 302 calls, dense 218
+# HetConv, x dense, every uniform candidate P2 to P32 (P64 at width 1 makes the same calls).
+# The dense form, the GPU's (one conv of weight * mask): two calls per layer more than a conv,
+# the product and the mask on its gradient, 24 for VGG-16's 12 layers (measured 242 calls
+# against dense's 218, 1.11x). The split form, the CPU's (FLOPs-proportional): a second conv
+# and its backward, the sum of the outputs and of the input gradients, and its two weights
+# read from the one (two gathers and the 1x1 mask forward, a pad and a scatter backward):
+# 9 calls per layer (measured 326, 1.50x); it is not the GPU's form unless it times faster.
+HETCONV_CEILING = {"dense": 1.2, "split": 1.5}
 
 
 def calls(arch, form: str | None = None) -> float:

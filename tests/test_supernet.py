@@ -146,11 +146,11 @@ def reference_layer(sc: SuperConv2d, spec: LayerSpec) -> nn.Module:
         elif spec.type == "hetconv":
             p = spec.part
             layer = HetConv2d(m, n, p, k, s.stride).double()
+            grouped = torch.empty(n, m // p, k, k, dtype=torch.float64)
             for g in range(p):
                 rows, cols = slice(g * n // p, (g + 1) * n // p), slice(g * m // p, (g + 1) * m // p)
-                layer.gwc.weight[rows] = sc.weight[rows, cols]
-            if p > 1:
-                layer.pwc.weight.copy_(sc.pointwise[:, :, None, None])
+                grouped[rows] = sc.weight[rows, cols]
+            layer.load_parts(grouped, sc.pointwise[:, :, None, None] if p > 1 else None)
         else:
             layer = FLGConv2d(m, n, spec.groups, k, s.stride, balanced=spec.balanced).double()
             layer.weight.copy_(sc.weight)
@@ -186,10 +186,11 @@ def test_superconv_matches_layers_outputs_and_gradients(kernel, stride, training
                 block = torch.zeros_like(sc.weight, dtype=torch.bool)
                 for g in range(p):
                     block[g * n // p : (g + 1) * n // p, g * m // p : (g + 1) * m // p] = True
-                torch.testing.assert_close(sc.weight.grad[block].view(n, m // p, kernel, kernel), ref.gwc.weight.grad)
+                grad_grouped, grad_pointwise = ref.parts(ref.weight.grad)
+                torch.testing.assert_close(sc.weight.grad[block].view(n, m // p, kernel, kernel), grad_grouped)
                 assert not sc.weight.grad[~block].any()
                 if p > 1:
-                    torch.testing.assert_close(sc.pointwise.grad, ref.pwc.weight.grad[:, :, 0, 0])
+                    torch.testing.assert_close(sc.pointwise.grad, grad_pointwise[:, :, 0, 0])
             else:
                 torch.testing.assert_close(sc.weight.grad, ref.weight.grad)
             if isinstance(ref, FLGConv2d):

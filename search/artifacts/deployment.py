@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from layers import upgrade_hetconv_state
 from models import Architecture, build_model, count_gathers, deploy
 from search.artifacts.retrain import check_writable, load_config
 from search.errors import SearchAborted, UserError
@@ -30,7 +31,8 @@ def check_onnx_extra() -> None:
 
 
 def load_weights(model: torch.nn.Module, weights: Path, config_name: str) -> None:
-    """Load a state dict saved by ``retrain``, with one-line errors that name the difference."""
+    """Load a state dict saved by ``retrain``, with one-line errors that name the difference
+    (HetConv layers saved in the two-weight layout of earlier versions are converted)."""
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  (pickle, zip and torch errors: all mean "not a weights file")
@@ -40,6 +42,7 @@ def load_weights(model: torch.nn.Module, weights: Path, config_name: str) -> Non
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise UserError(f"--weights {weights} holds no state dict (a mapping of names to tensors)")
+    state = upgrade_hetconv_state(model, state)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

@@ -57,8 +57,6 @@ class Cost:
 
 def _bias_macs(module: nn.Module, output: torch.Tensor) -> int:
     bias = getattr(module, "bias", None)
-    if bias is None and isinstance(module, HetConv2d):
-        bias = module.gwc.bias
     return output[0].numel() if bias is not None else 0
 
 
@@ -100,10 +98,8 @@ def _ptflops_macs(model: nn.Module, input_size: tuple[int, int, int], ignore: li
 def count_params(module: nn.Module) -> int:
     """Effective parameters (see module docstring)."""
     if isinstance(module, HetConv2d):
-        total = module.gwc.weight.numel() + (module.gwc.bias.numel() if module.gwc.bias is not None else 0)
-        if module.pwc is not None:
-            total += int(module.mask.sum().item())
-        return total
+        total = module.weight.numel() if module.mask is None else int(module.mask.sum().item())
+        return total + (module.bias.numel() if module.bias is not None else 0)
     if isinstance(module, FLGConv2d):
         total = int(module.connection_mask().sum().item()) * module.kernel_size**2
         return total + (module.bias.numel() if module.bias is not None else 0)
