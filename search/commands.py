@@ -120,7 +120,9 @@ def _check_output_dir(path: Path) -> None:
 def check_search(settings: Settings) -> None:
     """Everything about a search that can be checked before a storage or the disk is touched:
     the options (Settings validates itself), the device, the space (and its file), the results
-    folder and an explicit storage URL. The data are checked next, by loading them."""
+    folder, an explicit storage URL and the Ray cluster of ``--address`` (that a Ray head
+    answers there: ``ray.init`` would retry for minutes). The data are checked next, by
+    loading them."""
     from search.evaluation.data import num_classes_of
     from search.storage import check_storage_url
 
@@ -129,6 +131,10 @@ def check_search(settings: Settings) -> None:
     target = settings.storage_target
     check_output_dir(target.results_dir)
     check_storage_url(target.url, "explicit" if target.explicit else "default")
+    if settings.backend == "ray" and settings.ray.address not in (None, "local"):
+        from search.backends.ray_cluster import check_ray_address
+
+        check_ray_address(settings.ray.address)
 
 
 def _open_existing_study(target: StorageTarget):

@@ -148,6 +148,13 @@ CASES = [
     ),
     # The password is masked in the error line (the line must show the URL as u:***@).
     Case("storage-password-masked", ("--storage", "postgresql://u:hunter2pw@127.0.0.1:1/db"), "u:***@127.0.0.1"),
+    # Nothing listens on port 1: one line before anything is created (Ray's own connect retried for minutes).
+    Case(
+        "ray-address-unreachable",
+        ("--backend", "ray", "--address", "127.0.0.1:1", "--results-dir", "{dir}/fresh"),
+        "127.0.0.1:1: nothing listens there",
+        absent=("fresh",),
+    ),
     # NaN passed validation once, failed every trial and bricked the study (its protocol had NaN).
     Case("lr-nan", ("--lr", "nan"), "--lr"),
     # -- the existing study: options that would change what it searches

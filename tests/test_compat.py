@@ -58,6 +58,11 @@ def test_ray_optuna_search_keeps_the_attributes_compat_reads() -> None:
     assert "ray-trial-1" in compat.ray_searcher_completed(searcher)
 
 
+def test_ray_auto_address_is_the_one_ray_would_join(monkeypatch) -> None:
+    monkeypatch.setenv("RAY_ADDRESS", "10.1.2.3:6379")  # first in Ray's order: no other cluster is looked for
+    assert compat.ray_auto_address() == "10.1.2.3:6379"
+
+
 def test_no_private_optuna_or_ray_attribute_outside_compat() -> None:
     """Private attributes of Optuna or Ray objects are read only through search/compat.py."""
     private = ("._storage", "._trial_id", "._ot_study", "._ot_trials", "._completed_trials", "ray._private")
