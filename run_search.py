@@ -381,7 +381,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "flops":
         commands.print_table(commands.flops_rows(args.space, args.uniform, args.width, args.classes), args.json)
     elif args.command == "spaces":
-        commands.print_table(commands.space_rows(args.width, args.files), args.json)
+        commands.print_spaces(commands.space_rows(args.width, args.files), args.json)
     elif args.command == "search":
         commands.search(settings_from_args(args), write_report=not args.no_report)
     elif args.command == "report":

@@ -26,6 +26,7 @@ __all__ = [
     "deploy_config",
     "export",
     "flops_rows",
+    "print_spaces",
     "print_table",
     "report",
     "retrain",
@@ -56,7 +57,8 @@ def flops_rows(space_name: str, uniform: str, width: float | None, num_classes: 
 
 
 def space_rows(width: float | None, extra: list[str] | None = None) -> list[dict[str, Any]]:
-    """Every built-in space (and any space files given) with its size and MFLOPs range."""
+    """Every built-in space (and any space files given) with its size and MFLOPs range, and
+    (``unfit``) the file's choices some layers cannot take, with those layers."""
     rows = []
     for name in [*space_names(), *(extra or [])]:
         space = get_space(name, width=width)
@@ -71,9 +73,22 @@ def space_rows(width: float | None, extra: list[str] | None = None) -> list[dict
                 "mflops_min": round(low, 2),
                 "mflops_max": round(high, 2),
                 "description": space.description,
+                "unfit": {label: list(layers) for label, layers in space.unfit},
             }
         )
     return rows
+
+
+def print_spaces(rows: list[dict[str, Any]], as_json: bool = False, out=sys.stdout) -> None:
+    """The ``spaces`` table, then a line for every choice of a space file that some layers
+    cannot take (it is no choice there); JSON has them as ``unfit``."""
+    if as_json:
+        print_table(rows, True, out)
+        return
+    print_table([{k: v for k, v in row.items() if k != "unfit"} for row in rows], False, out)
+    for row in rows:
+        for label, layers in row["unfit"].items():
+            print(f"{row['space']}: {label} does not fit {', '.join(layers)} (not a choice there)", file=out)
 
 
 def print_table(rows: list[dict[str, Any]], as_json: bool = False, out=sys.stdout) -> None:
