@@ -39,13 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from cli_process import cli_command, cli_env, run_cli
+from cli_process import HANG_SECONDS, cli_command, cli_env, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = "vgg_hetconv-digits"  # the template study (default name: <space>-<dataset>)
 TEMPLATE_ARGS = ["--preset", "quick", "--epochs", "1", "--budget", "1", "--threads", "1", "--no-report"]
 SEARCH_PREFIX = ["--preset", "quick", "--epochs", "1", "--threads", "1", "--budget", "1", "--no-report"]
-CASE_TIMEOUT = 240  # seconds per process
+CASE_TIMEOUT = HANG_SECONDS  # per process: a case that takes this long hangs
 WITH_RESULTS_DIR = ("search", "report", "export")  # commands that take --results-dir
 
 

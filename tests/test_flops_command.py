@@ -12,7 +12,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from cli_process import start_cli
+from cli_process import HANG_SECONDS, start_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,7 +57,7 @@ def cli(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     }
     results = {}
     for key, proc in procs.items():
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=HANG_SECONDS)
         results[key] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     return results
 

@@ -31,7 +31,7 @@ import optuna
 import pytest
 import torch
 from _studies import load
-from cli_process import run_cli
+from cli_process import HANG_SECONDS, run_cli
 from optuna.trial import TrialState
 
 from models import Architecture
@@ -60,7 +60,7 @@ COMMAND = [
     "--threads",
     "1",
 ]
-RUN_TIMEOUT = 600
+RUN_TIMEOUT = HANG_SECONDS
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

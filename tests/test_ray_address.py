@@ -24,10 +24,10 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pytest
-from cli_process import cli_env, ray_cli_env, run_cli
+from cli_process import HANG_SECONDS, cli_env, ray_cli_env, run_cli
 
 SEARCH = ["--preset", "quick", "--epochs", "1", "--budget", "1", "--backend", "ray"]
-HANG = 300  # seconds: a run that takes this long is stuck
+HANG = HANG_SECONDS  # a run that takes this long is stuck
 SETTINGS_FRAME = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # an empty HTTP/2 SETTINGS frame
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from cli_process import ray_cli_env, run_cli, start_cli
+from cli_process import HANG_SECONDS, ray_cli_env, run_cli, start_cli
 from optuna.trial import FrozenTrial, TrialState
 
 from search.settings import PRESETS, Settings, TrainingSettings
@@ -140,7 +140,9 @@ def in_process_ray(ray_tmpdir: str, monkeypatch: pytest.MonkeyPatch):
     optuna.logging.set_verbosity(level)
 
 
-def _run_cli(args: list[str], ray_tmpdir: str, timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
+def _run_cli(
+    args: list[str], ray_tmpdir: str, timeout: float = HANG_SECONDS
+) -> tuple[subprocess.CompletedProcess, float]:
     started = time.perf_counter()
     proc = run_cli(args, ROOT, timeout=timeout, env=ray_cli_env(ray_tmpdir))
     return proc, time.perf_counter() - started
@@ -426,7 +428,7 @@ def test_killed_driver_is_resumed_by_the_same_command(tmp_path: Path, ray_tmpdir
     try:
         started = time.perf_counter()
         # The study exists once the driver says where Ray writes (printed after ray.init).
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + HANG_SECONDS
         while "Ray results in" not in log_path.read_text():
             assert proc.poll() is None, log_path.read_text()[-3000:]
             assert time.monotonic() < deadline, log_path.read_text()[-3000:]
@@ -477,7 +479,7 @@ def test_killed_driver_is_resumed_by_the_same_command(tmp_path: Path, ray_tmpdir
     assert complete_before
     say(f"at the kill: trials {sorted(before)}: complete {sorted(complete_before)}, running {running_before}")
 
-    second, second_wall = _run_cli(args, ray_tmpdir, timeout=400)
+    second, second_wall = _run_cli(args, ray_tmpdir)
     assert second.returncode == 0, second.stderr[-4000:]
     if running_before:
         assert (
