@@ -226,7 +226,7 @@ def _make_searcher(context: SearchContext, progress: Progress, done: list[int], 
 
 def recover_orphaned_trials(study: optuna.Study, space: SearchSpace) -> int:
     """Fail the trials a killed driver left RUNNING and queue each whole configuration once
-    more. Assumes one Ray driver per study (the README says so)."""
+    more. Assumes one Ray driver per study (docs/cluster.md says so)."""
     orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     layers = {slot.name for slot in space.slots}
     for trial in orphans:
