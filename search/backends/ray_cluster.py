@@ -138,9 +138,9 @@ def join_ray_cluster(address: str, **init_options: Any) -> None:
         thread = threading.Thread(target=connect, name="ray-connect", daemon=True)
         thread.start()
         thread.join(JOIN_SECONDS)
-        state["abandoned"] = thread.is_alive()
+        still_connecting = state["abandoned"] = thread.is_alive()  # one answer for both uses
     check = f"check that it is the Ray head node's address and that the cluster runs Ray {ray.__version__} as this machine does"
-    if thread.is_alive():
+    if still_connecting:
         raise UserError(f"--address {address}: no Ray cluster took this driver within {JOIN_SECONDS:.0f} s; {check}")
     if failure:
         reason = (str(failure[0]).strip().splitlines() or [type(failure[0]).__name__])[0]
