@@ -50,16 +50,24 @@ def _n(field: str):
     return NUMBERS[field].parse
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results-dir", default="results", help="output folder (default: results)")
+def _add_common(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument(
-        "--storage", default=None, help="Optuna storage URL (default: sqlite:///<results-dir>/studies.db)"
+        "--results-dir", default="results", help="output folder: storage, reports, exported configs (default: results)"
+    )
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage URL, e.g. postgresql://user:pw@host/db for several machines; only the default one "
+        "is created (default: sqlite:///<results-dir>/studies.db)",
     )
 
 
 def _add_width(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--width", type=_n("width"), default=None, help="width multiplier of the model (default: the space's, 1.0)"
+        "--width",
+        type=_n("width"),
+        default=None,
+        help="width multiplier of the model, channels rounded to multiples of 8 (default: the space's, 1.0)",
     )
 
 
@@ -94,7 +102,8 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
         "--latency",
         default="measured",
         help="latency objective: measured (time each deployed candidate) "
-        "or table (per-layer lookup table, built once per device and cached) (default: measured)",
+        "or table (per-layer lookup table, built once per device and cached in <results-dir>/latency_tables/) "
+        "(default: measured)",
     )
     g.add_argument(
         "--latency-batch", type=_n("latency_batch"), default=1, help="batch size of the latency objective (default: 1)"
@@ -103,15 +112,19 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
         "--max-mflops", type=_n("max_mflops"), default=None, help="FLOPs ceiling: candidates above it are not trained"
     )
     g.add_argument(
-        "--tune", default="", help=f"also sweep training hyperparameters: comma-separated from {', '.join(TUNABLE)}"
+        "--tune",
+        default="",
+        help="also sweep training hyperparameters, comma-separated, each once: "
+        + ", ".join(f"{name} ({kind} {bounds[0]:g}..{bounds[-1]:g})" for name, (kind, bounds) in TUNABLE.items()),
     )
     g.add_argument(
         "--baselines",
         action="store_const",
         const=True,
         default=None,
-        help="queue the uniform configurations of the space (and its published models) as ordinary trials, "
-        "counted in the budget (default: queued when they take at most half of --budget)",
+        help="queue the uniform configurations of the space (dense, every layer P=2, P=4, ...) and its published "
+        "models as ordinary trials counted in the budget (with --strategy one-shot: scored first), drawn as their own "
+        "series in the report (default: queued when they take at most half of --budget)",
     )
     g.add_argument(
         "--no-baselines", dest="baselines", action="store_const", const=False, help="never queue the baselines"
@@ -160,13 +173,18 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
         "--epochs", type=_n("epochs"), default=None, help=f"training epochs per candidate (default: {d.epochs})"
     )
     g.add_argument("--batch-size", type=_n("batch_size"), default=None, help=f"(default: {d.batch_size})")
-    g.add_argument("--lr", type=_n("lr"), default=None, help=f"peak learning rate (default: {d.lr})")
+    g.add_argument(
+        "--lr",
+        type=_n("lr"),
+        default=None,
+        help=f"peak learning rate: SGD, Nesterov momentum, linear warm-up, cosine decay (default: {d.lr})",
+    )
     g.add_argument("--momentum", type=_n("momentum"), default=None, help=f"Nesterov momentum (default: {d.momentum})")
     g.add_argument(
         "--weight-decay",
         type=_n("weight_decay"),
         default=None,
-        help=f"(default: {d.weight_decay}; never on FLGC logits)",
+        help=f"(default: {d.weight_decay}; never on FLGC assignment logits, biases and BatchNorm)",
     )
     g.add_argument(
         "--label-smoothing", type=_n("label_smoothing"), default=None, help=f"(default: {d.label_smoothing})"
@@ -181,7 +199,8 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
         "--val-size",
         type=_n("val_size"),
         default=None,
-        help="validation images held out of the training set (default: 5000 CIFAR, 20%% digits)",
+        help="validation images held out of the training set (default: 5000 CIFAR, 20%% digits, digits32's fixed "
+        "split; given for digits32 it re-splits training and validation images at random)",
     )
     g.add_argument(
         "--split-seed",
@@ -189,7 +208,12 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"seed of the train/validation split (default: {d.split_seed})",
     )
-    g.add_argument("--device", default=None, help="auto (CUDA if present), cpu, cuda, cuda:1 ... (default: auto)")
+    g.add_argument(
+        "--device",
+        default=None,
+        help="auto (CUDA if present: mixed precision, channels_last, data kept on the GPU), cpu, cuda, cuda:1 ... "
+        "(default: auto)",
+    )
     g.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     g.add_argument(
         "--cuda-graphs",
@@ -201,10 +225,15 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
 
     g = parser.add_argument_group("driver and storage")
     g.add_argument(
-        "--sampler", default=None, help=f"{', '.join(SAMPLERS)} (default: tpe; nsga2 with --strategy one-shot)"
+        "--sampler",
+        default=None,
+        help=f"{', '.join(SAMPLERS)} (gp needs scipy, fastest with greenlet) (default: tpe; nsga2 with --strategy one-shot)",
     )
     g.add_argument(
-        "--seed", type=_n("seed"), default=0, help="seed of the sampler and of every trial's training (default: 0)"
+        "--seed",
+        type=_n("seed"),
+        default=0,
+        help="seed of the sampler and of every trial's training (trial seed = seed * 100003 + trial number) (default: 0)",
     )
     g.add_argument("--backend", default="optuna", help="optuna (one machine) or ray (cluster) (default: optuna)")
     g.add_argument("--study-name", default=None, help="(default: <space>-<dataset>)")
@@ -212,17 +241,22 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
         "--max-failures",
         type=_n("max_failures"),
         default=5,
-        help="stop after this many failed trials in a row (default: 5)",
+        help="stop (exit code 1, study kept) after this many failed trials in a row (default: 5)",
     )
     g.add_argument(
-        "--workers", type=_n("workers"), default=1, help="worker processes on this machine, one study (default: 1)"
+        "--workers",
+        type=_n("workers"),
+        default=1,
+        help="worker processes on this machine, one study, each on its own GPU where there are several; never more "
+        "than --budget (default: 1)",
     )
     g.add_argument(
         "--trials-per-gpu",
         type=_n("trials_per_gpu"),
         default=None,
-        help="on CUDA: trials trained at once per GPU, one worker process each (default: 4 where "
-        "--workers is 1, the Optuna backend trains each candidate and --device is auto or cuda; else 1)",
+        help="on CUDA: trials trained at once per GPU, one worker process each; 1 turns packing off, never more "
+        "than --budget (default: 4 where --workers is 1, the Optuna backend trains each candidate and --device is "
+        "auto or cuda; else 1)",
     )
     g.add_argument(
         "--checkpoint-every",
@@ -260,7 +294,7 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--ray-retries", type=_n("ray_retries"), default=2, help="Ray-level retries of a crashed trial (default: 2)"
     )
-    _add_common(parser)
+    _add_common(parser.add_argument_group("output and storage"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     flops = sub.add_parser("flops", help="MFLOPs and parameters of uniform models of a space")
     flops.add_argument("--space", required=True, help="space name or space file")
     flops.add_argument("--uniform", default="all", help="a value legal at every layer (e.g. 4), 'dense' or 'all'")
-    flops.add_argument("--classes", type=_n("classes"), default=10, help="number of classes (default 10)")
+    flops.add_argument("--classes", type=_n("classes"), default=10, help="number of classes (default: 10)")
     flops.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_width(flops)
 
@@ -297,9 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     retrain = sub.add_parser("retrain", help="train an exported config on the full training set, report test accuracy")
     retrain.add_argument("config", help="an exported JSON config (results/<study>/pareto/*.json)")
-    retrain.add_argument("--epochs", type=_n("epochs"), default=None, help="(default: the config's training epochs)")
-    retrain.add_argument("--device", default=None, help="(default: auto)")
-    retrain.add_argument("--data-dir", default=None, help="(default: the config's)")
+    retrain.add_argument(
+        "--epochs", type=_n("epochs"), default=None, help="training epochs (default: the config's training epochs)"
+    )
+    retrain.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
+    retrain.add_argument("--data-dir", default=None, help="where the data set is or goes (default: the config's)")
 
     deploy = sub.add_parser("deploy", help="export an exported config's inference model (TorchScript, ONNX)")
     deploy.add_argument("config", help="an exported JSON config")
@@ -405,7 +441,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "flops":
         commands.print_table(commands.flops_rows(args.space, args.uniform, args.width, args.classes), args.json)
     elif args.command == "spaces":
-        commands.print_table(commands.space_rows(args.width, args.files), args.json)
+        commands.print_spaces(commands.space_rows(args.width, args.files), args.json)
     elif args.command == "search":
         commands.search(settings_from_args(args), write_report=not args.no_report)
     elif args.command == "report":

@@ -272,6 +272,7 @@ class HetConv2d(nn.Module):
         if form == "dense" or self.mask is None:
             return self._conv(m, n, k, self.padding, 1, self.dense_weight(), self.bias)
         grouped, pointwise = self.parts()
+        assert pointwise is not None  # P > 1
         grouped_conv = self._conv(m, n, k, self.padding, self.part, grouped, self.bias)
         return ConvSum(grouped_conv, self._conv(m, n, 1, 0, 1, pointwise, None))
 

@@ -26,6 +26,7 @@ __all__ = [
     "deploy_config",
     "export",
     "flops_rows",
+    "print_spaces",
     "print_table",
     "report",
     "retrain",
@@ -57,7 +58,8 @@ def flops_rows(space_name: str, uniform: str, width: float | None, num_classes: 
 
 
 def space_rows(width: float | None, extra: list[str] | None = None) -> list[dict[str, Any]]:
-    """Every built-in space (and any space files given) with its size and MFLOPs range."""
+    """Every built-in space (and any space files given) with its size and MFLOPs range, and
+    (``unfit``) the file's choices some layers cannot take, with those layers."""
     rows = []
     for name in [*space_names(), *(extra or [])]:
         space = get_space(name, width=width)
@@ -72,9 +74,22 @@ def space_rows(width: float | None, extra: list[str] | None = None) -> list[dict
                 "mflops_min": round(low, 2),
                 "mflops_max": round(high, 2),
                 "description": space.description,
+                "unfit": {label: list(layers) for label, layers in space.unfit},
             }
         )
     return rows
+
+
+def print_spaces(rows: list[dict[str, Any]], as_json: bool = False, out=sys.stdout) -> None:
+    """The ``spaces`` table, then a line for every choice of a space file that some layers
+    cannot take (it is no choice there); JSON has them as ``unfit``."""
+    if as_json:
+        print_table(rows, True, out)
+        return
+    print_table([{k: v for k, v in row.items() if k != "unfit"} for row in rows], False, out)
+    for row in rows:
+        for label, layers in row["unfit"].items():
+            print(f"{row['space']}: {label} does not fit {', '.join(layers)} (not a choice there)", file=out)
 
 
 def print_table(rows: list[dict[str, Any]], as_json: bool = False, out=sys.stdout) -> None:
@@ -121,7 +136,9 @@ def _check_output_dir(path: Path) -> None:
 def check_search(settings: Settings) -> None:
     """Everything about a search that can be checked before a storage or the disk is touched:
     the options (Settings validates itself), the device, the space (and its file), the results
-    folder and an explicit storage URL. The data are checked next, by loading them."""
+    folder, an explicit storage URL and the Ray cluster of ``--address`` (that a Ray head
+    answers there: ``ray.init`` would retry for minutes). The data are checked next, by
+    loading them."""
     from search.evaluation.data import num_classes_of
     from search.storage import check_storage_url
 
@@ -130,6 +147,10 @@ def check_search(settings: Settings) -> None:
     target = settings.storage_target
     check_output_dir(target.results_dir)
     check_storage_url(target.url, "explicit" if target.explicit else "default")
+    if settings.backend == "ray" and settings.ray.address not in (None, "local"):
+        from search.backends.ray_cluster import check_ray_address
+
+        check_ray_address(settings.ray.address)
 
 
 def _open_existing_study(target: StorageTarget):

@@ -2,10 +2,10 @@
 
 The tool needs a few things neither library offers publicly: failing a trial that another
 process owns, recording a heartbeat for a trial it runs itself, opening a second study on the
-storage an open study already holds, and reading the Optuna study and trials that Ray Tune's
-``OptunaSearch`` keeps. Each is one small function here, so that a new Optuna or Ray release
-breaks this module and its test (``tests/test_compat.py``, which also pins the versions known
-to work) rather than a search.
+storage an open study already holds, reading the Optuna study and trials that Ray Tune's
+``OptunaSearch`` keeps, and finding the cluster Ray's ``address="auto"`` would join. Each is one
+small function here, so that a new Optuna or Ray release breaks this module and its test
+(``tests/test_compat.py``, which also pins the versions known to work) rather than a search.
 """
 
 from __future__ import annotations
@@ -73,3 +73,11 @@ def ray_searcher_trials(searcher: Any) -> dict[str, optuna.Trial]:
 def ray_searcher_completed(searcher: Any) -> set[str]:
     """The Ray trial ids ``OptunaSearch`` has already told the study about."""
     return searcher._completed_trials
+
+
+def ray_auto_address() -> str:
+    """The address ``ray.init(address="auto")`` would join: RAY_ADDRESS, else the cluster that
+    ``ray start`` recorded on this machine (or a running one Ray finds); ConnectionError if none."""
+    from ray._private.services import get_ray_address_from_environment
+
+    return get_ray_address_from_environment("auto", None)

@@ -52,6 +52,9 @@ class SearchSpace:
     # Named baselines (published models) that are candidates of this space at this width:
     # (name, one spec per slot). Not part of the fingerprint: they do not change the space.
     named: tuple[tuple[str, tuple[LayerSpec, ...]], ...] = ()
+    # A space file's 'choices' that some layers cannot take, and those layers: (label, names).
+    # Dropped there (``spaces FILE`` lists them); not part of the fingerprint either.
+    unfit: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @classmethod
     def from_choices(

@@ -4,8 +4,10 @@ Format::
 
     model: vgg16              # a model family (vgg16, mobilenetv2)
     width: 0.5                # optional, default 1.0
-    choices: [dense, "hetconv:2", "hetconv:4", "flgc:4"]   # every layer; values a layer
-                                                           # cannot take are dropped for it
+    choices: [dense, "hetconv:2", "hetconv:4", "flgc:4"]   # every layer; a value a layer
+                                                           # cannot take is dropped there
+                                                           # (`spaces FILE` says where), one
+                                                           # no layer can take is an error
     layers:                   # optional per-layer overrides, by layer name; must all be legal
       conv02: [dense]
       conv13: ["hetconv:8", "flgc:8"]
@@ -14,6 +16,7 @@ Format::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -130,18 +133,14 @@ def load_space_file(path: str | Path, width: float | None, num_classes: int) -> 
     if default is None and set(overrides) != set(slots):
         raise SpaceError(f"space file {path}: give 'choices' for all layers, or 'layers' for every layer")
     per_layer = {name: _specs(v, f"space file {path}: layer {name}") for name, v in overrides.items()}
+    fits = _where_choices_fit(
+        default or [], [slot for name, slot in slots.items() if name not in per_layer], path, width
+    )
 
     def choose(slot: LayerSlot) -> list[LayerSpec]:
         if slot.name in per_layer:
             return per_layer[slot.name]  # explicit: must be legal, SearchSpace checks and names it
-        legal = []
-        for spec in default or []:  # (None only where every layer has its own list)
-            try:
-                spec.check(slot)
-            except ArchitectureError:
-                continue
-            legal.append(spec)
-        return legal
+        return [spec for spec in default or [] if slot.name in fits[spec]]
 
     types = {spec.type for specs in [default or [], *per_layer.values()] for spec in specs}
     default_type = _text(data, "default_type", path) or (
@@ -150,7 +149,7 @@ def load_space_file(path: str | Path, width: float | None, num_classes: int) -> 
     if default_type not in ("hetconv", "flgc"):
         raise SpaceError(f"space file {path}: default_type must be hetconv or flgc, got {default_type!r}")
     try:
-        return SearchSpace.from_choices(
+        space = SearchSpace.from_choices(
             _text(data, "name", path) or path.stem,
             _text(data, "description", path) or f"user space from {path.name}",
             family.name,
@@ -161,3 +160,35 @@ def load_space_file(path: str | Path, width: float | None, num_classes: int) -> 
         )
     except ArchitectureError as err:
         raise SpaceError(f"space file {path}: {err}") from None
+    taking = [name for name in slots if name not in per_layer]
+    unfit = tuple(
+        (spec.label, tuple(name for name in taking if name not in fits[spec]))
+        for spec in dict.fromkeys(default or [])
+        if len(fits[spec]) < len(taking)
+    )
+    return dataclasses.replace(space, unfit=unfit)
+
+
+def _where_choices_fit(
+    choices: list[LayerSpec], slots: list[LayerSlot], path: Path, width: float
+) -> dict[LayerSpec, list[str]]:
+    """The layers (of ``slots``, those that take 'choices') each choice fits. A choice that
+    fits none of them is a mistake (``hetconv:0``, a part that divides no channel count at
+    this width), not a value to drop without a word: SpaceError."""
+    fits: dict[LayerSpec, list[str]] = {spec: [] for spec in choices}
+    reasons: dict[LayerSpec, str] = {}
+    for slot in slots:
+        for spec in fits:
+            try:
+                spec.check(slot)
+            except ArchitectureError as err:
+                reasons.setdefault(spec, str(err))
+                continue
+            fits[spec].append(slot.name)
+    for spec, names in fits.items():
+        if slots and not names:
+            raise SpaceError(
+                f"space file {path}: choice {spec.label} fits no layer at width {width:g} ({reasons[spec]}); "
+                "remove it or give a value that divides the layers' channels"
+            )
+    return fits

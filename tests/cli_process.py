@@ -22,6 +22,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_SEARCH = ROOT / "run_search.py"
+# How long a test waits for a process before it calls it stuck. Only a hang may fail a test,
+# never a slow machine: the longest CLI runs of the suite take 1-3 minutes on 2 idle cores,
+# and several times that with the suite's other workers and another job on the same cores.
+HANG_SECONDS = 1200
 
 
 def cli_env(**overrides: str | None) -> dict[str, str]:
@@ -51,7 +55,7 @@ def cli_command(args: Iterable[Any]) -> list[str]:
 
 
 def run_cli(
-    args: Iterable[Any], cwd: Path | str, timeout: float = 600, env: dict[str, str] | None = None
+    args: Iterable[Any], cwd: Path | str, timeout: float = HANG_SECONDS, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     """Run the CLI to the end and capture its output as text."""
     return subprocess.run(
@@ -72,7 +76,7 @@ class CliRunner:
     session, with stdout and stderr in files (nobody needs to read a pipe while a test polls the
     storage). ``close()`` ends whatever still runs, by process group, when a test fails early."""
 
-    def __init__(self, threads: int = 2, timeout: float = 600) -> None:
+    def __init__(self, threads: int = 2, timeout: float = HANG_SECONDS) -> None:
         self.timeout = timeout  # seconds a run may take, unless a call says otherwise
         self._lock = threading.Lock()
         self._procs: list[subprocess.Popen] = []

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# Hypothesis judges no test by time (a busy machine is slow, not wrong): no deadline per
+# example, no "too slow" health check. A test's own @settings keeps these unless it names them.
+settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("suite")
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ Search cases get ``--preset quick --epochs 1 --threads 1 --budget 1 --no-report`
 case's own options come after and win), so a case the tool wrongly accepts finishes at once
 (the template study already has its one trial) instead of training.
 
-``flops``, ``retrain`` and ``deploy`` take no results folder and open no study: for them the
+``flops``, ``spaces``, ``retrain`` and ``deploy`` take no results folder and open no study: for them the
 check is that no results folder (nor any output file) appears.
 
 Time: a process costs ~3-5 CPU seconds, nearly all of it importing torch, torchvision and
@@ -39,13 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from cli_process import cli_command, cli_env, run_cli
+from cli_process import HANG_SECONDS, cli_command, cli_env, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = "vgg_hetconv-digits"  # the template study (default name: <space>-<dataset>)
 TEMPLATE_ARGS = ["--preset", "quick", "--epochs", "1", "--budget", "1", "--threads", "1", "--no-report"]
 SEARCH_PREFIX = ["--preset", "quick", "--epochs", "1", "--threads", "1", "--budget", "1", "--no-report"]
-CASE_TIMEOUT = 240  # seconds per process
+CASE_TIMEOUT = HANG_SECONDS  # per process: a case that takes this long hangs
 WITH_RESULTS_DIR = ("search", "report", "export")  # commands that take --results-dir
 
 
@@ -88,6 +88,10 @@ CASES = [
     Case("budget-zero", ("--budget", "0"), "--budget"),
     Case("budget-negative", ("--budget", "-3"), "-3"),
     Case("tune-unknown", ("--tune", "nope"), "nope"),
+    # A list option names each value once (--tune lr,lr was taken as --tune lr).
+    Case("tune-repeated", ("--tune", "lr,lr"), "--tune must name each"),
+    Case("objectives-repeated", ("--objectives", "accuracy,params,params"), "once each"),
+    Case("objectives-repeated-by-alias", ("--objectives", "accuracy,flops,mflops"), "once each"),
     Case("latency-unknown", ("--latency", "foo"), "--latency"),
     Case("early-stop-unknown", ("--early-stop", "foo"), "foo"),
     Case("cuda-graphs-unknown", ("--cuda-graphs", "maybe"), "--cuda-graphs"),
@@ -120,6 +124,19 @@ CASES = [
         "conv02",
         files={"override.yaml": 'model: vgg16\nchoices: [dense, "hetconv:2"]\nlayers:\n  conv02: ["hetconv:3"]\n'},
     ),
+    # A choice no layer can take was dropped without a word (a one-candidate space, or none).
+    Case(
+        "space-file-choice-no-part",
+        ("--space", "{dir}/zero.yaml"),
+        "choice hetconv:0 fits no layer",
+        files={"zero.yaml": "model: vgg16\nchoices: [dense, 'hetconv:0', 'hetconv:3']\n"},
+    ),
+    Case(
+        "space-file-part-divides-no-layer",
+        ("--space", "{dir}/three.yaml"),
+        "choice hetconv:3 fits no layer at width 0.25",
+        files={"three.yaml": "model: vgg16\nchoices: [dense, 'hetconv:2', 'hetconv:3']\n"},
+    ),
     Case(
         "space-file-unknown-model",
         ("--space", "{dir}/model.yaml"),
@@ -149,6 +166,13 @@ CASES = [
     ),
     # The password is masked in the error line (the line must show the URL as u:***@).
     Case("storage-password-masked", ("--storage", "postgresql://u:hunter2pw@127.0.0.1:1/db"), "u:***@127.0.0.1"),
+    # Nothing listens on port 1: one line before anything is created (Ray's own connect retried for minutes).
+    Case(
+        "ray-address-unreachable",
+        ("--backend", "ray", "--address", "127.0.0.1:1", "--results-dir", "{dir}/fresh"),
+        "127.0.0.1:1: nothing listens there",
+        absent=("fresh",),
+    ),
     # NaN passed validation once, failed every trial and bricked the study (its protocol had NaN).
     Case("lr-nan", ("--lr", "nan"), "--lr"),
     # -- the existing study: options that would change what it searches
@@ -175,6 +199,13 @@ CASES = [
     Case("report-unknown-study", ("--study", "nope"), "nope", command="report"),
     Case("export-unknown-study", ("--study", "nope"), "nope", command="export"),
     Case("flops-illegal-uniform", ("--space", "vgg_hetconv", "--uniform", "3"), "3 is not", command="flops"),
+    Case(
+        "spaces-choice-no-part",
+        ("{dir}/zero.yaml",),
+        "choice hetconv:0 fits no layer",
+        command="spaces",
+        files={"zero.yaml": "model: vgg16\nchoices: [dense, 'hetconv:0']\n"},
+    ),
     Case(
         "retrain-wrong-layer-count",
         ("{dir}/short.json",),
@@ -225,8 +256,17 @@ CASES = [
 ]
 
 # Also run as real processes: a refused search option, a refused study change, the masked
-# password, and a read-only command.
-SUBPROCESS = ("unknown-space", "study-other-epochs", "storage-password-masked", "report-unknown-study")
+# password, a read-only command, a repeated list value, a choice no layer takes, a Ray address
+# where nothing listens.
+SUBPROCESS = (
+    "unknown-space",
+    "study-other-epochs",
+    "storage-password-masked",
+    "report-unknown-study",
+    "tune-repeated",
+    "space-file-choice-no-part",
+    "ray-address-unreachable",
+)
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -407,7 +447,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_study_alone(case: Case, key
     if out.before is not None:
         assert out.after is not None, f"the study storage disappeared:{shown}"
         assert out.after == out.before, f"the study changed:\nbefore {out.before}\nafter  {out.after}{shown}"
-    else:  # flops, retrain, deploy take no results folder: nothing may appear where one would go
+    else:  # flops, spaces, retrain, deploy take no results folder: nothing may appear where one would go
         assert not (out.folder / "results").exists(), f"a results folder was created:{shown}"
     for path in case.absent:
         assert not (out.folder / path).exists(), f"{path} was created:{shown}"

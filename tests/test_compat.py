@@ -9,6 +9,7 @@ from pathlib import Path
 import optuna
 import pytest
 import ray
+from _tree import ROOT, project_files
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
@@ -57,15 +58,19 @@ def test_ray_optuna_search_keeps_the_attributes_compat_reads() -> None:
     assert "ray-trial-1" in compat.ray_searcher_completed(searcher)
 
 
+def test_ray_auto_address_is_the_one_ray_would_join(monkeypatch) -> None:
+    monkeypatch.setenv("RAY_ADDRESS", "10.1.2.3:6379")  # first in Ray's order: no other cluster is looked for
+    assert compat.ray_auto_address() == "10.1.2.3:6379"
+
+
 def test_no_private_optuna_or_ray_attribute_outside_compat() -> None:
     """Private attributes of Optuna or Ray objects are read only through search/compat.py."""
-    root = Path(__file__).resolve().parents[1]
     private = ("._storage", "._trial_id", "._ot_study", "._ot_trials", "._completed_trials", "ray._private")
     offenders = []
-    for path in sorted(root.glob("*/**/*.py")) + sorted(root.glob("*.py")):
-        if path.parts[len(root.parts)] in {"tests", ".git"} or path.name == "compat.py":
+    for path in project_files("*.py"):  # the project's files, never a virtual environment inside the checkout
+        if path.relative_to(ROOT).parts[0] == "tests" or path.name == "compat.py":
             continue
-        text = path.read_text()
-        offenders += [f"{path.relative_to(root)}: {name}" for name in private if name in text]
+        text = path.read_text(encoding="utf-8")
+        offenders += [f"{path.relative_to(ROOT)}: {name}" for name in private if name in text]
     assert not offenders, offenders
     assert inspect.getsourcefile(compat).endswith("search/compat.py")

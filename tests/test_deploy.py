@@ -559,7 +559,7 @@ def write_config(path: Path, arch: Architecture) -> Path:
 
 
 def deploy_cli(*args: str) -> subprocess.CompletedProcess:
-    return run_cli(args, cwd=REPO, timeout=240, env=cli_env(PYTHONWARNINGS="ignore"))
+    return run_cli(args, cwd=REPO, env=cli_env(PYTHONWARNINGS="ignore"))
 
 
 def test_deploy_command_with_trained_weights(tmp_path):

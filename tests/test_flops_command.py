@@ -12,7 +12,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from cli_process import start_cli
+from cli_process import HANG_SECONDS, start_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,17 +34,30 @@ COMMANDS = {
     "unknown_space": ["flops", "--space", "no_such_space", "--uniform", "all"],
     "illegal_uniform": ["flops", "--space", "vgg_hetconv", "--uniform", "3", "--json"],
     "spaces": ["spaces", "--json"],
+    "spaces_file": ["spaces", "{file}", "--width", "0.25"],
+    "spaces_file_json": ["spaces", "{file}", "--width", "0.25", "--json"],
 }
+# At width 0.25 the VGG-16 convs have 16 to 128 channels: P = 64 fits only those with 64 or
+# more in and out (conv06 onwards), G = 32 those with 32 or more (conv04 onwards).
+PARTIAL_SPACE = "model: vgg16\nchoices: [dense, 'hetconv:2', 'hetconv:64', 'flgc:32']\n"
 
 
 @pytest.fixture(scope="module")
-def cli() -> dict[str, subprocess.CompletedProcess]:
+def cli(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    space_file = tmp_path_factory.mktemp("spaces") / "partial.yaml"
+    space_file.write_text(PARTIAL_SPACE)
     procs = {
-        key: start_cli(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for key, args in COMMANDS.items()
+        key: start_cli(
+            [str(space_file) if a == "{file}" else a for a in args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for key, args in COMMANDS.items()
     }
     results = {}
     for key, proc in procs.items():
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=HANG_SECONDS)
         results[key] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     return results
 
@@ -180,6 +193,22 @@ def test_spaces_json(cli):
         assert by[name]["mflops_max"] == pytest.approx(float(vgg_expected_macs(None)) / 1e6, abs=0.01)
     assert by["vgg_hetconv"]["mflops_min"] == pytest.approx(float(vgg_expected_macs(64)) / 1e6, abs=0.01)
     assert by["vgg_hetconv"]["size"] == f"{7**12:.3g}"
+
+
+def test_spaces_says_where_a_choice_of_a_file_does_not_fit(cli):
+    result = cli["spaces_file"]
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-2:] == [
+        "partial: hetconv:64 does not fit conv02, conv03, conv04, conv05 (not a choice there)",
+        "partial: flgc:32 does not fit conv02, conv03 (not a choice there)",
+    ], result.stdout
+    rows = {r["space"]: r for r in json.loads(cli["spaces_file_json"].stdout)}
+    assert rows["partial"]["unfit"] == {
+        "hetconv:64": ["conv02", "conv03", "conv04", "conv05"],
+        "flgc:32": ["conv02", "conv03"],
+    }
+    assert rows["vgg_hetconv"]["unfit"] == {}  # a built-in space lists what fits each layer
 
 
 # ----------------------------------------------------------------------------- in-process

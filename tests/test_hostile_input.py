@@ -564,7 +564,9 @@ def search_argv(draw) -> list[str]:
     return argv
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(argv=search_argv())
 def test_random_search_arguments_are_accepted_or_one_error_line(argv, tmp_path_factory, monkeypatch):
     _no_search(monkeypatch)
@@ -596,7 +598,9 @@ def read_only_argv(draw) -> list[str]:
     return ["spaces", draw(words) + ".yaml", "--width", draw(numbers)]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(argv=read_only_argv())
 def test_read_only_commands_never_create_anything(argv, tmp_path_factory):
     _expect_clean(argv, tmp_path_factory.mktemp("fuzz_read_only"))
@@ -641,7 +645,9 @@ def space_files(draw) -> tuple[str, bytes]:
     return suffix, text.encode("utf-8", "surrogatepass")
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(space=space_files())
 def test_random_space_files_are_loaded_or_one_error_line(space, tmp_path_factory, monkeypatch):
     _no_search(monkeypatch)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _tree import ROOT, project_files
+
 PACKAGES = ("layers", "models", "spaces", "search")
 TOP_RANK = {"layers": 0, "models": 1, "spaces": 2, "search": 3}
 # search's steps, lowest first; a module may import its own step and those below it
@@ -36,8 +37,8 @@ SEARCH_RANK = {
 
 
 def _modules() -> list[Path]:
-    files = [p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))]
-    return files + sorted((ROOT / "bench").glob("*.py")) + [ROOT / "run_search.py"]
+    """The project's modules (git's list: never files of a virtual environment in the checkout)."""
+    return project_files(*(f"{package}/*.py" for package in PACKAGES), "bench/*.py", "tools/*.py", "run_search.py")
 
 
 def _dotted(path: Path) -> str:
@@ -73,8 +74,8 @@ def _step(dotted: str) -> tuple[int, str] | None:
 
 
 def test_every_search_module_has_a_step() -> None:
-    steps = {p.relative_to(ROOT / "search").parts[0].removesuffix(".py") for p in (ROOT / "search").glob("*")}
-    steps -= {"__init__", "__pycache__"}
+    steps = {p.relative_to(ROOT / "search").parts[0].removesuffix(".py") for p in project_files("search/*")}
+    steps -= {"__init__"}
     assert steps == set(SEARCH_RANK), "add the new part of search/ to SEARCH_RANK (and docs/architecture.md)"
 
 
@@ -82,7 +83,7 @@ def test_imports_only_go_down() -> None:
     upward = []
     for path in _modules():
         own = _step(_dotted(path))
-        if own is None:  # bench/ and run_search.py sit on top
+        if own is None:  # bench/, tools/ and run_search.py sit on top
             continue
         for module, _, line in _imports(path):
             theirs = _step(module)

@@ -14,7 +14,6 @@ import json
 import math
 import re
 import subprocess
-import time
 from concurrent.futures import Future
 from importlib import metadata
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import optuna
 import pytest
 from _studies import load, storage_url
-from cli_process import CliRunner
+from cli_process import HANG_SECONDS, CliRunner
 from optuna.trial import TrialState
 
 from models import Architecture, validate
@@ -40,7 +39,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = "vgg_hetconv-digits"
 QUICK = ["--preset", "quick", "--epochs", "1", "--threads", "1", "--no-report"]
-RUN_TIMEOUT = 300  # seconds per CLI run (a budget-5 quick search takes ~15 s)
+RUN_TIMEOUT = HANG_SECONDS  # per CLI run, only a hang (a budget-5 quick search takes ~15 s)
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -418,7 +417,6 @@ def test_nan_loss_stops_in_the_first_epoch(space):
 def test_nan_loss_through_the_shared_candidate_path(space):
     settings = Settings(training=TrainingSettings(dataset="digits", epochs=3, batch_size=64, lr=1e6, warmup_epochs=0.5))
     arch = space.uniform(2)
-    started = time.perf_counter()
     plan = evaluation_plan(settings, space, resolve_device(settings.training.device))
     outcome = evaluate_candidate(arch, {}, plan, seed=0, number=7)
     assert outcome.state == "failed"
@@ -426,8 +424,7 @@ def test_nan_loss_through_the_shared_candidate_path(space):
     assert outcome.attrs["status"] == "failed"
     assert "loss" in outcome.attrs["fail_reason"] and re.search(r"\bepoch 1\b", outcome.attrs["fail_reason"])
     assert outcome.attrs["architecture"] == arch.to_json()
-    assert "trial 7" in outcome.line
-    assert time.perf_counter() - started < 60
+    assert "trial 7" in outcome.line  # (and it stopped in epoch 1, as the reason says: no time bound needed)
 
 
 # ------------------------------------------------------------------------------- 11. failing trials

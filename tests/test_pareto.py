@@ -21,6 +21,9 @@ from search.reporting.pareto import (
     to_minimization,
 )
 
+# 0.05-0.3 s here: a bound 100 times that catches a quadratic pure-Python rewrite (minutes at
+# 10k points), never a busy machine.
+SCALE_SECONDS = 30.0
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -396,7 +399,7 @@ def test_pareto_mask_scales_to_10k():
     t0 = time.perf_counter()
     mask = pareto_mask(pts, HAND_SENSES)
     ranks = non_dominated_sort(pts, HAND_SENSES)
-    assert time.perf_counter() - t0 < 5.0
+    assert time.perf_counter() - t0 < SCALE_SECONDS
     # spot-check against a vectorised brute force on a subset of rows
     pm = _to_min(pts, HAND_SENSES)
     idx = rng.choice(len(pts), 200, replace=False)
@@ -414,7 +417,7 @@ def test_history_2000_points_is_fast(k):
     ref = (0.0,) + (1.0,) * (k - 1)
     t0 = time.perf_counter()
     hist = hypervolume_history(pts, senses, ref)
-    assert time.perf_counter() - t0 < 5.0
+    assert time.perf_counter() - t0 < SCALE_SECONDS
     assert np.all(np.diff(hist) >= 0)
     assert hist[-1] == pytest.approx(hypervolume(pts, senses, ref))
     # spot-check a few prefixes against the one-shot hypervolume

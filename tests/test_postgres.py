@@ -23,14 +23,14 @@ import pytest
 from search.storage import StorageError, open_storage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cli_process import start_cli
+from cli_process import HANG_SECONDS, start_cli
 from pg_server import create_database, postgres_url  # noqa: E402,F401  (the session fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["--preset", "quick", "--epochs", "1", "--threads", "1", "--no-report"]
-TIMEOUT = 420  # seconds per CLI run (2 shared cores: three processes start and train together)
+TIMEOUT = HANG_SECONDS  # per CLI run, only a hang (2 shared cores: three processes start and train together)
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -174,7 +174,7 @@ def test_three_machines_open_a_fresh_database_at_once(postgres_url: str) -> None
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join(timeout=120)
+            thread.join(timeout=HANG_SECONDS)
         assert errors == [], errors
 
 
@@ -212,9 +212,7 @@ def test_documented_url_form_works(postgres_url: str, tmp_path: Path) -> None:
     ids=["psycopg2", "bare"],
 )
 def test_unreachable_server_is_one_error_line(url: str, tmp_path: Path) -> None:
-    (proc,) = _finish(
-        [_start([*QUICK, "--storage", url, "--budget", 1, "--results-dir", tmp_path], tmp_path)], timeout=180
-    )
+    (proc,) = _finish([_start([*QUICK, "--storage", url, "--budget", 1, "--results-dir", tmp_path], tmp_path)])
     assert proc.returncode == 2, describe(proc)
     assert "Traceback" not in proc.stderr, describe(proc)
     lines = proc.stderr.strip().splitlines()

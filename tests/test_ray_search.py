@@ -2,7 +2,8 @@
 
 1. a local run through the CLI writes the same study as the Optuna backend, and re-running
    with a larger budget continues it;
-2. a two-node cluster on loopback (``ray.cluster_utils.Cluster``) spreads trials over both nodes;
+2. a two-node cluster on loopback (``ray.cluster_utils.Cluster``), which passes the check of
+   ``--address`` and is joined as the driver joins one, spreads trials over both nodes;
 3. logical GPUs with fractional shares: trials pack two per GPU id and run concurrently;
 4. a driver killed with SIGKILL (with its local Ray) is resumed by running the same command.
 
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from cli_process import ray_cli_env, run_cli, start_cli
+from cli_process import HANG_SECONDS, ray_cli_env, run_cli, start_cli
 from optuna.trial import FrozenTrial, TrialState
 
 from search.settings import PRESETS, Settings, TrainingSettings
@@ -139,7 +140,9 @@ def in_process_ray(ray_tmpdir: str, monkeypatch: pytest.MonkeyPatch):
     optuna.logging.set_verbosity(level)
 
 
-def _run_cli(args: list[str], ray_tmpdir: str, timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
+def _run_cli(
+    args: list[str], ray_tmpdir: str, timeout: float = HANG_SECONDS
+) -> tuple[subprocess.CompletedProcess, float]:
     started = time.perf_counter()
     proc = run_cli(args, ROOT, timeout=timeout, env=ray_cli_env(ray_tmpdir))
     return proc, time.perf_counter() - started
@@ -300,13 +303,18 @@ def two_node_cluster(in_process_ray: str):
     import ray
     from ray.cluster_utils import Cluster
 
+    from search.backends.ray_cluster import check_ray_address, join_ray_cluster
+
     started = time.perf_counter()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.WARNING)
-        say(f"2-node Cluster up and ray.init connected in {time.perf_counter() - started:.1f} s")
+        # A real Ray head passes the check of --address, and the driver's bounded join takes it.
+        check_ray_address(cluster.address)
+        join_ray_cluster(cluster.address, log_to_driver=False, logging_level=logging.WARNING)
+        assert ray.is_initialized()
+        say(f"2-node Cluster up and the driver joined in {time.perf_counter() - started:.1f} s")
         yield cluster
     finally:
         ray.shutdown()
@@ -420,7 +428,7 @@ def test_killed_driver_is_resumed_by_the_same_command(tmp_path: Path, ray_tmpdir
     try:
         started = time.perf_counter()
         # The study exists once the driver says where Ray writes (printed after ray.init).
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + HANG_SECONDS
         while "Ray results in" not in log_path.read_text():
             assert proc.poll() is None, log_path.read_text()[-3000:]
             assert time.monotonic() < deadline, log_path.read_text()[-3000:]
@@ -471,7 +479,7 @@ def test_killed_driver_is_resumed_by_the_same_command(tmp_path: Path, ray_tmpdir
     assert complete_before
     say(f"at the kill: trials {sorted(before)}: complete {sorted(complete_before)}, running {running_before}")
 
-    second, second_wall = _run_cli(args, ray_tmpdir, timeout=400)
+    second, second_wall = _run_cli(args, ray_tmpdir)
     assert second.returncode == 0, second.stderr[-4000:]
     if running_before:
         assert (

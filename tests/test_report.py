@@ -9,12 +9,16 @@ by brute force from the raw Optuna trials, not with the project's Pareto code.
 from __future__ import annotations
 
 import csv
+import json
 import random
 import re
+import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import optuna
+import plotly.graph_objects as go
+import plotly.io
 import pytest
 from optuna.trial import TrialState
 
@@ -201,6 +205,21 @@ def check_self_contained(text: str) -> None:
     assert text.count("Plotly.newPlot(") >= 1
 
 
+def figure_json(text: str) -> str:
+    """The data and layout of every figure of a report page, decoded from the page and written
+    again as JSON with every character as it is: what the figures hold, whichever way plotly
+    escaped it (``·`` or ``\\u00b7``)."""
+    decoder, figures = json.JSONDecoder(), []
+    for match in re.finditer(r"Plotly\.newPlot\(\s*", text):
+        at, values = match.end(), []
+        for _ in range(3):  # the div id, the data, the layout
+            value, at = decoder.raw_decode(text, at)
+            values.append(value)
+            at = re.compile(r"\s*,\s*").match(text, at).end()
+        figures.append(values[1:])
+    return json.dumps(figures, ensure_ascii=False, separators=(",", ":"))
+
+
 # ----------------------------------------------------------------------------------- tests
 
 
@@ -279,17 +298,56 @@ def test_html_is_self_contained_with_every_section(populated, tmp_path):
     assert "Study unit" in text and "vgg_hetconv" in text and "digits" in text
     assert "normalized hypervolume" in text and "reference point" in text
     assert "Failed trials (2)" in text and "CUDA out of memory" in text
+    figures = figure_json(text)
     front = sorted(brute_force_front(study), key=lambda n: study.trials[n].user_attrs["mflops"])
     for n in front:  # heatmap row labels and legend entries of the curves
-        assert f"#{n} · " in text and f'"name":"#{n}"' in text
+        assert f"#{n} · " in figures and f'"name":"#{n}"' in figures
     # figures: one plot per section (1 scatter, hypervolume, heatmap, curves)
     assert text.count("Plotly.newPlot(") == 4
-    assert '"shape":"hv"' in text and "circle-open" in text and '"symbol":"x"' in text
-    assert '"P4"' in text and '"dense"' in text
+    assert '"shape":"hv"' in figures and "circle-open" in figures and '"symbol":"x"' in figures
+    assert '"P4"' in figures and '"dense"' in figures
     # the uniform P baselines are the HetConv paper's models, with the FLOPs convention it uses
     assert "baselines (published models: see below)" in text
     assert "the HetConv paper&#x27;s VGG-16 with P = 4" in text or "the HetConv paper's VGG-16 with P = 4" in text
     assert "compare with MFLOPs (paper)" in text and "P = 16" in text
+
+
+@pytest.fixture
+def orjson_stand_in(monkeypatch):
+    """An ``orjson`` for plotly to find where none is installed: it writes JSON as orjson does
+    where it matters here (characters as they are, not ``\\uXXXX``), so that a test sees what a
+    machine with orjson would write."""
+    import types
+
+    from _plotly_utils import optional_imports
+    from _plotly_utils.utils import PlotlyJSONEncoder
+
+    module = types.ModuleType("orjson")
+    module.OPT_NON_STR_KEYS, module.OPT_SERIALIZE_NUMPY, module.OPT_INDENT_2 = 1, 2, 4
+    module.dumps = lambda value, option=0: json.dumps(
+        value, cls=PlotlyJSONEncoder, ensure_ascii=False, separators=(",", ":")
+    ).encode()
+    monkeypatch.setitem(sys.modules, "orjson", module)
+    monkeypatch.setattr(optional_imports, "_not_importable", set())  # plotly remembers a failed import
+    return module
+
+
+def test_html_is_the_same_whichever_json_engine_plotly_finds(populated, tmp_path, monkeypatch, orjson_stand_in):
+    """plotly writes a figure's JSON with orjson where that is installed, which writes other
+    bytes than the standard library: the report pins the standard library's, so a fresh
+    virtual environment and a machine with orjson write the same page."""
+    study, _ = populated
+    label = go.Figure(go.Scatter(name="#1 · 2"))
+    assert "#1 · 2" in plotly.io.to_json(label) and "#1 \\u00b7 2" in plotly.io.to_json(label, engine="json")
+    written = re.compile(r"report written</th><td>[^<]*")  # the one line that changes with the clock
+    pages = {}
+    for engine in ("json", "auto", "orjson"):  # auto: orjson, as it is installed now
+        monkeypatch.setattr(plotly.io.json.config, "_default_engine", engine)
+        page = write_report(reload(study), tmp_path / engine, png=False).html.read_text(encoding="utf-8")
+        assert plotly.io.json.config.default_engine == engine  # the user's choice is left as it was
+        pages[engine] = written.sub("", page)
+    assert pages["json"] == pages["auto"] == pages["orjson"]
+    assert "\\u00b7" in pages["json"]  # the standard library's escape, on every machine
 
 
 def test_hypervolume_in_header_matches_brute_force(populated, tmp_path):

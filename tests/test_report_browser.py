@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_process import HANG_SECONDS
 
 from search.backends.optuna_driver import run_optuna_search
 from search.reporting.report import write_report
@@ -74,7 +75,7 @@ def _run_chromium(html: Path, tmp_path: Path, *extra: str) -> subprocess.Complet
         [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *extra, html.as_uri()],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=HANG_SECONDS,
     )
 
 

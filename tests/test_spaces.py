@@ -292,6 +292,17 @@ def test_good_json_file(tmp_path):
     _check_good(get_space(str(path)))
 
 
+def test_file_lists_the_layers_a_choice_does_not_fit(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(GOOD_YAML)
+    space = get_space(str(path))
+    unfit = dict(space.unfit)
+    # conv02 and conv13 have their own lists; at width 0.5 only conv03 (32 -> 64) has fewer
+    # than 64 input channels among the others
+    assert unfit == {"hetconv:64": ("conv03",), "flgc:64": ("conv03",)}, unfit
+    assert "unfit" not in space.fingerprint()
+
+
 def test_width_argument_overrides_file(tmp_path):
     path = tmp_path / "space.yml"
     path.write_text(GOOD_YAML)
@@ -332,6 +343,10 @@ BAD_FILES = [
         "flgc:two",
     ),
     ("nothing_legal.yaml", "model: vgg16\nchoices: ['hetconv:128']\n", "conv02"),
+    # a choice no layer can take is a mistake, not a value to drop (one that fits some is fine)
+    ("part_zero.yaml", "model: vgg16\nchoices: [dense, 'hetconv:0', 'hetconv:2']\n", "choice hetconv:0 fits no layer"),
+    ("part_three.yaml", "model: vgg16\nchoices: [dense, 'hetconv:3']\n", "choice hetconv:3 fits no layer at width 1"),
+    ("groups_too_many.yaml", "model: vgg16\nwidth: 0.25\nchoices: [dense, 'flgc:256']\n", "flgc:256 fits no layer"),
     ("bad_width.yaml", "model: vgg16\nwidth: wide\nchoices: [dense]\n", "width"),
     ("empty.yaml", "", "mapping"),
 ]

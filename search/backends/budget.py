@@ -5,7 +5,7 @@ not overshoot the budget: each worker takes a *slot* (asks for a trial) only whi
 lock that covers "count finished + running trials, then ask". SQLite storages lock a file
 beside the database (workers on one machine); PostgreSQL storages take an advisory lock in
 the database (workers on many machines). Other storages fall back to no lock, which can
-overshoot by at most the number of workers minus one (the README says so).
+overshoot by at most the number of workers minus one (docs/cluster.md says so).
 
 A worker also keeps a heartbeat for its running trial, so a trial whose process was killed
 is found stale by the next worker (``optuna.storages.fail_stale_trials``), failed, and its

@@ -7,7 +7,9 @@ candidates in seconds each, then retrain the top of the one-shot front from scra
 2. A separate study, ``<study>-oneshot``, holds the one-shot scores (user attribute
    ``fidelity = "one-shot"``), searched with NSGA-II by default. One-shot scores are never
    mixed with stand-alone accuracies on one front.
-3. ``--retrain-top K`` queues K configurations spread along the one-shot front into the
+3. ``--baselines`` queues the space's uniform configurations (and published models) first
+   in the one-shot study, scored like every candidate.
+4. ``--retrain-top K`` queues K configurations spread along the one-shot front into the
    ordinary study ``<study>`` (user attribute ``from_one_shot``), where they are trained
    from scratch by the ordinary evaluation path; the one-shot study's report shows both fronts.
 """
@@ -25,7 +27,7 @@ from optuna.trial import TrialState
 
 from search.backends.progress import Progress
 from search.backends.sampler import study_sampler
-from search.backends.study import count_finished, open_search, write_run_json
+from search.backends.study import count_finished, enqueue_baselines, open_search, write_run_json
 from search.backends.trial import Streaks, tell_outcome
 from search.errors import SearchAborted
 from search.evaluation.candidate import score_candidate
@@ -166,6 +168,11 @@ def run_one_shot_search(settings: Settings) -> optuna.Study:
     supernet.to(device)
     sampler = study_sampler(settings, study, shared=False)
     study = optuna.load_study(study_name=study.study_name, storage=context.storage, sampler=sampler)
+    queued, note = enqueue_baselines(context)  # scored first, like any candidate; drawn as baselines
+    if queued:
+        progress.message(f"queued {queued} uniform baselines of {context.space.name} for scoring")
+    if note:
+        progress.message(note)
     progress.message(
         f"one-shot study '{study.study_name}': {count_finished(study)}/{settings.budget} scored candidates"
     )

@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 
 from search.backends.confirm import take_repeat
 from search.backends.progress import Progress
+from search.backends.ray_cluster import join_ray_cluster
 from search.backends.sampler import study_sampler
 from search.backends.study import (
     SearchContext,
@@ -248,7 +249,7 @@ def _make_searcher(
 
 def recover_orphaned_trials(study: optuna.Study, space: SearchSpace) -> int:
     """Fail the trials a killed driver left RUNNING and queue each whole configuration once
-    more. Assumes one Ray driver per study (the README says so)."""
+    more. Assumes one Ray driver per study (docs/cluster.md says so)."""
     orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     layers = {slot.name for slot in space.slots}
     for trial in orphans:
@@ -266,7 +267,7 @@ def _init_ray(settings: Settings) -> bool:
         os.environ.setdefault(key, value)
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
     if settings.ray.address:
-        ray.init(address=settings.ray.address, **kwargs)
+        join_ray_cluster(settings.ray.address, **kwargs)  # bounded: a wrong address is one line, soon
     else:
         # "local": always a private Ray, never one found through RAY_ADDRESS or the address
         # file that `ray start` leaves behind.
@@ -284,54 +285,57 @@ def run_ray_search(settings: Settings) -> optuna.Study:
         results_dir=str(Path(settings.results_dir).resolve()),
         training=settings.training.replace(data_dir=str(Path(settings.training.data_dir).resolve())),
     )
-    context = open_search(settings, heartbeat=False)
-    study = context.study
-    recovered = recover_orphaned_trials(study, context.space)
-    done = [count_finished(study)]
-    write_run_json(context, {"backend": "ray"})
-    progress = Progress(settings.budget, done[0], quiet=settings.quiet)
-    if recovered:
-        progress.message(f"{recovered} trial(s) left running by a stopped driver were failed and queued again")
-    queued, note = enqueue_baselines(context)
-    if note:
-        progress.message(note)
-    started_ray = _init_ray(settings)
-    storage_path = settings.ray.storage or str((settings.study_dir / "ray").resolve())
-    if "://" not in storage_path:
-        Path(storage_path).mkdir(parents=True, exist_ok=True)
-    progress.message(
-        f"study '{study.study_name}' in {mask_url(settings.storage_url)}: {done[0]}/{settings.budget} finished trials; "
-        f"Ray results in {storage_path}; {early_stop_line(settings.early_stopping)}"
-    )
-    gpus = settings.ray.gpus_per_trial
-    if gpus is None:  # default: one GPU per trial where the cluster has GPUs
-        import ray
-
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    resources = {"cpu": settings.ray.cpus_per_trial, "gpu": gpus}
-    trainable = tune.with_resources(
-        tune.with_parameters(_train_candidate, space=context.space, settings=settings), resources
-    )
-
-    def fit(searcher, scheduler, samples: int) -> None:
-        tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                scheduler=scheduler,
-                num_samples=samples,
-                max_concurrent_trials=settings.ray.max_concurrent,
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name=f"{study.study_name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}",
-                storage_path=storage_path,
-                failure_config=tune.FailureConfig(max_failures=settings.ray.retries),
-                verbose=0,
-            ),
-        ).fit()
-
+    # A cluster of --address is joined first: one that does not take this driver ends the run
+    # before a study exists. A private local Ray starts once the study has been checked.
+    started_ray = _init_ray(settings) if settings.ray.address else False
     try:
+        context = open_search(settings, heartbeat=False)
+        study = context.study
+        recovered = recover_orphaned_trials(study, context.space)
+        done = [count_finished(study)]
+        write_run_json(context, {"backend": "ray"})
+        progress = Progress(settings.budget, done[0], quiet=settings.quiet)
+        if recovered:
+            progress.message(f"{recovered} trial(s) left running by a stopped driver were failed and queued again")
+        queued, note = enqueue_baselines(context)
+        if note:
+            progress.message(note)
+        started_ray = _init_ray(settings) or started_ray
+        storage_path = settings.ray.storage or str((settings.study_dir / "ray").resolve())
+        if "://" not in storage_path:
+            Path(storage_path).mkdir(parents=True, exist_ok=True)
+        progress.message(
+            f"study '{study.study_name}' in {mask_url(settings.storage_url)}: {done[0]}/{settings.budget} finished trials; "
+            f"Ray results in {storage_path}; {early_stop_line(settings.early_stopping)}"
+        )
+        gpus = settings.ray.gpus_per_trial
+        if gpus is None:  # default: one GPU per trial where the cluster has GPUs
+            import ray
+
+            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        resources = {"cpu": settings.ray.cpus_per_trial, "gpu": gpus}
+        trainable = tune.with_resources(
+            tune.with_parameters(_train_candidate, space=context.space, settings=settings), resources
+        )
+
+        def fit(searcher, scheduler, samples: int) -> None:
+            tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher,
+                    scheduler=scheduler,
+                    num_samples=samples,
+                    max_concurrent_trials=settings.ray.max_concurrent,
+                    reuse_actors=True,
+                ),
+                run_config=tune.RunConfig(
+                    name=f"{study.study_name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}",
+                    storage_path=storage_path,
+                    failure_config=tune.FailureConfig(max_failures=settings.ray.retries),
+                    verbose=0,
+                ),
+            ).fit()
+
         rounds_without_progress = 0
         while done[0] < settings.budget:
             before = done[0]

@@ -12,7 +12,7 @@ ceiling or the sampler can use it at once.
   gathers or goes dense, whichever is faster), calibrated on whole models (see LatencyTable).
   Deterministic and instant, but blind to which gathers fold away between neighbouring
   layers; ``bench/latency_table.py`` measures its prediction error and rank correlation
-  against measured latency (figures in the README).
+  against measured latency (figures in docs/latency.md).
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ class EarlyStopping:
     def enabled(self) -> bool:
         """Whether trials are early-stopped. ``none`` is the default: on ``digits32``
         bench/early_stopping.py found 95 % of the front's hypervolume in only 2 of 3 seeds
-        (README, Early stopping). ``auto`` stops early whenever ``--epochs`` leaves a rung
+        (docs/early-stopping.md). ``auto`` stops early whenever ``--epochs`` leaves a rung
         below it."""
         if self.mode == "auto":
             return self.min_epochs < self.max_epochs

@@ -99,6 +99,8 @@ class Settings:
         bad = [name for name in self.tune if name not in TUNABLE]
         if bad:
             raise SettingsError(f"cannot --tune {', '.join(bad)}; tunable: {', '.join(TUNABLE)}")
+        if len(set(self.tune)) != len(self.tune):  # as --objectives: a list names each once
+            raise SettingsError(f"--tune must name each of {', '.join(TUNABLE)} once, got {','.join(self.tune)}")
         if self.early_stop == "mo-asha" and self.min_epochs >= t.epochs:
             raise SettingsError(f"--early-stop needs --min-epochs ({self.min_epochs}) below --epochs ({t.epochs})")
 

@@ -52,7 +52,8 @@ def write_pngs(figures: dict[str, go.Figure], folder: Path) -> tuple[list[Path],
             }
         )
     try:
-        kaleido.write_fig_from_object_sync(specs, kopts={"mathjax": False, "timeout": 60}, cancel_on_error=True)
+        # A generous bound: Chromium starting on a busy machine can take a minute or more.
+        kaleido.write_fig_from_object_sync(specs, kopts={"mathjax": False, "timeout": 300}, cancel_on_error=True)
     except Exception as err:  # noqa: BLE001  (any failure of the browser only costs the PNGs)
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         written = [s["path"] for s in specs if s["path"].is_file()]

@@ -4,9 +4,12 @@ table. plotly.js is embedded once, with the first figure, so the page opens offl
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import plotly.graph_objects as go
+import plotly.io
 
 from search.objectives import OBJECTIVES, describe
 from search.reporting.report.data import ReportData
@@ -104,10 +107,26 @@ def _header(data: ReportData) -> str:
     return f'<h1>Study {esc(data.study.study_name)}</h1><table class="meta">{body}</table>'
 
 
+@contextmanager
+def _standard_json() -> Iterator[None]:
+    """plotly writes a figure's JSON with orjson where that happens to be installed, else with
+    the standard library, and the two differ (orjson keeps "·" as it is, json writes
+    "\\u00b7"; numbers may take other forms): the figures always use the standard library's,
+    so that the report is the same file whatever else is installed."""
+    config = plotly.io.json.config
+    before = config.default_engine
+    config.default_engine = "json"
+    try:
+        yield
+    finally:
+        config.default_engine = before
+
+
 def _figure_html(fig: go.Figure, first: bool, div_id: str) -> str:
-    return fig.to_html(
-        full_html=False, include_plotlyjs=bool(first), include_mathjax=False, config=PLOT_CONFIG, div_id=div_id
-    )
+    with _standard_json():
+        return fig.to_html(
+            full_html=False, include_plotlyjs=bool(first), include_mathjax=False, config=PLOT_CONFIG, div_id=div_id
+        )
 
 
 def _sections(data: ReportData, rendered: dict[str, str]) -> list[str]:
