@@ -14,18 +14,15 @@ from pathlib import Path
 
 import optuna
 import pytest
-import sqlalchemy
 from optuna.trial import TrialState
+from statement_counter import grow_study, statements_per_trial
 
-import search.backends.optuna_driver
 from search.backends.study import count_finished, retry_origin, spends_budget
 from search.backends.trial import rung_peers
 from search.compat import rdb_storage, study_storage
-from search.evaluation.candidate import Outcome
 from search.evaluation.evaluate import frozen_between_trials, release_memory
 from search.reporting.configurations import group_configurations
 from search.reporting.front import front_summary, study_configurations
-from search.settings import Settings, TrainingSettings
 from search.storage import load_records, open_storage, study_objectives, to_record, trial_index
 from spaces import get_space
 
@@ -126,83 +123,23 @@ def test_retry_origin_follows_both_kinds_of_retry(tmp_path):
     assert [retry_origin(study, n) for n in range(3)] == [0, 0, 0]
 
 
-def _settings(tmp_path: Path, budget: int) -> Settings:
-    training = TrainingSettings(dataset="digits", epochs=1, batch_size=64, lr=0.1, warmup_epochs=0.5, threads=1)
-    return Settings(
-        space="vgg_hetconv",
-        width=0.25,
-        training=training,
-        results_dir=str(tmp_path),
-        quiet=True,
-        budget=max(budget, 1),
-        baselines=False,
-        confirm=0,
-    )
+QUICK = ["--preset", "quick", "--epochs", "1", "--threads", "1", "--no-baselines", "--confirm", "0"]
 
 
-def _fake_evaluation(monkeypatch) -> None:
-    """Training replaced by a result drawn at once: what is counted is the driver's own work."""
-
-    def evaluate(arch, hyperparameters, plan, seed, number, on_epoch=None, checkpoint=None):
-        rng = random.Random(number)
-        attrs = {"architecture": arch.to_json(), "seed": seed, "status": "ok", "mflops": 5.0, "curve": [{"epoch": 1}]}
-        values = {"accuracy": rng.random(), "mflops": 1 + 10 * rng.random(), "params": 1000.0}
-        return Outcome("complete", values, attrs, None, f"trial {number}: acc {values['accuracy']:.4f}")
-
-    monkeypatch.setattr(search.backends.optuna_driver, "evaluate_candidate", evaluate)
-
-
-def _grow(study: optuna.Study, size: int) -> None:
-    rng = random.Random(size)
-    trials = []
-    for number in range(len(study.get_trials()), size):
-        arch = _arch(rng)
-        trials.append(
-            optuna.trial.create_trial(
-                state=TrialState.COMPLETE,
-                values=[rng.random(), 1 + 10 * rng.random()],
-                params=SPACE.to_params(arch),
-                distributions={
-                    slot.name: optuna.distributions.CategoricalDistribution([s.label for s in o])
-                    for slot, o in zip(SPACE.slots, SPACE.choices)
-                },
-                user_attrs={"architecture": arch.to_json(), "status": "ok", "seed": number, "curve": [{"epoch": 1}]},
-            )
-        )
-    study.add_trials(trials)
+def continued_statements(results: Path, size: int, more: int, storage: str | None = None) -> list[int]:
+    """Statements per trial of a search continued by ``more`` trials on a study grown to
+    ``size`` trials (tests/statement_counter.py: training replaced, the driver's work counted)."""
+    args = [*QUICK, "--no-report", "--quiet", "--results-dir", str(results)]
+    args += ["--storage", storage] if storage else []
+    statements_per_trial(["search", *args, "--budget", "1"])  # creates the study
+    url = storage or f"sqlite:///{results / 'studies.db'}"
+    grow_study(optuna.load_study(study_name="vgg_hetconv-digits", storage=url), size)
+    return statements_per_trial(["search", *args, "--budget", str(size + more)])
 
 
-def statements_per_trial(settings: Settings, size: int, more: int, monkeypatch) -> list[int]:
-    """The SQL statements this process sends for each of ``more`` trials of a search continued
-    on a study of ``size`` trials (the first trial, which reads the whole study once, left out)."""
-    from search.backends.study import open_search
-
-    _fake_evaluation(monkeypatch)
-    study = open_search(settings).study
-    _grow(study, size)
-    counts: list[int] = []
-    marks: list[int] = []
-    real_tell = search.backends.optuna_driver.tell_outcome
-
-    def tell(*args, **kwargs):
-        real_tell(*args, **kwargs)
-        marks.append(len(counts))
-
-    def count(conn, cursor, statement, parameters, context, executemany):
-        counts.append(1)
-
-    monkeypatch.setattr(search.backends.optuna_driver, "tell_outcome", tell)
-    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", count)
-    try:
-        search.backends.optuna_driver.run_optuna_search(settings.replace(budget=size + more))
-    finally:
-        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "before_cursor_execute", count)
-    return [b - a for a, b in zip(marks, marks[1:])]
-
-
-def test_queries_per_trial_do_not_grow_with_the_study(tmp_path, monkeypatch):
-    small = statements_per_trial(_settings(tmp_path / "small", 0), 30, 4, monkeypatch)
-    large = statements_per_trial(_settings(tmp_path / "large", 0), 600, 4, monkeypatch)
+def test_queries_per_trial_do_not_grow_with_the_study(tmp_path):
+    small = continued_statements(tmp_path / "small", 30, 4)
+    large = continued_statements(tmp_path / "large", 600, 4)
     assert len(small) == len(large) == 3
     assert max(large) <= max(small), f"statements per trial: {small} at 30 trials, {large} at 600"
 
