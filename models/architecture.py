@@ -103,6 +103,17 @@ class LayerSpec:
 
     @classmethod
     def from_json(cls, data: Any) -> LayerSpec:
+        key = _spec_key(cls, data)
+        known = _PARSED_SPECS.get(key) if key is not None else None
+        if known is not None:
+            return known
+        spec = cls._parse_json(data)
+        if key is not None and len(_PARSED_SPECS) < _MAX_PARSED_SPECS:
+            _PARSED_SPECS[key] = spec
+        return spec
+
+    @classmethod
+    def _parse_json(cls, data: Any) -> LayerSpec:
         if isinstance(data, str):
             return cls.from_label(data)
         if not isinstance(data, dict) or "type" not in data:
@@ -150,6 +161,25 @@ class LayerSpec:
 
 
 _LABEL = re.compile(r"(dense|hetconv|flgc)(?::([0-9]+))?(?::(free|balanced))?", re.ASCII)
+
+
+# Layer specs already parsed, by their JSON items (with the type of every value, so that
+# ``True`` is never taken for ``1``): a study of thousands of trials repeats a few dozen specs,
+# and a report parses every trial's architecture. Specs are immutable, so they are shared.
+_PARSED_SPECS: dict[tuple[Any, ...], LayerSpec] = {}
+_MAX_PARSED_SPECS = 4096
+
+
+def _spec_key(cls: type, data: Any) -> tuple[Any, ...] | None:
+    """The key of a layer spec's JSON in :data:`_PARSED_SPECS` (None: not cached)."""
+    if not isinstance(data, dict):
+        return None
+    key = (cls, *((k, type(v), v) for k, v in data.items()))
+    try:
+        hash(key)
+    except TypeError:  # an unhashable value: parsed (and refused) every time
+        return None
+    return key
 
 
 def _is_int(value: Any) -> bool:

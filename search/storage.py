@@ -5,25 +5,31 @@ attributes (space fingerprint, dataset, objectives, reference point, training se
 each trial's attributes (architecture JSON, both MFLOPs counts, parameters, per-epoch
 curves, time, device, seed, status). :func:`load_records` reads them back as plain records,
 so reports and exports can be rebuilt after a crash, on another machine, or while a search
-is still running.
+is still running. It reads them through the process's index of the study
+(:class:`TrialIndex`): each finished trial is read and turned into a record once.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import random
 import sqlite3
 import time
 import warnings
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from models import Architecture
+from search.compat import TrialRow, rdb_storage, read_trial_rows, study_id, study_storage, trial_id
 from search.settings import OBJECTIVE_SENSES, mask_url, scrub, url_secrets
 
 __all__ = [
@@ -31,18 +37,23 @@ __all__ = [
     "REPEAT_OF",
     "StorageError",
     "StudyMismatch",
+    "TrialIndex",
     "TrialRecord",
     "check_own_study",
     "check_storage_url",
     "find_study",
     "is_repeat",
     "load_records",
+    "make_record",
     "open_storage",
     "study_objectives",
     "to_record",
+    "trial_index",
 ]
 
 HEARTBEAT_SECONDS = 10
+# What a study that has not recorded its objectives is taken to optimize.
+DEFAULT_OBJECTIVES = ["accuracy", "mflops"]
 # The user attribute of a confirmation run (``--confirm``): the number of the configuration it
 # repeats with a new seed. Repeats spend no budget; they only measure their configuration again.
 REPEAT_OF = "repeat_of"
@@ -260,33 +271,51 @@ class TrialRecord:
         """Complete, feasible and trained to full fidelity: may be on the Pareto front."""
         return self.state == "COMPLETE" and self.status == "ok"
 
+    @functools.cached_property
+    def config(self) -> str | None:
+        """What identifies the configuration the trial ran: its architecture and hyperparameters
+        as canonical JSON (None for a trial that never had an architecture, e.g. still queued).
+        Computed once per record: fronts group thousands of runs by it."""
+        arch = self.user_attrs.get("architecture")
+        if arch is None:
+            return None
+        return json.dumps({"architecture": arch, "hyperparameters": self.hyperparameters}, sort_keys=True)
 
-def _status(trial: FrozenTrial) -> str:
-    if trial.state == TrialState.RUNNING:
+
+def _status(state: TrialState, attrs: Mapping[str, Any]) -> str:
+    if state == TrialState.RUNNING:
         return "running"
-    if trial.state == TrialState.WAITING:  # enqueued (a baseline, a retry), not started yet
+    if state == TrialState.WAITING:  # enqueued (a baseline, a retry), not started yet
         return "queued"
-    if trial.state == TrialState.FAIL:
+    if state == TrialState.FAIL:
         return "failed"
-    if trial.state == TrialState.PRUNED:
+    if state == TrialState.PRUNED:
         return "early_stopped"
-    return str(trial.user_attrs.get("status", "ok"))
+    return str(attrs.get("status", "ok"))
 
 
-def is_repeat(trial: FrozenTrial) -> bool:
+def is_repeat(trial: FrozenTrial | TrialRecord) -> bool:
     """Whether a trial is a confirmation run (:data:`REPEAT_OF`)."""
     return REPEAT_OF in trial.user_attrs
 
 
-def to_record(trial: FrozenTrial, objectives: list[str]) -> TrialRecord:
-    attrs = trial.user_attrs
+def make_record(
+    number: int,
+    state: TrialState,
+    values: Sequence[float] | None,
+    datetime_start: datetime | None,
+    datetime_complete: datetime | None,
+    attrs: Mapping[str, Any],
+    objectives: list[str],
+) -> TrialRecord:
+    """The record of a trial from what the storage holds of it (a ``FrozenTrial``'s fields, or
+    a light row of :func:`search.compat.read_trial_rows`)."""
     arch = Architecture.from_json(attrs["architecture"]) if "architecture" in attrs else None
-    values = dict(zip(objectives, trial.values)) if trial.values else {}
     return TrialRecord(
-        number=trial.number,
-        state=trial.state.name,
-        status=_status(trial),
-        values=values,
+        number=number,
+        state=state.name,
+        status=_status(state, attrs),
+        values=dict(zip(objectives, values)) if values else {},
         architecture=arch,
         mflops=attrs.get("mflops"),
         mflops_all_ops=attrs.get("mflops_all_ops"),
@@ -298,18 +327,201 @@ def to_record(trial: FrozenTrial, objectives: list[str]) -> TrialRecord:
         baseline=attrs.get("baseline"),
         hyperparameters=dict(attrs.get("hyperparameters", {})),
         fail_reason=attrs.get("fail_reason")
-        or ("stopped without a result (its process was killed or lost)" if trial.state == TrialState.FAIL else None),
-        datetime_start=trial.datetime_start,
-        datetime_complete=trial.datetime_complete,
+        or ("stopped without a result (its process was killed or lost)" if state == TrialState.FAIL else None),
+        datetime_start=datetime_start,
+        datetime_complete=datetime_complete,
         epochs_run=attrs.get("epochs_run"),
         user_attrs=dict(attrs),
     )
 
 
+def to_record(trial: FrozenTrial, objectives: list[str]) -> TrialRecord:
+    return make_record(
+        trial.number,
+        trial.state,
+        trial.values,
+        trial.datetime_start,
+        trial.datetime_complete,
+        trial.user_attrs,
+        objectives,
+    )
+
+
 def load_records(study: optuna.Study) -> list[TrialRecord]:
-    objectives = list(study.user_attrs.get("objectives", ["accuracy", "mflops"]))
-    return [to_record(t, objectives) for t in study.get_trials(deepcopy=False)]
+    """Every trial of ``study`` as a record, by number. Read through the process's index of the
+    study (:func:`trial_index`): each finished trial is read once, so a search that asks again
+    after every trial reads only what changed."""
+    return trial_index(study).records()
 
 
 def study_objectives(study: optuna.Study) -> list[str]:
-    return list(study.user_attrs.get("objectives", ["accuracy", "mflops"]))
+    return list(study.user_attrs.get("objectives", DEFAULT_OBJECTIVES))
+
+
+# ---------------------------------------------------------------------------------------------
+# The index of a study's trials in this process
+# ---------------------------------------------------------------------------------------------
+# A study's trials as one process sees them, read once: every finished trial is read from the
+# storage and made a :class:`~search.storage.TrialRecord` once (a finished trial never changes),
+# and each later look reads only the trials that are new or still open (running, queued).
+#
+# Why: a study of thousands of trials made the tool itself slow. After every trial the drivers
+# read every trial's full attributes (architecture JSON, per-epoch curves) several times over, for
+# the budget count, a retry's origin, the rung peers, the progress line's front and the
+# confirmation plan, and the report and export built every record from Optuna's full ORM objects.
+# With the index a look costs the same few queries whatever the size of the study (on an RDB
+# storage, :func:`search.compat.read_trial_rows`: four statements), and what is derived from the
+# finished trials (the budget count, the configurations and their front) is folded in
+# incrementally (:meth:`TrialIndex.fold`).
+#
+# One index per study and storage object (:func:`trial_index`). Storages other than RDB ones (in
+# memory, journal) are read whole on each look, through Optuna's own trial cache.
+
+T = TypeVar("T")
+
+
+class TrialIndex:
+    """The trials of one study, kept in this process and brought up to date by :meth:`refresh`.
+
+    ``records()`` gives every trial by number; ``finished`` the finished ones in the order this
+    index first saw them finished (a log that only grows, which :meth:`fold` walks once);
+    ``open()`` the running and queued ones, read again on every refresh."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, study_id_: int) -> None:
+        self._source = storage
+        self._rdb = rdb_storage(storage)
+        self._study_id = study_id_
+        self._objectives: list[str] | None = None  # None: the study has not recorded them yet
+        self._reset(DEFAULT_OBJECTIVES)
+
+    def _reset(self, objectives: list[str]) -> None:
+        self.objectives = list(objectives)
+        self._by_number: list[TrialRecord | None] = []
+        self._ids: list[int] = []  # trial id by number
+        self._finished: list[TrialRecord] = []
+        self._open: dict[int, int] = {}  # trial id -> number of the trials not finished when last read
+        self._watermark = -1  # the largest id of a finished trial read: above it, every trial is read again
+        self._parents: dict[int, int] = {}  # a retry's number -> the number of the trial it retries
+        self._folds: dict[Callable[..., Any], tuple[int, Any]] = {}
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _current_objectives(self) -> list[str]:
+        if self._objectives is None:
+            recorded = self._source.get_study_user_attrs(self._study_id).get("objectives")
+            if recorded is None:
+                return DEFAULT_OBJECTIVES
+            self._objectives = list(recorded)  # a study's objectives never change once recorded
+        return self._objectives
+
+    def _rows(self) -> list[TrialRow]:
+        if self._rdb is not None:
+            return read_trial_rows(self._rdb, self._study_id, self._watermark, self._open)
+        rows = []
+        for trial in self._source.get_all_trials(self._study_id, deepcopy=False):
+            if trial.number < len(self._by_number) and trial.state.is_finished():
+                known = self._by_number[trial.number]
+                if known is not None and known.state == trial.state.name:
+                    continue  # finished and read already
+            rows.append(
+                TrialRow(
+                    trial_id(trial),
+                    trial.number,
+                    trial.state,
+                    trial.values,
+                    trial.datetime_start,
+                    trial.datetime_complete,
+                    trial.user_attrs,
+                    {k: v for k, v in trial.system_attrs.items() if k == "failed_trial"},
+                )
+            )
+        return rows
+
+    def refresh(self) -> TrialIndex:
+        """Read the trials that are new or were open when last read; returns the index."""
+        objectives = self._current_objectives()
+        if objectives != self.objectives:  # recorded after this index first read the study
+            self._reset(objectives)
+        for row in self._rows():
+            record = make_record(
+                row.number,
+                row.state,
+                row.values,
+                row.datetime_start,
+                row.datetime_complete,
+                row.user_attrs,
+                objectives,
+            )
+            if row.number >= len(self._by_number):
+                self._by_number.extend([None] * (row.number + 1 - len(self._by_number)))
+                self._ids.extend([-1] * (row.number + 1 - len(self._ids)))
+            before = self._by_number[row.number]
+            self._ids[row.number] = row.trial_id
+            self._by_number[row.number] = record
+            parent = row.user_attrs.get("retry_of", row.system_attrs.get("failed_trial"))
+            if parent is not None:
+                self._parents[row.number] = int(parent)
+            if row.state.is_finished():
+                self._open.pop(row.trial_id, None)
+                self._watermark = max(self._watermark, row.trial_id)
+                if before is None or not TrialState[before.state].is_finished():
+                    self._finished.append(record)
+            else:
+                self._open[row.trial_id] = row.number
+        return self
+
+    # -- what the callers ask ------------------------------------------------------------
+
+    def records(self) -> list[TrialRecord]:
+        """Every trial as last read, by number."""
+        return [r for r in self._by_number if r is not None]
+
+    def record(self, number: int) -> TrialRecord | None:
+        return self._by_number[number] if 0 <= number < len(self._by_number) else None
+
+    @property
+    def finished(self) -> Sequence[TrialRecord]:
+        """The finished trials, in the order this index first read them finished."""
+        return self._finished
+
+    def open(self) -> list[TrialRecord]:
+        """The trials running or queued when last read, by number."""
+        found = (self._by_number[n] for n in sorted(self._open.values()))
+        return [r for r in found if r is not None]
+
+    def frozen(self, number: int) -> FrozenTrial:
+        """Optuna's whole trial ``number`` (parameters included), read from the storage (from
+        Optuna's own cache where it holds the trial finished)."""
+        return self._source.get_trial(self._ids[number])
+
+    def parent(self, number: int) -> int | None:
+        """The trial that trial ``number`` retries (Optuna's stale-trial retry, user attribute
+        ``retry_of``), or None."""
+        return self._parents.get(number)
+
+    def fold(self, step: Callable[[T, TrialRecord], T], start: Callable[[], T]) -> T:
+        """``step`` folded over every finished trial, from ``start()``, incrementally: each call
+        folds only the trials finished since the last call with the same ``step`` (a
+        module-level function, so that it is the same object every time)."""
+        done, value = self._folds.get(step, (0, None))
+        if done == 0:
+            value = start()
+        for record in self._finished[done:]:
+            value = step(value, record)
+        self._folds[step] = (len(self._finished), value)
+        return value
+
+
+_INDEXES: weakref.WeakKeyDictionary[optuna.storages.BaseStorage, dict[int, TrialIndex]] = weakref.WeakKeyDictionary()
+
+
+def trial_index(study: optuna.Study) -> TrialIndex:
+    """The index of ``study`` in this process, brought up to date. Study objects that share a
+    storage object (one ``optuna.load_study`` on another's :func:`search.compat.study_storage`)
+    share the index; it goes with the storage object."""
+    storage = study_storage(study)
+    indexes = _INDEXES.setdefault(storage, {})
+    index = indexes.get(study_id(study))
+    if index is None:
+        index = indexes[study_id(study)] = TrialIndex(storage, study_id(study))
+    return index.refresh()

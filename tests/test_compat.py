@@ -74,3 +74,50 @@ def test_no_private_optuna_or_ray_attribute_outside_compat() -> None:
         offenders += [f"{path.relative_to(ROOT)}: {name}" for name in private if name in text]
     assert not offenders, offenders
     assert inspect.getsourcefile(compat).endswith("search/compat.py")
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_light_trial_rows_hold_what_optunas_trials_hold(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'rows.db'}"
+    study = optuna.create_study(study_name="rows", storage=url, directions=["maximize", "minimize"])
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.COMPLETE, values=[0.5, float("inf")], user_attrs={"a": [1, {"b": None}]}
+        )
+    )
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, system_attrs={"failed_trial": 0, "other": 1}))
+    running = study.ask()
+    running.set_user_attr("rung_1", [0.1, 2.0])
+    storage = compat.rdb_storage(compat.study_storage(study))
+    assert storage is not None and compat.rdb_storage(optuna.storages.InMemoryStorage()) is None
+    rows = compat.read_trial_rows(storage, compat.study_id(study))
+    for row, trial in zip(rows, study.get_trials(deepcopy=False), strict=True):
+        assert (row.trial_id, row.number, row.state) == (compat.trial_id(trial), trial.number, trial.state)
+        assert (row.values, row.datetime_start, row.datetime_complete) == (
+            trial.values,
+            trial.datetime_start,
+            trial.datetime_complete,
+        )
+        assert row.user_attrs == trial.user_attrs
+        assert row.system_attrs == {k: v for k, v in trial.system_attrs.items() if k == "failed_trial"}
+    # only what is newer than a trial id, or named
+    later = compat.read_trial_rows(storage, compat.study_id(study), rows[1].trial_id, [rows[0].trial_id])
+    assert [r.number for r in later] == [0, 2]
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_user_attributes_set_in_one_transaction(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'attrs.db'}"
+    study = optuna.create_study(study_name="attrs", storage=url)
+    trial = study.ask()
+    trial.set_user_attr("kept", 1)
+    compat.set_user_attrs(study, trial, {"kept": 2, "new": {"x": [1.5]}})
+    assert trial.user_attrs == {"kept": 2, "new": {"x": [1.5]}}
+    assert optuna.load_study(study_name="attrs", storage=url).trials[0].user_attrs == {"kept": 2, "new": {"x": [1.5]}}
+    study.tell(trial, 1.0)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        compat.set_user_attrs(study, trial, {"late": 1})
+    memory = optuna.create_study()
+    other = memory.ask()
+    compat.set_user_attrs(memory, other, {"a": 1})
+    assert memory.trials[0].user_attrs == {"a": 1}

@@ -333,3 +333,26 @@ def test_slot_macs_dense_equals_hand_shapes():
     for model, hand in [("vgg16", vgg_layers()), ("mobilenetv2", mbv2_layers())]:
         slots = get_model_family(model).slots(1.0)
         assert [slot_macs(s, LayerSpec.dense()) for s in slots] == [layer_macs(layer) for layer in searchable(hand)]
+
+
+@pytest.mark.parametrize(
+    ("space_name", "model"), [("vgg_hetconv", "vgg16"), ("vgg_flgc", "vgg16"), ("mbv2_flgc", "mobilenetv2")]
+)
+def test_a_candidate_costs_after_training_what_it_cost_before_unless_its_groups_are_free(space_name, model):
+    """evaluate() counts a trained candidate again only when training can change its cost (free
+    FLGC groups learn their connections): for every other candidate the count before training
+    is the count after it, whatever the weights."""
+    from search.evaluation.cost import learns_its_cost
+
+    space = get_space(space_name, width=0.25)
+    rng = random.Random(0)
+    for _ in range(2):
+        arch = space.from_params({s.name: rng.choice(o).label for s, o in zip(space.slots, space.choices)})
+        assert arch.model == model and not learns_its_cost(arch)
+        trained = build_model(arch)
+        with torch.no_grad():
+            for parameter in trained.parameters():
+                parameter.add_(torch.randn_like(parameter))  # weights unlike the fresh model's
+        assert count_cost(trained) == architecture_cost(arch)
+    free = Architecture("vgg16", 0.25, 10, (LayerSpec.flgc(4, balanced=False),) * 12)
+    assert learns_its_cost(free)

@@ -221,3 +221,54 @@ def test_unreachable_server_is_one_error_line(url: str, tmp_path: Path) -> None:
     assert not list(tmp_path.glob("**/*.db")), "an sqlite storage was created instead"
     # The reason is the connection, not a missing driver (psycopg2-binary is installed).
     assert "cannot open storage" in lines[0] and "driver is missing" not in lines[0], lines[0]
+
+
+def test_queries_per_trial_do_not_grow_with_the_study_on_postgres(postgres_url: str, tmp_path: Path) -> None:
+    """Two machines continue one study on PostgreSQL, once at 100 trials and once at 1000: the
+    SQL statements each of them sends per trial (tests/statement_counter.py: training replaced,
+    the driver's own work counted, budget lock and heartbeat included) do not grow with the
+    study."""
+    from cli_process import cli_env
+    from statement_counter import grow_study, statements_per_trial
+
+    args = [
+        "search",
+        "--preset",
+        "quick",
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "--no-baselines",
+        "--confirm",
+        "0",
+        "--no-report",
+        "--quiet",
+        "--study-name",
+        "scale",
+    ]
+    per_trial: dict[int, list[int]] = {}
+    for size in (100, 1000):
+        url = create_database(postgres_url, f"scale{size}")
+        statements_per_trial([*args, "--storage", url, "--budget", "1", "--results-dir", str(tmp_path / f"n{size}")])
+        grow_study(optuna.load_study(study_name="scale", storage=url), size)
+        outs = [tmp_path / f"n{size}-machine{i}.json" for i in range(2)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(ROOT / "tests" / "statement_counter.py"), str(out), "--", *args]
+                + ["--storage", url, "--budget", str(size + 10), "--results-dir", str(tmp_path / f"n{size}-m{i}")],
+                env=cli_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+            for i, out in enumerate(outs)
+        ]
+        for proc in _finish(procs):
+            assert proc.returncode == 0, describe(proc)
+        per_trial[size] = [n for out in outs for n in json.loads(out.read_text())]
+        assert len(optuna.load_study(study_name="scale", storage=url).get_trials()) == size + 10
+    print(f"statements per trial, 2 machines on PostgreSQL: {per_trial}")
+    assert len(per_trial[1000]) >= 6, per_trial
+    assert max(per_trial[1000]) <= max(per_trial[100]), per_trial

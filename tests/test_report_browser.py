@@ -166,3 +166,107 @@ def test_report_screenshot(report_html: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert shot.exists() and shot.stat().st_size > 50_000  # a blank page is a few kB
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------- a study of 10000 trials
+
+
+LARGE = 10_000
+
+
+@pytest.fixture(scope="module")
+def large_html(tmp_path_factory) -> Path:
+    """A generated study of 10000 trials (in memory: the page is what is tested here, the
+    storage's reading is tested in test_trial_index.py): distinct configurations on a noisy
+    trend, a front of hundreds, a few configurations run three times, failed and
+    early-stopped trials, and the uniform baselines."""
+    import math
+    import random
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from models import Architecture
+    from search.evaluation.cost import slot_macs
+    from spaces import get_space
+
+    rng = random.Random(0)
+    space = get_space("vgg_hetconv", width=0.25)
+    study = optuna.create_study(study_name="large", directions=["maximize", "minimize"])
+    for key, value in {
+        "space": space.fingerprint(),
+        "objectives": ["accuracy", "mflops"],
+        "space_name": "vgg_hetconv",
+        "model": "vgg16",
+        "width": 0.25,
+        "dataset": "digits",
+        "confirm": 2,
+        "reference_point": {"accuracy": 0.0, "mflops": 20.0, "params": 1e6},
+    }.items():
+        study.set_user_attr(key, value)
+    trials = []
+    baselines = {value: space.uniform(value) for value in ("1", "2", "4", "8", "16")}
+    for number in range(LARGE):
+        if number < len(baselines):
+            value, arch = list(baselines.items())[number]
+        else:
+            value = None
+            arch = Architecture(
+                space.model, space.width, space.num_classes, tuple(rng.choice(o) for o in space.choices)
+            )
+        mflops = 0.5 + sum(slot_macs(slot, spec) for slot, spec in zip(space.slots, arch.layers)) / 1e6
+        accuracy = min(0.999, 0.55 + 0.09 * math.log(mflops) + rng.gauss(0, 0.0005))
+        state, status = TrialState.COMPLETE, "ok"
+        if number % 97 == 0 and value is None:
+            state, status = TrialState.FAIL, "failed"
+        elif number % 89 == 0 and value is None:
+            state, status = TrialState.PRUNED, "early_stopped"
+        attrs = {
+            "status": status,
+            "architecture": arch.to_json(),
+            "mflops": mflops,
+            "mflops_all_ops": mflops * 1.02,
+            "params": 1000 + number,
+            "seed": number,
+            "curve": [{"epoch": e, "val_accuracy": accuracy * e / 3} for e in (1, 2, 3)],
+            "epochs_run": 3,
+            **({"baseline": value} if value else {}),
+            **({"fail_reason": "boom"} if status == "failed" else {}),
+        }
+        trials.append(
+            optuna.trial.create_trial(
+                state=state, values=[accuracy, mflops] if state == TrialState.COMPLETE else None, user_attrs=attrs
+            )
+        )
+    for first in range(len(baselines), len(baselines) + 40):  # three runs of a few configurations
+        for run in (1, 2):
+            attrs = {**trials[first].user_attrs, "seed": LARGE + 2 * first + run, "repeat_of": first}
+            values = [trials[first].values[0] + rng.gauss(0, 0.004), trials[first].values[1]]
+            trials.append(optuna.trial.create_trial(state=TrialState.COMPLETE, values=values, user_attrs=attrs))
+    study.add_trials(trials)
+    return write_report(study, tmp_path_factory.mktemp("large"), png=False).html
+
+
+@pytest.mark.slow
+def test_the_report_of_ten_thousand_trials_draws_its_figures(large_html: Path, tmp_path: Path) -> None:
+    page = large_html.read_text()
+    assert page.count("trials.csv has every trial") == 1 and "over a density of all of them" in page
+    assert "markers are drawn only at the trials that changed the hypervolume" in page
+    assert "60 of them are shown, evenly spread along it" in page and "30 of them are shown" in page
+    front = int(re.search(r"The front has (\d+) configurations", page).group(1))
+    assert front >= 100, f"the generated front has {front} configurations; this test wants hundreds"
+    assert large_html.stat().st_size < 20 * 2**20
+    proc = _run_chromium(large_html, tmp_path, "--dump-dom")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+    errors = [line for line in console if "Uncaught" in line or "Error" in line]
+    assert not errors, "\n".join(errors)
+    dom = proc.stdout
+    figures = re.findall(r'<div id="(fig-[^"]+)"', page)
+    for figure in figures:
+        assert re.search(rf'<div id="{figure}"[^>]*class="[^"]*js-plotly-plot', dom), (
+            f"figure {figure} was not rendered"
+        )
+    assert dom.count('class="main-svg"') >= len(figures)
+    assert "of 9," in dom and "drawn" in dom  # the sampled series say how many they draw
+    assert "density of all" in dom

@@ -477,7 +477,7 @@ def test_a_trial_finished_while_the_budget_is_counted_is_not_missed(tmp_path, mo
     other = optuna.load_study(study_name="race", storage=url)
     running = other.ask()  # worker 1's trial
     running.set_user_attr("status", "ok")
-    read = study.get_trials
+    read = search.storage.read_trial_rows  # what the study's index reads (search.storage.TrialIndex)
 
     def worker_1_finishes_after_this_read(*args, **kwargs):
         trials = read(*args, **kwargs)
@@ -485,9 +485,9 @@ def test_a_trial_finished_while_the_budget_is_counted_is_not_missed(tmp_path, mo
             other.tell(running, 0.5)
         return trials
 
-    monkeypatch.setattr(study, "get_trials", worker_1_finishes_after_this_read)
+    monkeypatch.setattr(search.storage, "read_trial_rows", worker_1_finishes_after_this_read)
     assert take_slot(study, url, 1) is None, "a second trial was asked for with budget 1"
-    assert [t.state.name for t in read()] == ["COMPLETE"]
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE"]
 
 
 def test_a_trial_failed_as_stale_while_alive_leaves_its_retry_to_finish(tmp_path, monkeypatch, capsys):

@@ -23,11 +23,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
-from optuna.trial import TrialState
 
-from search.backends.study import spends_budget
+from search.backends.study import spent_in
 from search.compat import heartbeat_interval, record_heartbeat, study_storage, trial_id
-from search.storage import StorageError, is_repeat
+from search.storage import StorageError, is_repeat, trial_index
 
 __all__ = ["Heartbeat", "budget_lock", "fail_stale", "first_heartbeat", "take_slot"]
 
@@ -87,15 +86,17 @@ def take_slot(study: optuna.Study, storage_url: str, budget: int) -> optuna.Tria
 
     Both are counted under the lock and from one read of the study: a trial another worker
     finishes meanwhile is then seen either as running or as finished, never as neither (two
-    reads, finished first and running second, can miss it and overshoot the budget). Stale
+    reads, finished first and running second, can miss it and overshoot the budget). The read
+    is the study's index (:class:`search.storage.TrialIndex`): the trials finished since the last look
+    and those open then, whatever the size of the study. Stale
     trials (their worker died) are failed first, which also queues their retry. The new
     trial's first heartbeat is recorded at once, so that even a worker killed a moment later
     leaves a trial the next one can find stale."""
     with budget_lock(storage_url, study.study_name):
         fail_stale(study)
-        trials = study.get_trials(deepcopy=False)
-        running = sum(1 for t in trials if t.state == TrialState.RUNNING and not is_repeat(t))
-        if running + sum(1 for t in trials if spends_budget(t)) >= budget:
+        index = trial_index(study)  # one read: the new trials and those open when last read
+        running = sum(1 for r in index.open() if r.state == "RUNNING" and not is_repeat(r))
+        if running + spent_in(index) >= budget:
             return None
         with warnings.catch_warnings():  # we run the heartbeat ourselves (class Heartbeat)
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")

@@ -2,7 +2,9 @@
 lock, so that several workers, machines or the Ray driver share the work and none repeats it.
 
 Which configuration needs a run is decided by :func:`search.strategies.confirmation.plan_confirmation`
-from the study itself (its runs, and the repeats queued or running), so a search killed during
+from the study itself (its runs, and the repeats queued or running; read through the study's
+index, :class:`search.storage.TrialIndex`, so that each run costs the same whatever the size of the
+study), so a search killed during
 confirmation loses nothing and repeats nothing when it is run again: a repeat whose worker died
 is failed as stale and its retry (which keeps ``repeat_of``) is taken first.
 """
@@ -13,13 +15,13 @@ from collections import Counter
 from dataclasses import dataclass
 
 import optuna
-from optuna.trial import TrialState
 
 from search.backends.budget import budget_lock, fail_stale, first_heartbeat
 from search.backends.study import carried_attrs
 from search.compat import take_waiting_trial
-from search.storage import REPEAT_OF, is_repeat, to_record
-from search.strategies.confirmation import ConfirmationPlan, plan_confirmation
+from search.reporting.front import configurations_in
+from search.storage import REPEAT_OF, is_repeat, trial_index
+from search.strategies.confirmation import ConfirmationPlan, plan_for
 
 __all__ = ["RepeatSlot", "take_repeat"]
 
@@ -45,18 +47,18 @@ def take_repeat(study: optuna.Study, storage_url: str, objectives: list[str], re
     over when nothing is missing and nothing runs (a running trial may still move the front)."""
     with budget_lock(storage_url, study.study_name):
         fail_stale(study)
-        trials = study.get_trials(deepcopy=False)
-        waiting = [t for t in trials if t.state == TrialState.WAITING and is_repeat(t)]
-        running = [t for t in trials if t.state == TrialState.RUNNING]
-        pending = Counter(int(t.user_attrs[REPEAT_OF]) for t in [*waiting, *running] if is_repeat(t))
-        records = [to_record(t, objectives) for t in trials]
-        plan = plan_confirmation(records, objectives, repeats, pending)
+        index = trial_index(study)  # the trials finished since the last look, and the open ones
+        waiting = [r.number for r in index.open() if r.state == "WAITING" and is_repeat(r)]
+        running = [r for r in index.open() if r.state == "RUNNING"]
+        pending = Counter(int(r.user_attrs[REPEAT_OF]) for r in index.open() if is_repeat(r))
+        plan = plan_for(configurations_in(index), objectives, repeats, pending)
         if not waiting and plan.next is not None:
-            first = trials[plan.next]
+            first = index.frozen(plan.next)
             study.enqueue_trial(dict(first.params), user_attrs={**carried_attrs(first), REPEAT_OF: plan.next})
-            waiting = [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if is_repeat(t)]
-        for queued in waiting:
-            trial = take_waiting_trial(study, queued)
+            index = trial_index(study)
+            waiting = [r.number for r in index.open() if r.state == "WAITING" and is_repeat(r)]
+        for number in waiting:
+            trial = take_waiting_trial(study, index.frozen(number))
             if trial is not None:
                 first_heartbeat(study, trial)
                 return RepeatSlot(trial, plan, len(running), False)

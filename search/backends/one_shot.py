@@ -29,6 +29,7 @@ from search.backends.progress import Progress
 from search.backends.sampler import study_sampler
 from search.backends.study import count_finished, enqueue_baselines, open_search, write_run_json
 from search.backends.trial import Streaks, tell_outcome
+from search.compat import study_storage
 from search.errors import SearchAborted
 from search.evaluation.candidate import score_candidate
 from search.reporting.front import front_summary, pareto_records
@@ -167,7 +168,7 @@ def run_one_shot_search(settings: Settings) -> optuna.Study:
     write_run_json(context, {"strategy": "one-shot", "supernet": str(path)})
     supernet.to(device)
     sampler = study_sampler(settings, study, shared=False)
-    study = optuna.load_study(study_name=study.study_name, storage=context.storage, sampler=sampler)
+    study = optuna.load_study(study_name=study.study_name, storage=study_storage(study), sampler=sampler)
     queued, note = enqueue_baselines(context)  # scored first, like any candidate; drawn as baselines
     if queued:
         progress.message(f"queued {queued} uniform baselines of {context.space.name} for scoring")

@@ -29,7 +29,9 @@ from search.backends.study import (
     write_run_json,
 )
 from search.backends.trial import Streaks, checkpoint_path, rung_peers, tell_outcome
+from search.compat import study_storage
 from search.evaluation.candidate import CostedEpochCallback, Outcome, evaluate_candidate
+from search.evaluation.evaluate import frozen_between_trials
 from search.evaluation.train import EpochRecord
 from search.reporting.front import front_summary
 from search.settings import Settings, mask_url
@@ -95,7 +97,9 @@ def run_optuna_search(settings: Settings) -> optuna.Study:
     study = context.study
     done = count_finished(study)
     sampler = study_sampler(settings, study, shared=True)
-    study = optuna.load_study(study_name=study.study_name, storage=context.storage, sampler=sampler)
+    # On the open study's storage object: its trials (Optuna's cache and this process's index,
+    # search.storage.trial_index) are read once, not once for each study object.
+    study = optuna.load_study(study_name=study.study_name, storage=study_storage(study), sampler=sampler)
     context.study = study
     if settings.worker_index is None:  # --workers: the parent wrote it
         write_run_json(context)
@@ -113,22 +117,23 @@ def run_optuna_search(settings: Settings) -> optuna.Study:
         f"{early_stop_line(settings.early_stopping)}"
     )
     streaks = Streaks(settings.max_failures, settings.max_mflops)
-    while (done := count_finished(study)) < settings.budget:
-        trial = take_slot(study, settings.storage_url, settings.budget)
-        if trial is None:  # the rest of the budget is running in other workers
-            time.sleep(WAIT_FOR_OTHERS_SECONDS)
-            continue
-        outcome = _run_or_drop(context, trial, progress)
-        if outcome is None:
-            continue
-        spent = outcome.state in ("complete", "early_stopped")  # failed and infeasible trials spend no budget
-        if not spent:
-            progress.message(outcome.line)
-        streaks.count(outcome)  # raises past too many failed (or infeasible) trials in a row
-        if spent:
-            progress.trial(count_finished(study), front_summary(study), outcome.line)
-    if settings.confirm:
-        _confirm_front(context, progress, streaks)
+    with frozen_between_trials():  # the collection after each trial skips the study's trials
+        while (done := count_finished(study)) < settings.budget:
+            trial = take_slot(study, settings.storage_url, settings.budget)
+            if trial is None:  # the rest of the budget is running in other workers
+                time.sleep(WAIT_FOR_OTHERS_SECONDS)
+                continue
+            outcome = _run_or_drop(context, trial, progress)
+            if outcome is None:
+                continue
+            spent = outcome.state in ("complete", "early_stopped")  # failed and infeasible trials spend no budget
+            if not spent:
+                progress.message(outcome.line)
+            streaks.count(outcome)  # raises past too many failed (or infeasible) trials in a row
+            if spent:
+                progress.trial(count_finished(study), front_summary(study), outcome.line)
+        if settings.confirm:
+            _confirm_front(context, progress, streaks)
     return study
 
 

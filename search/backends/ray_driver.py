@@ -44,7 +44,7 @@ from search.backends.trial import (
     stopped_outcome,
     tell_outcome,
 )
-from search.compat import ray_searcher_completed, ray_searcher_study, ray_searcher_trials
+from search.compat import ray_searcher_completed, ray_searcher_study, ray_searcher_trials, study_storage
 from search.errors import SearchAborted
 from search.evaluation.candidate import Outcome, evaluate_candidate, failed_outcome
 from search.evaluation.cost import architecture_cost
@@ -242,7 +242,7 @@ def _make_searcher(
         metric=list(settings.objectives),
         mode=[OBJECTIVE_SENSES[o] for o in settings.objectives],
         sampler=study_sampler(settings, context.study, shared=False),
-        storage=context.storage,
+        storage=study_storage(context.study),  # the open study's: its trials are read once
         study_name=context.study.study_name,
     )
 

@@ -9,6 +9,7 @@ import zlib
 import optuna
 
 from search.settings import Settings
+from search.storage import trial_index
 
 __all__ = ["make_sampler", "sampler_seed", "study_sampler"]
 
@@ -34,7 +35,7 @@ def sampler_seed(settings: Settings, study: optuna.Study, shared: bool) -> int:
     ``--workers``, or the same command on several machines). Then the worker is mixed in, and
     on a server storage the host and process too, or every process would propose the same
     candidates. The Ray driver and the one-shot search are one process per study."""
-    seed = settings.seed + len(study.get_trials(deepcopy=False))
+    seed = settings.seed + len(trial_index(study).records())
     if not shared:
         return seed
     seed += 1000 * (settings.worker_index or 0)

@@ -20,7 +20,6 @@ from typing import Any
 import optuna
 import torch
 from optuna.study import StudyDirection
-from optuna.trial import TrialState
 
 from models import Architecture
 from search.backends.trial import evaluation_plan
@@ -35,10 +34,13 @@ from search.storage import (
     REPEAT_OF,
     StorageError,
     StudyMismatch,
+    TrialIndex,
+    TrialRecord,
     check_own_study,
     find_study,
     is_repeat,
     open_storage,
+    trial_index,
 )
 from search.versions import package_versions
 from spaces import SearchSpace, get_space
@@ -55,6 +57,7 @@ __all__ = [
     "package_versions",
     "sample_hyperparameters",
     "spends_budget",
+    "spent_in",
     "trial_seed",
     "update_run_json",
     "write_run_json",
@@ -283,18 +286,27 @@ def update_run_json(study_dir: Path, extra: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, default=str))
 
 
-def spends_budget(trial: optuna.trial.FrozenTrial) -> bool:
+def spends_budget(trial: TrialRecord) -> bool:
     """Whether a trial spent budget: trained to the end (complete and feasible) or
     early-stopped. Infeasible candidates (over --max-mflops), failed trials and confirmation
     runs (``--confirm``: repeats of a configuration already trained) do not."""
-    finished = trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    finished = trial.state in ("COMPLETE", "PRUNED")
     return finished and trial.user_attrs.get("status", "ok") in ("ok", "early_stopped") and not is_repeat(trial)
+
+
+def _count_spent(count: int, trial: TrialRecord) -> int:
+    return count + spends_budget(trial)
 
 
 def count_finished(study: optuna.Study) -> int:
     """Trials that spent budget (:func:`spends_budget`)."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    return sum(1 for t in trials if spends_budget(t))
+    return spent_in(trial_index(study))
+
+
+def spent_in(index: TrialIndex) -> int:
+    """Trials that spent budget among those ``index`` has read (no new read), counted once
+    per finished trial (:meth:`search.storage.TrialIndex.fold`)."""
+    return index.fold(_count_spent, int)
 
 
 def trial_seed(settings: Settings, trial_number: int) -> int:
@@ -342,7 +354,7 @@ def enqueue_baselines(context: SearchContext) -> tuple[int, str | None]:
             f"uniform baselines not queued: the {len(baselines)} of {context.space.name} would take more than half "
             f"of --budget {settings.budget}; --baselines queues them anyway, --no-baselines leaves them out quietly"
         )
-    present = {t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)}
+    present = {r.baseline for r in trial_index(study).records()}
     queued = 0
     for value, arch in baselines.items():
         if value not in present:
@@ -362,15 +374,14 @@ def retry_origin(study: optuna.Study, number: int) -> int:
 
     Retries come from Optuna's stale-trial callback (system attribute ``failed_trial``) or
     from :func:`fail_and_requeue` (user attribute ``retry_of``)."""
-    trials = study.get_trials(deepcopy=False)
+    index = trial_index(study)
     seen = set()
     while number not in seen:
         seen.add(number)
-        attrs = trials[number]
-        parent = attrs.user_attrs.get("retry_of", attrs.system_attrs.get("failed_trial"))
+        parent = index.parent(number)
         if parent is None:
             return number
-        number = int(parent)
+        number = parent
     return number
 
 
@@ -382,7 +393,7 @@ def fail_and_requeue(
     ``parameters`` (the names a candidate has), a trial stopped while its candidate was still
     being sampled is only failed: it never had a whole configuration to repeat."""
     fail_trial(study, trial, reason)
-    already_retried = any(t.user_attrs.get("retry_of") == trial.number for t in study.get_trials(deepcopy=False))
+    already_retried = any(r.user_attrs.get("retry_of") == trial.number for r in trial_index(study).records())
     whole = bool(trial.params) and (parameters is None or parameters <= set(trial.params))
     if whole and not already_retried and "retry_of" not in trial.user_attrs:
         study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number, **carried_attrs(trial)})

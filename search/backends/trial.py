@@ -15,13 +15,15 @@ import torch
 from optuna.trial import TrialState
 
 from models import Architecture
+from search.compat import set_user_attrs
 from search.errors import SearchAborted
 from search.evaluation.candidate import EvaluationPlan, Outcome, candidate_attributes, latency_function
 from search.evaluation.cost import Cost
 from search.evaluation.evaluate import trained_attributes
 from search.evaluation.train import EpochRecord
 from search.settings import Settings
-from search.strategies.early_stopping import RungResult, peers_from_attrs
+from search.storage import TrialRecord, trial_index
+from search.strategies.early_stopping import RUNG_PREFIX, RungResult, peers_from_attrs
 from spaces import SearchSpace
 
 __all__ = [
@@ -67,15 +69,21 @@ def hyperparameters_of(params: dict[str, Any]) -> dict[str, Any]:
     return {key[3:]: value for key, value in params.items() if key.startswith("hp_")}
 
 
+def _rung_carriers(found: list[TrialRecord], record: TrialRecord) -> list[TrialRecord]:
+    """Collect the finished trials that recorded a rung and did not fail."""
+    if record.state != "FAIL" and any(key.startswith(RUNG_PREFIX) for key in record.user_attrs):
+        found.append(record)
+    return found
+
+
 def rung_peers(study: optuna.Study, epoch: int, exclude: int | None = None) -> list[RungResult]:
     """The results the study's trials (but trial ``exclude``) recorded at rung ``epoch``, keyed
     by trial number. Failed trials are no peers: a retry must not compete with its own failed
-    original."""
-    trials = [
-        (t.number, t.user_attrs)
-        for t in study.get_trials(deepcopy=False)
-        if t.number != exclude and t.state != TrialState.FAIL
-    ]
+    original. The finished ones are collected once (:meth:`search.storage.TrialIndex.fold`);
+    the running ones are read again each time (they record rungs as they train)."""
+    index = trial_index(study)
+    candidates = [*index.fold(_rung_carriers, list), *(r for r in index.open() if r.state != "FAIL")]
+    trials = [(r.number, r.user_attrs) for r in sorted(candidates, key=lambda r: r.number) if r.number != exclude]
     return peers_from_attrs(trials, epoch)
 
 
@@ -110,8 +118,7 @@ def tell_outcome(
     the study: complete and infeasible trials with their objective values, early-stopped ones
     PRUNED, failed ones FAIL. The constraint is set on every trial of a study with a ceiling
     (``with_constraint``), since samplers (GP) want the same constraints on all trials."""
-    for key, value in outcome.attrs.items():
-        trial.set_user_attr(key, value)
+    set_user_attrs(study, trial, outcome.attrs)  # in one transaction
     if with_constraint and outcome.constraint is not None:
         trial.set_constraint(CONSTRAINT_KEY, outcome.constraint)
     if outcome.state in ("complete", "infeasible"):

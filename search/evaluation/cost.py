@@ -32,7 +32,15 @@ from layers import FLGConv2d, HetConv2d
 from models import Architecture, LayerSlot, LayerSpec, build_model
 from spaces import SearchSpace
 
-__all__ = ["Cost", "architecture_cost", "cheapest_and_dearest", "count_cost", "count_params", "slot_macs"]
+__all__ = [
+    "Cost",
+    "architecture_cost",
+    "cheapest_and_dearest",
+    "count_cost",
+    "count_params",
+    "learns_its_cost",
+    "slot_macs",
+]
 
 _NOT_IN_PAPER_COUNT = [
     nn.BatchNorm1d,
@@ -117,6 +125,12 @@ def count_cost(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32))
     finally:
         model.train(was_training)
     return Cost(mflops=paper / 1e6, mflops_all_ops=all_ops / 1e6, params=count_params(model))
+
+
+def learns_its_cost(arch: Architecture) -> bool:
+    """Whether training can change what ``arch`` costs: only free (unbalanced) FLGC groups learn
+    their connections; every other layer costs what its shape says, whatever its weights."""
+    return any(spec.type == "flgc" and not spec.balanced for spec in arch.layers)
 
 
 @functools.lru_cache(maxsize=512)

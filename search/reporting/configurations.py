@@ -30,10 +30,12 @@ Example:
 
 from __future__ import annotations
 
-import json
+import bisect
 import math
 from dataclasses import dataclass, replace
 from typing import Any
+
+import numpy as np
 
 from search.objectives import OBJECTIVE_SENSES
 from search.reporting.pareto import pareto_mask
@@ -43,6 +45,7 @@ __all__ = [
     "RESOLVE_Z",
     "Comparison",
     "Configuration",
+    "ConfigurationTally",
     "Noise",
     "compare",
     "config_key",
@@ -61,10 +64,7 @@ RESOLVE_Z = 2.0
 def config_key(record: TrialRecord) -> str | None:
     """What identifies the configuration a trial ran: its architecture and hyperparameters, as
     canonical JSON (None for a trial that never had an architecture, e.g. still queued)."""
-    arch = record.user_attrs.get("architecture")
-    if arch is None:
-        return None
-    return json.dumps({"architecture": arch, "hyperparameters": record.hyperparameters}, sort_keys=True)
+    return record.config
 
 
 def config_numbers(records: list[TrialRecord]) -> dict[int, int]:
@@ -139,16 +139,61 @@ def _sd(values: list[float]) -> float | None:
 def group_configurations(records: list[TrialRecord], objectives: list[str]) -> list[Configuration]:
     """The configurations with at least one feasible complete run, by the number of their
     first run; each objective averaged over the runs."""
-    groups: dict[str, list[TrialRecord]] = {}
+    tally = ConfigurationTally(objectives)
     for r in sorted(records, key=lambda rec: rec.number):
-        if r.feasible_complete:
-            key = config_key(r)
-            groups.setdefault(key if key is not None else f"#{r.number}", []).append(r)
-    configs = []
-    for runs in groups.values():
-        means = {o: sum(float(r.values[o]) for r in runs) / len(runs) for o in objectives}
-        configs.append(Configuration(replace(runs[0], values=means), tuple(runs)))
-    return configs
+        tally.add(r)
+    return tally.configurations()
+
+
+def _number(record: TrialRecord) -> int:
+    return record.number
+
+
+class ConfigurationTally:
+    """The configurations of runs given one at a time, in any order (:func:`group_configurations`
+    gives them all at once): a running search adds each trial as it finishes, so that the
+    progress line and the confirmation plan never group the whole study again. A configuration
+    is rebuilt only when it gets a run; means are summed over its runs by number, exactly as
+    :func:`group_configurations` always did."""
+
+    def __init__(self, objectives: list[str]) -> None:
+        self.objectives = list(objectives)
+        self._runs: dict[str, list[TrialRecord]] = {}  # configuration key -> its runs, by number
+        self._order: list[tuple[int, str]] = []  # (first run's number, key), sorted
+        self._built: dict[str, Configuration] = {}
+        self._listed: list[Configuration] | None = None
+
+    def add(self, record: TrialRecord) -> ConfigurationTally:
+        """Count ``record`` if it is a run (feasible, complete); returns the tally."""
+        if not record.feasible_complete:
+            return self
+        key = config_key(record)
+        key = key if key is not None else f"#{record.number}"
+        runs = self._runs.get(key)
+        if runs is None:
+            self._runs[key] = [record]
+            bisect.insort(self._order, (record.number, key))
+        else:
+            first = runs[0].number
+            bisect.insort(runs, record, key=_number)
+            if runs[0].number != first:  # an earlier run finished later: it names the configuration
+                self._order.remove((first, key))
+                bisect.insort(self._order, (record.number, key))
+        self._built.pop(key, None)
+        self._listed = None
+        return self
+
+    def _build(self, key: str) -> Configuration:
+        runs = self._runs[key]
+        means = {o: sum(float(r.values[o]) for r in runs) / len(runs) for o in self.objectives}
+        built = self._built[key] = Configuration(replace(runs[0], values=means), tuple(runs))
+        return built
+
+    def configurations(self) -> list[Configuration]:
+        """Every configuration with a run, by the number of its first run."""
+        if self._listed is None:
+            self._listed = [self._built.get(key) or self._build(key) for _, key in self._order]
+        return list(self._listed)
 
 
 def front_configurations(configs: list[Configuration], objectives: list[str]) -> list[Configuration]:
@@ -253,19 +298,41 @@ def _no_worse(mine: float, theirs: float, objective: str) -> bool:
     return mine >= theirs if OBJECTIVE_SENSES[objective] == "max" else mine <= theirs
 
 
-def _gap(config: Configuration, front: list[Configuration], objectives: list[str], noise: Noise) -> float:
-    """How far a configuration off the front lies below the front members that dominate it on
-    the means, in standard errors of the difference (the largest such gap); infinite when one
-    of them dominates it beyond the noise."""
-    gap = 0.0
-    for member in front:
-        comparison = compare(config, member, objectives, noise)
-        if comparison.cheaper or comparison.difference > 0:
-            continue  # this member does not dominate it
-        if comparison.dominated_beyond_noise or not comparison.standard_error:
-            return math.inf
-        gap = max(gap, -comparison.difference / comparison.standard_error)
-    return gap
+# Configurations compared with the front at once in :func:`_gaps` (bounds its memory).
+_GAP_BLOCK = 2048
+
+
+def _gaps(configs: list[Configuration], front: list[Configuration], objectives: list[str], noise: Noise) -> np.ndarray:
+    """For each configuration off the front, how far it lies below the front members that
+    dominate it on the means, in standard errors of the difference (the largest such gap, 0
+    when none does); infinite when one of them dominates it beyond the noise (or the noise is
+    exactly 0). :func:`compare` of every pair, as arrays: a study of thousands of
+    configurations and a front of hundreds is millions of pairs."""
+    assert noise.sd is not None
+    costs = [o for o in objectives if o != "accuracy"]
+    signs = np.array([-1.0 if OBJECTIVE_SENSES[o] == "max" else 1.0 for o in costs])
+
+    def arrays(group: list[Configuration]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        accuracy = np.array([c.accuracy for c in group], dtype=float)
+        runs = np.array([c.runs_count for c in group], dtype=float)
+        spent = np.array([[float(c.record.values[o]) for o in costs] for c in group], dtype=float)
+        return accuracy, runs, spent.reshape(len(group), len(costs)) * signs
+
+    front_accuracy, front_runs, front_costs = arrays(front)
+    gaps = np.zeros(len(configs))
+    for start in range(0, len(configs), _GAP_BLOCK):
+        accuracy, runs, spent = arrays(configs[start : start + _GAP_BLOCK])
+        difference = accuracy[:, None] - front_accuracy[None, :]
+        cheaper = np.any(spent[:, None, :] < front_costs[None, :, :], axis=2)
+        dominating = ~cheaper & ~(difference > 0)  # the members that dominate it on the means
+        error = noise.sd * np.sqrt(1 / runs[:, None] + 1 / front_runs[None, :])
+        beyond = (np.abs(difference) > RESOLVE_Z * error) & (difference < 0)
+        infinite = np.any(dominating & (beyond | (error == 0)), axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(dominating & (error != 0), -difference / error, 0.0)
+        block = np.maximum(0.0, ratio.max(axis=1, initial=0.0))
+        gaps[start : start + len(block)] = np.where(infinite, math.inf, block)
+    return gaps
 
 
 def confirmation_candidates(
@@ -277,12 +344,11 @@ def confirmation_candidates(
     front = front_configurations(configs, objectives)
     on_front = {c.number for c in front}
     close: list[tuple[float, int, Configuration]] = []
-    if noise.measured:
-        for c in configs:
-            if c.number not in on_front:
-                gap = _gap(c, front, objectives, noise)
-                if math.isfinite(gap):
-                    close.append((gap, c.number, c))
+    if noise.measured and front:
+        off = [c for c in configs if c.number not in on_front]
+        for c, gap in zip(off, _gaps(off, front, objectives, noise).tolist()):
+            if math.isfinite(gap):
+                close.append((gap, c.number, c))
     close.sort(key=lambda item: (item[0], item[1]))
     kept = [c for _, _, c in close[: len(front)]]
     return front, kept, len(close) - len(kept)

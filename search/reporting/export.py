@@ -23,10 +23,18 @@ __all__ = ["CONFIG_FORMAT", "OFF_FRONT", "config_of", "export_pareto"]
 CONFIG_FORMAT = "flgc-hetconv-nas/config/v1"
 
 
-def config_of(study: optuna.Study, record: TrialRecord, config: Configuration | None = None) -> dict[str, Any]:
+def config_of(
+    study: optuna.Study,
+    record: TrialRecord,
+    config: Configuration | None = None,
+    study_attrs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The exported config of one trial, or of the configuration it is the first run of:
-    its accuracy is then the mean over the runs, each run listed with its seed."""
+    its accuracy is then the mean over the runs, each run listed with its seed. ``study_attrs``:
+    the study's user attributes when the caller has read them already (each read is a query,
+    and a front may have hundreds of configurations)."""
     assert record.architecture is not None
+    attrs = study.user_attrs if study_attrs is None else study_attrs
     if config is not None:
         record = config.record
     runs = (
@@ -34,13 +42,13 @@ def config_of(study: optuna.Study, record: TrialRecord, config: Configuration | 
         if config is not None
         else [{"trial": record.number, "seed": record.seed, "accuracy": record.accuracy}]
     )
-    training = TrainingSettings.from_json(study.user_attrs.get("training", {})).replace(**record.hyperparameters)
+    training = TrainingSettings.from_json(attrs.get("training", {})).replace(**record.hyperparameters)
     return {
         "format": CONFIG_FORMAT,
         "study": study.study_name,
         "trial": record.number,
-        "space": study.user_attrs.get("space_name"),
-        "dataset": study.user_attrs.get("dataset"),
+        "space": attrs.get("space_name"),
+        "dataset": attrs.get("dataset"),
         "architecture": record.architecture.to_json(),
         "metrics": {
             **record.values,
@@ -75,10 +83,12 @@ def export_pareto(study: optuna.Study, out_dir: Path) -> list[Path]:
     with those outputs into ``out_dir/off_front/``, so that no retrained model loses its config."""
     out_dir.mkdir(parents=True, exist_ok=True)
     front = pareto_configurations(load_records(study), study_objectives(study))
+    attrs = study.user_attrs
     written = []
     for config in front:
         path = out_dir / f"trial_{config.number}.json"
-        atomic_write_text(path, json.dumps(config_of(study, config.record, config), indent=2, sort_keys=False))
+        exported = config_of(study, config.record, config, attrs)
+        atomic_write_text(path, json.dumps(exported, indent=2, sort_keys=False))
         written.append(path)
     configs = {p for p in out_dir.glob("trial_*.json") if p.stem[len("trial_") :].isdigit()}
     for stale in sorted(configs - set(written)):

@@ -10,6 +10,7 @@ import numpy as np
 
 from search.reporting.configurations import (
     Configuration,
+    ConfigurationTally,
     Noise,
     config_key,
     front_configurations,
@@ -17,16 +18,18 @@ from search.reporting.configurations import (
     measure_noise,
 )
 from search.reporting.pareto import hypervolume, pareto_mask, to_minimization
-from search.storage import OBJECTIVE_SENSES, TrialRecord, load_records, study_objectives
+from search.storage import OBJECTIVE_SENSES, TrialIndex, TrialRecord, trial_index
 
 __all__ = [
     "FrontSummary",
+    "configurations_in",
     "front_hypervolume",
     "front_summary",
     "hypervolume_over_trials",
     "objective_matrix",
     "pareto_configurations",
     "pareto_records",
+    "study_configurations",
 ]
 
 
@@ -70,19 +73,22 @@ def hypervolume_over_trials(
     senses = [OBJECTIVE_SENSES[o] for o in objectives]
     ref = _reference(reference, objectives)
     ref_min = to_minimization([ref], senses)[0]
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
+    rows: dict[str, int] = {}  # configuration key -> its row in sums and counts, in order of first run
+    points = to_minimization([[r.values[o] for o in objectives] for r in runs], senses)
+    sums = np.zeros((len(runs), len(objectives)))
+    counts = np.zeros(len(runs))
     front = np.empty((0, len(objectives)))  # current non-dominated means, minimization form
     history = np.zeros(len(runs))
     current = 0.0
     for i, r in enumerate(runs):
         key = config_key(r) or f"#{r.number}"
-        point = to_minimization([[r.values[o] for o in objectives]], senses)[0]
-        repeat = key in counts
-        sums[key] = sums.get(key, 0.0) + point
-        counts[key] = counts.get(key, 0) + 1
+        point = points[i]
+        repeat = key in rows
+        row = rows.setdefault(key, len(rows))
+        sums[row] += point
+        counts[row] += 1
         if repeat:  # a mean moved: the front is recomputed from every mean
-            means = np.array([sums[k] / counts[k] for k in sums])
+            means = sums[: len(rows)] / counts[: len(rows), None]
             front = means[pareto_mask(means, ["min"] * len(objectives))]
             current = _hv_min(front, ref_min)
         elif not np.any(np.all(front <= point, axis=1)):
@@ -112,11 +118,26 @@ class FrontSummary:
         return sum(1 for n in self.front_runs if n >= runs_wanted)
 
 
+def _tally(tally: ConfigurationTally, record: TrialRecord) -> ConfigurationTally:
+    return tally.add(record)
+
+
+def study_configurations(study) -> list[Configuration]:
+    """The configurations of ``study`` (:func:`group_configurations` of its records), kept in
+    this process and brought up to date with the trials finished since the last call: a search
+    asks after every trial, and grouping thousands of runs each time was most of its cost."""
+    return configurations_in(trial_index(study))
+
+
+def configurations_in(index: TrialIndex) -> list[Configuration]:
+    """:func:`study_configurations` of the trials ``index`` has read (no new read)."""
+    return index.fold(_tally, lambda: ConfigurationTally(index.objectives)).configurations()
+
+
 def front_summary(study) -> FrontSummary:
     """Size of the current front, the best mean accuracy and the study's noise."""
-    records = load_records(study)
-    objectives = study_objectives(study)
-    configs = group_configurations(records, objectives)
+    index = trial_index(study)
+    configs = configurations_in(index)
     best = max((c.accuracy for c in configs), default=None)
-    front = front_configurations(configs, objectives)
+    front = front_configurations(configs, index.objectives)
     return FrontSummary(len(front), best, measure_noise(configs), tuple(c.runs_count for c in front))

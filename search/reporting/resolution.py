@@ -20,6 +20,7 @@ __all__ = [
     "baseline_name",
     "baseline_verdicts",
     "confirmed",
+    "group_names",
     "resolution_rule",
     "runs_wanted",
     "unresolved_groups",
@@ -66,6 +67,20 @@ def _name(c: Configuration) -> str:
 def baseline_name(c: Configuration) -> str:
     """A baseline's short name: ``P4``, ``G8``, ``dense`` or its own (``flgc-paper``)."""
     return baseline_label(c.record)
+
+
+# A group of front members the noise does not resolve names at most this many of them (a large
+# study's front can have hundreds within the noise of each other).
+MAX_NAMED = 12
+
+
+def group_names(group: list[Configuration]) -> list[str]:
+    """``#n`` of every member of ``group``; of a large one, its first members, how many more, and
+    its last (the costliest)."""
+    names = [f"#{c.number}" for c in group]
+    if len(names) > MAX_NAMED:
+        names = [*names[: MAX_NAMED - 2], f"{len(names) - MAX_NAMED + 1} more", names[-1]]
+    return names
 
 
 def unresolved_groups(front: list[Configuration], objectives: list[str], noise: Noise) -> list[list[Configuration]]:

@@ -3,13 +3,21 @@ front is confirmed, and the baselines' verdicts, in a few lines read from the st
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
 from search.reporting.configurations import Noise, front_configurations, group_configurations, measure_noise
-from search.reporting.resolution import baseline_name, baseline_verdicts, runs_wanted, unresolved_groups
+from search.reporting.resolution import (
+    MAX_NAMED,
+    baseline_name,
+    baseline_verdicts,
+    group_names,
+    runs_wanted,
+    unresolved_groups,
+)
 from search.storage import load_records, study_objectives
 
 __all__ = ["StudySummary", "study_summary"]
@@ -36,16 +44,20 @@ def study_summary(study: optuna.Study) -> StudySummary:
     wanted = runs_wanted(confirm)
     lines = [f"noise: {noise.describe()}"]
     confirmed = sum(1 for c in front if wanted > 1 and c.runs_count >= wanted)
-    runs = ", ".join(str(c.runs_count) for c in sorted(front, key=lambda c: c.record.values["mflops"]))
+    counts = [c.runs_count for c in sorted(front, key=lambda c: c.record.values["mflops"])]
+    if len(counts) <= MAX_NAMED:
+        runs = ", ".join(map(str, counts)) + " runs, cheapest first"
+    else:  # a large front: how many have each number of runs
+        runs = ", ".join(f"{k} with {n} run{'s' if n != 1 else ''}" for n, k in sorted(Counter(counts).items()))
     lines.append(
-        f"front: {len(front)} configurations on their means ({runs} runs, cheapest first); "
+        f"front: {len(front)} configurations on their means ({runs}); "
         + (f"{confirmed} confirmed with {wanted}+ runs" if wanted > 1 else "single runs (--confirm 0)")
     )
     groups = unresolved_groups(front, objectives, noise) if noise.measured else []
     if groups:
         lines.append(
             "not resolved from each other: "
-            + "; ".join(", ".join(f"#{c.number}" for c in g) for g in groups)
+            + "; ".join(", ".join(group_names(g)) for g in groups)
             + " (see the report's 'What the noise resolves')"
         )
     verdicts = baseline_verdicts(configs, objectives, noise, confirm)

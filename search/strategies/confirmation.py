@@ -29,10 +29,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from search.reporting.configurations import confirmation_candidates, group_configurations, measure_noise
+from search.reporting.configurations import (
+    Configuration,
+    confirmation_candidates,
+    group_configurations,
+    measure_noise,
+)
 from search.storage import TrialRecord
 
-__all__ = ["ConfirmationPlan", "plan_confirmation"]
+__all__ = ["ConfirmationPlan", "plan_confirmation", "plan_for"]
 
 
 @dataclass(frozen=True)
@@ -62,8 +67,15 @@ def plan_confirmation(
     """The runs still missing for every front member (and every configuration within its
     noise) to have ``repeats + 1`` runs, given ``pending`` repeats (configuration number ->
     repeats queued or running). Front members come first, those with the fewest runs first."""
+    return plan_for(group_configurations(records, objectives), objectives, repeats, pending)
+
+
+def plan_for(
+    configs: list[Configuration], objectives: list[str], repeats: int, pending: Mapping[int, int]
+) -> ConfirmationPlan:
+    """:func:`plan_confirmation` of the configurations ``configs`` (grouped already: a running
+    search keeps them up to date as its trials finish)."""
     wanted = repeats + 1
-    configs = group_configurations(records, objectives)
     front, close, left_out = confirmation_candidates(configs, objectives, measure_noise(configs))
     missing: dict[int, int] = {}
     order: list[int] = []

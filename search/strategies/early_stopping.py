@@ -72,6 +72,7 @@ from search.reporting.pareto import crowding_distance, non_dominated_sort
 from search.settings import DATASET_CLASSES, OBJECTIVE_SENSES, EarlyStopping
 
 __all__ = [
+    "RUNG_PREFIX",
     "RungResult",
     "MultiObjectiveASHA",
     "early_stop_line",
@@ -99,13 +100,17 @@ class RungResult:
     values: tuple[float, ...]
 
 
+# What the user attribute of every rung starts with (:func:`rung_attr`).
+RUNG_PREFIX = "rung_"
+
+
 def rung_attr(epoch: int) -> str:
     """Name of the Optuna user attribute holding a trial's values at rung ``epoch``.
 
     >>> rung_attr(3)
     'rung_3'
     """
-    return f"rung_{epoch}"
+    return f"{RUNG_PREFIX}{epoch}"
 
 
 def _float_or_nan(x: Any) -> float:

@@ -16,11 +16,27 @@ from search.reporting.front import hypervolume_over_trials
 from search.reporting.report.data import ReportData
 from search.reporting.report.records import front_sorted, layer_code, layer_value, mflops, slot_names
 from search.reporting.report.scatter import accuracy_figure
-from search.reporting.report.style import COLORS, TEMPLATE, empty_note
+from search.reporting.report.style import (
+    COLORS,
+    MAX_FRONT_CURVES,
+    MAX_FRONT_ROWS,
+    MAX_HYPERVOLUME_MARKERS,
+    TEMPLATE,
+    empty_note,
+    spread,
+)
 from search.reporting.resolution import runs_wanted
 from search.storage import TrialRecord
 
-__all__ = ["MAIN_COST", "OTHER_COSTS", "curves_figure", "hypervolume_figure", "layers_figure", "report_figures"]
+__all__ = [
+    "MAIN_COST",
+    "OTHER_COSTS",
+    "curves_figure",
+    "hypervolume_figure",
+    "layers_figure",
+    "report_figures",
+    "shown_front",
+]
 
 MAIN_COST = "mflops"  # the cost of the main scatter (every trial records it)
 # the other costs get a scatter of their own in a study that optimizes them
@@ -60,6 +76,9 @@ def hypervolume_figure(records: list[TrialRecord], hv_objectives: list[str], ref
             minutes.append((r.datetime_complete - t0).total_seconds() / 60.0)
         else:
             minutes.append(None)
+    if len(finished) > MAX_HYPERVOLUME_MARKERS:  # a marker where it changed: the same staircase
+        keep = [i for i in range(len(values)) if i in (0, len(values) - 1) or values[i] != values[i - 1]]
+        count, values, numbers, minutes = ([column[i] for i in keep] for column in (count, values, numbers, minutes))
     hover = "trial #%{customdata}<br>hypervolume %{y:.5g}<extra></extra>"
 
     def staircase(x: list, y: list, trials: list) -> go.Scatter:
@@ -91,13 +110,19 @@ def _front_label(config: Configuration, wanted: int) -> str:
     return f"{label} · {runs}{' ✓' if wanted > 1 and config.runs_count >= wanted else ''}"
 
 
+def shown_front(front: list[Configuration], most: int) -> list[TrialRecord]:
+    """The front's records cheapest first; beyond ``most``, that many evenly spread along it."""
+    return spread(front_sorted([c.record for c in front]), most)
+
+
 def layers_figure(front: list[Configuration], wanted: int = 1) -> go.Figure:
     """Heatmap of the front's per-layer choices: one row per configuration, cheapest first,
-    labelled with its runs (✓ where it has the ``wanted`` runs of a confirmed configuration)."""
+    labelled with its runs (✓ where it has the ``wanted`` runs of a confirmed configuration);
+    at most :data:`MAX_FRONT_ROWS` rows, evenly spread along a larger front."""
     fig = go.Figure()
     fig.update_layout(template=TEMPLATE)
     configs = {c.number: c for c in front}
-    rows = [r for r in front_sorted([c.record for c in front]) if r.architecture is not None]
+    rows = [r for r in shown_front(front, MAX_FRONT_ROWS) if r.architecture is not None]
     if not rows:
         fig.update_layout(height=300)
         return empty_note(fig, "no Pareto configuration yet")
@@ -145,7 +170,8 @@ def layers_figure(front: list[Configuration], wanted: int = 1) -> go.Figure:
 
 def curves_figure(front: list[Configuration]) -> go.Figure:
     """Per-epoch validation accuracy of every run of each configuration of the front (its runs
-    share a colour and a legend entry)."""
+    share a colour and a legend entry); at most :data:`MAX_FRONT_CURVES` configurations, evenly
+    spread along a larger front."""
     fig = go.Figure()
     fig.update_layout(
         template=TEMPLATE,
@@ -158,7 +184,7 @@ def curves_figure(front: list[Configuration]) -> go.Figure:
     )
     configs = {c.number: c for c in front}
     palette = plotly_colors.qualitative.Plotly
-    for index, first in enumerate(front_sorted([c.record for c in front])):
+    for index, first in enumerate(shown_front(front, MAX_FRONT_CURVES)):
         color = palette[index % len(palette)]
         for k, r in enumerate(configs[first.number].runs):
             points = [

@@ -14,7 +14,8 @@ import plotly.io
 from search.objectives import OBJECTIVES, describe
 from search.reporting.report.data import ReportData
 from search.reporting.report.figures import MAIN_COST, OTHER_COSTS
-from search.reporting.report.style import PLOT_CONFIG
+from search.reporting.report.scatter import drawn_trials
+from search.reporting.report.style import MAX_FRONT_CURVES, MAX_FRONT_ROWS, MAX_HYPERVOLUME_MARKERS, PLOT_CONFIG
 from search.reporting.report.tables import esc, failed_table, pareto_table, published_note
 from search.reporting.report.verdicts import confirmation_text, noise_section
 from search.reporting.resolution import runs_wanted
@@ -129,7 +130,35 @@ def _figure_html(fig: go.Figure, first: bool, div_id: str) -> str:
         )
 
 
+def _scale_notes(data: ReportData) -> dict[str, str]:
+    """What the figures of a large study leave out, in words, by section (empty: nothing)."""
+    notes = {}
+    drawn = drawn_trials(data.records, data.configs, data.front)
+    if drawn is not None:
+        notes["scatter"] = (
+            f" This study has {len(data.records):,} trials, more than a page draws well as markers: the scatter "
+            f"draws {len(drawn):,} of them (every run of a front configuration and every baseline, and an even random "
+            "sample of the others) over a density of all of them (the blue shading, darker where more trials lie; "
+            "hover it for the count). trials.csv has every trial."
+        )
+    finished = sum(1 for r in data.records if r.state in ("COMPLETE", "PRUNED", "FAIL"))
+    if data.hv_objectives and finished > MAX_HYPERVOLUME_MARKERS:
+        notes["hypervolume"] = (
+            f" With {finished:,} finished trials, markers are drawn only at the trials that changed the hypervolume "
+            "(the staircase is the same)."
+        )
+    front = len(data.front_configs)
+    for key, most in (("layers", MAX_FRONT_ROWS), ("curves", MAX_FRONT_CURVES)):
+        if front > most:
+            notes[key] = (
+                f" The front has {front} configurations: {most} of them are shown, evenly spread along it by MFLOPs "
+                "(the cheapest and the costliest among them); section 5 and pareto.csv list all of them."
+            )
+    return notes
+
+
 def _sections(data: ReportData, rendered: dict[str, str]) -> list[str]:
+    notes = _scale_notes(data)
     extra_scatters = "".join(
         f'<h3>Accuracy vs {esc(name)}</h3><p class="caption">The same trials against the {esc(name)} '
         f"objective; red points are on the Pareto front of all objectives.</p>{rendered[f'accuracy_vs_{name}']}"
@@ -163,26 +192,26 @@ def _sections(data: ReportData, rendered: dict[str, str]) -> list[str]:
         "grey crosses are infeasible candidates (over the FLOPs ceiling, not trained), orange open circles "
         "early-stopped trials at their last validation accuracy, and brown triangles failed trials at "
         "accuracy 0. Hover a point for its MFLOPs in both conventions, parameters and per-layer choices."
-        f"{front_note}{_ONE_SHOT_NOTE if data.retrained is not None else ''}</p>",
+        f"{front_note}{_ONE_SHOT_NOTE if data.retrained is not None else ''}{esc(notes.get('scatter', ''))}</p>",
         rendered[f"accuracy_vs_{MAIN_COST}"],
         published_note(data.records, data.configs),
         noise_section(data),
         extra_scatters,
         failed_table(data.records),
         "<h2>2. Hypervolume</h2>",
-        f'<p class="caption">{hv_caption}</p>',
+        f'<p class="caption">{hv_caption}{esc(notes.get("hypervolume", ""))}</p>',
         rendered["hypervolume"],
         "<h2>3. Per-layer choices of the Pareto configurations</h2>",
         '<p class="caption">One row per Pareto configuration, cheapest first, with its runs (✓: confirmed, it '
         "has the runs --confirm asks for; read the choices of unconfirmed rows as possibly lucky); one column "
         "per searchable layer. Cells show the choice (P = HetConv part, G = FLGC groups, D = dense; a trailing "
         "f marks free FLGC groups), coloured on a log2 scale of that number (dense = 1): larger numbers mean "
-        "cheaper layers.</p>",
+        f"cheaper layers.{esc(notes.get('layers', ''))}</p>",
         rendered["pareto_layers"],
         "<h2>4. Validation accuracy per epoch of the Pareto configurations</h2>",
         '<p class="caption">Per-epoch validation accuracy of each Pareto configuration (legend: its number; '
         "its further runs dotted, in its colour). The objective is the accuracy after the last epoch, not the "
-        "best epoch.</p>",
+        f"best epoch.{esc(notes.get('curves', ''))}</p>",
         rendered["pareto_curves"],
         "<h2>5. Pareto configurations</h2>",
         '<p class="caption">The front sorted by MFLOPs (also in <code>pareto.csv</code>; every trial is in '

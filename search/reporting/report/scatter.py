@@ -1,6 +1,8 @@
 """The report's main figure: accuracy against a cost (MFLOPs, params or latency) of every trial,
 one series per status, the Pareto front as a step line, the baselines and, for a one-shot study,
-the retrained configurations with their own front."""
+the retrained configurations with their own front. A study of more than
+:data:`~search.reporting.report.style.MAX_POINTS` trials is drawn as a density of every trial
+with a sample of them as markers (every front member and baseline among them)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import html
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import plotly.graph_objects as go
 
 from models import Architecture
@@ -23,10 +26,10 @@ from search.reporting.report.records import (
     objective_value,
     published_model,
 )
-from search.reporting.report.style import COLORS, TEMPLATE, empty_note
+from search.reporting.report.style import COLORS, MAX_POINTS, TEMPLATE, empty_note
 from search.storage import TrialRecord
 
-__all__ = ["accuracy_figure"]
+__all__ = ["accuracy_figure", "drawn_trials"]
 
 ValueOf = Callable[[TrialRecord], "float | None"]
 
@@ -118,46 +121,102 @@ def _accuracy(record: TrialRecord) -> float | None:
     return record.values.get("accuracy")
 
 
-def _status_traces(by_status: dict[str, list[TrialRecord]], x_of: ValueOf, objectives: list[str]) -> list:
-    """One series per trial status: ok (not baselines), early-stopped, infeasible, failed."""
-    return [
-        _scatter(
-            [r for r in by_status.get("ok", []) if r.baseline is None],
-            x_of,
-            _accuracy,
-            objectives,
-            mode="markers",
-            name="trials (ok)",
-            marker={"symbol": "circle", "size": 7, "color": COLORS["ok"], "opacity": 0.65},
-        ),
-        _scatter(
-            by_status.get("early_stopped", []),
-            x_of,
-            lambda r: last_val_accuracy(r) or 0.0,
-            objectives,
-            mode="markers",
-            name="early-stopped (last val. accuracy)",
-            marker={"symbol": "circle-open", "size": 8, "color": COLORS["early_stopped"], "line": {"width": 2}},
-        ),
-        _scatter(
-            by_status.get("infeasible", []),
-            x_of,
-            lambda r: r.values.get("accuracy", 0.0),
-            objectives,
-            mode="markers",
-            name="infeasible (over the FLOPs ceiling)",
-            marker={"symbol": "x", "size": 8, "color": COLORS["infeasible"]},
-        ),
-        _scatter(
-            by_status.get("failed", []),
-            x_of,
-            lambda r: 0.0,
-            objectives,
-            mode="markers",
-            name="failed (plotted at accuracy 0)",
-            marker={"symbol": "triangle-down", "size": 9, "color": COLORS["failed"]},
-        ),
-    ]
+def _last_or_zero(record: TrialRecord) -> float:
+    return last_val_accuracy(record) or 0.0
+
+
+def _accuracy_or_zero(record: TrialRecord) -> float:
+    return record.values.get("accuracy", 0.0)
+
+
+def _zero(record: TrialRecord) -> float:
+    return 0.0
+
+
+# One series per trial status: (status, its accuracy on the plot, name, marker).
+_SERIES: tuple[tuple[str, ValueOf, str, dict[str, Any]], ...] = (
+    ("ok", _accuracy, "trials (ok)", {"symbol": "circle", "size": 7, "color": COLORS["ok"], "opacity": 0.65}),
+    (
+        "early_stopped",
+        _last_or_zero,
+        "early-stopped (last val. accuracy)",
+        {"symbol": "circle-open", "size": 8, "color": COLORS["early_stopped"], "line": {"width": 2}},
+    ),
+    (
+        "infeasible",
+        _accuracy_or_zero,
+        "infeasible (over the FLOPs ceiling)",
+        {"symbol": "x", "size": 8, "color": COLORS["infeasible"]},
+    ),
+    (
+        "failed",
+        _zero,
+        "failed (plotted at accuracy 0)",
+        {"symbol": "triangle-down", "size": 9, "color": COLORS["failed"]},
+    ),
+)
+
+
+def _series_records(by_status: dict[str, list[TrialRecord]], status: str) -> list[TrialRecord]:
+    records = by_status.get(status, [])
+    return [r for r in records if r.baseline is None] if status == "ok" else records
+
+
+def _status_traces(
+    by_status: dict[str, list[TrialRecord]], x_of: ValueOf, objectives: list[str], drawn: set[int] | None = None
+) -> list:
+    """One series per trial status: ok (not baselines), early-stopped, infeasible, failed;
+    with ``drawn``, only those trials (a sample of a large study: the names say how many)."""
+    traces = []
+    for status, y_of, name, marker in _SERIES:
+        records = _series_records(by_status, status)
+        if drawn is not None:
+            shown = [r for r in records if r.number in drawn]
+            if len(shown) < len(records):
+                name = f"{name}: {len(shown):,} of {len(records):,} drawn"
+            records = shown
+        traces.append(_scatter(records, x_of, y_of, objectives, mode="markers", name=name, marker=marker))
+    return traces
+
+
+def drawn_trials(records: list[TrialRecord], configs: list[Configuration], front: list[TrialRecord]) -> set[int] | None:
+    """The trials a scatter of a large study draws as markers (None: every one): beyond
+    :data:`MAX_POINTS` trials, every run of a front configuration and every baseline, and an
+    even random sample (seeded: the same report every time) of the others up to that many."""
+    plotted = [r for r in records if r.status in {status for status, *_ in _SERIES}]
+    if len(plotted) <= MAX_POINTS:
+        return None
+    front_numbers = {r.number for r in front}
+    kept = {r.number for c in configs if c.number in front_numbers for r in c.runs}
+    kept |= {r.number for r in plotted if r.baseline is not None}
+    others = sorted(r.number for r in plotted if r.number not in kept)
+    room = max(0, MAX_POINTS - len(kept))
+    if room < len(others):
+        chosen = np.random.default_rng(0).choice(len(others), size=room, replace=False)
+        others = [others[i] for i in sorted(chosen.tolist())]
+    return kept | set(others)
+
+
+def _density_trace(by_status: dict[str, list[TrialRecord]], x_of: ValueOf) -> go.Histogram2d:
+    """Every trial of a large study as a density behind the sample drawn as markers."""
+    xs, ys = [], []
+    for status, y_of, _, _ in _SERIES:
+        for r in _series_records(by_status, status):
+            x, y = x_of(r), y_of(r)
+            if x is not None and y is not None:
+                xs.append(x)
+                ys.append(y)
+    return go.Histogram2d(
+        x=xs,
+        y=ys,
+        nbinsx=80,
+        nbinsy=50,
+        colorscale=[[0.0, "rgba(31,119,180,0)"], [1e-9, "rgba(31,119,180,0.12)"], [1.0, "rgba(31,119,180,0.85)"]],
+        showscale=False,
+        name=f"density of all {len(xs):,} trials",
+        showlegend=True,
+        hovertemplate="%{z} trials<extra></extra>",
+    )
 
 
 def _baselines_trace(
@@ -261,8 +320,12 @@ def accuracy_figure(
     by_status: dict[str, list[TrialRecord]] = {}
     for r in records:
         by_status.setdefault(r.status, []).append(r)
-    traces = _status_traces(by_status, x_of, objectives)
-    traces.append(_means_trace(configs, x_of, objectives))
+    drawn = drawn_trials(records, configs, front)
+    traces: list = [] if drawn is None else [_density_trace(by_status, x_of)]
+    traces += _status_traces(by_status, x_of, objectives, drawn)
+    front_numbers = {r.number for r in front}
+    shown_configs = configs if drawn is None else [c for c in configs if c.number in drawn or c.number in front_numbers]
+    traces.append(_means_trace(shown_configs, x_of, objectives))
     corners = _front_2d([c.record for c in configs], x_of)
     if corners:
         line = {"color": COLORS["front"], "width": 2}

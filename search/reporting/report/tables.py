@@ -19,6 +19,7 @@ from search.reporting.report.records import (
     published_model,
     slot_names,
 )
+from search.reporting.report.style import MAX_FAILED_ROWS
 from search.storage import TrialRecord
 
 __all__ = ["esc", "failed_table", "pareto_table", "published_note"]
@@ -135,6 +136,7 @@ def failed_table(records: list[TrialRecord]) -> str:
     if not failed:
         return ""
     cost = OBJECTIVES["mflops"]
+    listed = sorted(failed, key=lambda rec: rec.number)[:MAX_FAILED_ROWS]
     rows = [
         [
             f"#{r.number}",
@@ -142,10 +144,12 @@ def failed_table(records: list[TrialRecord]) -> str:
             esc(r.architecture.summary()) if r.architecture else "",
             esc(r.fail_reason or "(no reason recorded)"),
         ]
-        for r in sorted(failed, key=lambda rec: rec.number)
+        for r in listed
     ]
     unplotted = sum(1 for r in failed if mflops(r) is None)
     note = f" {unplotted} of them have no recorded MFLOPs and are only listed here." if unplotted else ""
+    if len(listed) < len(failed):
+        note += f" The first {len(listed)} are listed; trials.csv has all {len(failed)} (status failed)."
     return (
         f'<h3>Failed trials ({len(failed)})</h3><p class="caption">Trials whose training failed have no '
         f"accuracy; those with a recorded cost are drawn at accuracy 0 above.{note}</p>"

@@ -8,7 +8,13 @@ from search.objectives import OBJECTIVES
 from search.reporting.configurations import Configuration, confirmation_candidates
 from search.reporting.report.data import ReportData
 from search.reporting.report.tables import esc
-from search.reporting.resolution import baseline_verdicts, resolution_rule, runs_wanted, unresolved_groups
+from search.reporting.resolution import (
+    baseline_verdicts,
+    group_names,
+    resolution_rule,
+    runs_wanted,
+    unresolved_groups,
+)
 
 __all__ = ["confirmation_text", "noise_section"]
 
@@ -32,7 +38,7 @@ def confirmation_text(data: ReportData) -> str:
 
 def _group_text(group: list[Configuration]) -> str:
     cost = OBJECTIVES["mflops"]
-    names = [f"#{c.number}" for c in group]
+    names = group_names(group)
     listed = ", ".join(names[:-1]) + f" and {names[-1]}"
     low, high = (cost.format(c.record.values["mflops"]) for c in (group[0], group[-1]))
     accuracies = [100 * c.accuracy for c in group]
