@@ -27,7 +27,7 @@ and for ``report`` and ``export``.
    ``[worker i]`` prefix of its progress lines.
 4. ``report`` and ``export`` of each grown study, whole processes (PNGs included when a
    Chromium is found), with their peak memory (``ru_maxrss`` of the process and what it waited
-   for, from ``os.wait4``).
+   for, read by a small wrapper process: see ``run_measured``).
 
 With ``--before DIR`` (a checkout of another commit, e.g. ``git archive issue21 | tar -x -C
 DIR``) every command also runs with that code, on its own copy, right after this code's run,
@@ -103,32 +103,53 @@ class Finished:
     log: Path
 
 
+# Linux hands a process its parent's peak resident memory at exec (the mm it replaces counts),
+# so a command started from this process, which holds the grown studies, would report at least
+# this process's peak. A small Python in between starts the command from its own small memory
+# and writes the peak of what it waited for (the command and its children).
+_PEAK_WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.call(sys.argv[2:])\n"
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+    "sys.exit(code if code >= 0 else 128 - code)\n"
+)
+
+
 def run_measured(
     command: list[str], cwd: Path, log: Path, timeout: float, env: dict[str, str] | None = None
 ) -> Finished:
     """Run ``command`` with stdout and stderr in ``log``; its wall time and peak resident memory
-    (``os.wait4``: the process and the children it waited for). Killed past ``timeout``."""
+    (``ru_maxrss`` of the command and the children it waited for, read by a small wrapper
+    process). Killed past ``timeout``."""
     log.parent.mkdir(parents=True, exist_ok=True)
     import subprocess
 
+    peak_file = log.with_suffix(".peak")
+    peak_file.unlink(missing_ok=True)
     with log.open("w") as out:
         started = datetime.now()
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env or os.environ
+            [sys.executable, "-c", _PEAK_WRAPPER, str(peak_file), *command],
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env or os.environ,
         )
         while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            pid, status = os.waitpid(proc.pid, os.WNOHANG)
             if pid:
                 break
             if time.perf_counter() - t0 > timeout:
                 os.killpg(proc.pid, signal.SIGKILL)
-                pid, status, usage = os.wait4(proc.pid, 0)
+                pid, status = os.waitpid(proc.pid, 0)
                 break
             time.sleep(0.1)
         wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return Finished(proc.returncode, wall, usage.ru_maxrss / 1024, started, log)
+    peak_kb = float(peak_file.read_text()) if peak_file.is_file() else math.nan  # none when killed
+    return Finished(proc.returncode, wall, peak_kb / 1024, started, log)
 
 
 def cli(code: Path, *args: str) -> list[str]:
@@ -386,9 +407,28 @@ def studies_of(args: argparse.Namespace, work: Path, train: Path, shot: Path) ->
                 t0 = time.perf_counter()
                 grow(previous[kind], target, name, size, costs, args.seed, kind == "oneshot")
                 print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
+            if kind == "oneshot":
+                warm_parent_populations(load(target, name))
             previous[kind] = target
         grown[size] = folder
     return grown
+
+
+def warm_parent_populations(study) -> None:
+    """NSGA-II's parent population of every generation of a grown one-shot study, cached in it
+    from the first generation up, as a search that ran those generations would have left them.
+    Without the cache, the first ask of the continued search selects the parents of the last
+    generation recursively through all earlier ones (about 500 at 10000 trials: past Python's
+    recursion limit)."""
+    import optuna
+
+    generations = [
+        value for t in study.get_trials(deepcopy=False) for key, value in t.system_attrs.items()
+        if key.endswith(":generation")
+    ]  # fmt: skip
+    sampler = optuna.samplers.NSGAIISampler(population_size=20)
+    for generation in range(1, max(generations, default=0) + 1):
+        sampler.get_parent_population(study, generation)
 
 
 # ---------------------------------------------------------------------------------------------

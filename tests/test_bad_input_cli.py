@@ -43,7 +43,19 @@ from cli_process import HANG_SECONDS, cli_command, cli_env, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = "vgg_hetconv-digits"  # the template study (default name: <space>-<dataset>)
-TEMPLATE_ARGS = ["--preset", "quick", "--epochs", "1", "--budget", "1", "--threads", "1", "--no-report"]
+TEMPLATE_ARGS = [
+    "--preset",
+    "quick",
+    "--epochs",
+    "1",
+    "--budget",
+    "1",
+    "--threads",
+    "1",
+    "--no-report",
+    "--confirm",
+    "0",
+]
 SEARCH_PREFIX = ["--preset", "quick", "--epochs", "1", "--threads", "1", "--budget", "1", "--no-report"]
 CASE_TIMEOUT = HANG_SECONDS  # per process: a case that takes this long hangs
 WITH_RESULTS_DIR = ("search", "report", "export")  # commands that take --results-dir

@@ -64,6 +64,8 @@ def results_dir(tmp_path_factory) -> Path:
         "1",
         "--budget",
         "2",
+        "--confirm",
+        "0",
         "--no-report",
         "--results-dir",
         str(d),

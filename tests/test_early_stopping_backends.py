@@ -371,6 +371,8 @@ E2E_ARGS = [
     "2",
     "--budget",
     "6",
+    "--confirm",
+    "0",
     "--no-report",
     "--quiet",
 ]

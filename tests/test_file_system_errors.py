@@ -15,7 +15,21 @@ from test_report import add, attrs, new_study, random_arch
 
 from spaces import get_space
 
-TINY = ["--dataset", "digits", "--preset", "quick", "--epochs", "1", "--threads", "1", "--budget", "1", "--quiet"]
+TINY = [
+    "--dataset",
+    "digits",
+    "--preset",
+    "quick",
+    "--epochs",
+    "1",
+    "--threads",
+    "1",
+    "--budget",
+    "1",
+    "--confirm",
+    "0",
+    "--quiet",
+]
 
 
 def one_error_line(proc, code: int) -> str:

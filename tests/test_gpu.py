@@ -159,6 +159,8 @@ SEARCH = [
     "digits",
     "--budget",
     "2",
+    "--confirm",
+    "0",
     "--epochs",
     "2",
     "--width",

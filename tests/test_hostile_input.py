@@ -43,7 +43,20 @@ import run_search  # noqa: E402
 from search import commands  # noqa: E402
 from search.settings import NUMBERS, Number, mask_url, url_secrets  # noqa: E402
 
-TINY = ["--preset", "quick", "--epochs", "1", "--threads", "1", "--budget", "1", "--no-report", "--quiet"]
+TINY = [
+    "--preset",
+    "quick",
+    "--epochs",
+    "1",
+    "--threads",
+    "1",
+    "--confirm",
+    "0",
+    "--budget",
+    "1",
+    "--no-report",
+    "--quiet",
+]
 PASSWORD = "S3cr3t-pw_7f2a"  # noqa: S105  (a test value, grepped for in every output)
 
 

@@ -26,7 +26,7 @@ from spaces import get_space
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
-QUICK = ["--preset", "quick", "--epochs", "1", "--threads", "1"]
+QUICK = ["--preset", "quick", "--epochs", "1", "--threads", "1", "--confirm", "0"]
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

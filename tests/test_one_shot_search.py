@@ -42,6 +42,8 @@ ONE_SHOT = f"{STUDY}-oneshot"
 COMMAND = [
     "--preset",
     "quick",
+    "--confirm",
+    "0",
     "--epochs",
     "1",
     "--supernet-epochs",

@@ -38,7 +38,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = "vgg_hetconv-digits"
-QUICK = ["--preset", "quick", "--epochs", "1", "--threads", "1", "--no-report"]
+QUICK = ["--preset", "quick", "--epochs", "1", "--threads", "1", "--no-report", "--confirm", "0"]
 RUN_TIMEOUT = HANG_SECONDS  # per CLI run, only a hang (a budget-5 quick search takes ~15 s)
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)

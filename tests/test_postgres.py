@@ -29,7 +29,7 @@ from pg_server import create_database, postgres_url  # noqa: E402,F401  (the ses
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICK = ["--preset", "quick", "--epochs", "1", "--threads", "1", "--no-report"]
+QUICK = ["--preset", "quick", "--epochs", "1", "--threads", "1", "--no-report", "--confirm", "0"]
 TIMEOUT = HANG_SECONDS  # per CLI run, only a hang (2 shared cores: three processes start and train together)
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from cli_process import HANG_SECONDS, cli_env, ray_cli_env, run_cli
 
-SEARCH = ["--preset", "quick", "--epochs", "1", "--budget", "1", "--backend", "ray"]
+SEARCH = ["--preset", "quick", "--epochs", "1", "--budget", "1", "--confirm", "0", "--backend", "ray"]
 HANG = HANG_SECONDS  # a run that takes this long is stuck
 SETTINGS_FRAME = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # an empty HTTP/2 SETTINGS frame
 

@@ -40,7 +40,7 @@ from search.settings import PRESETS, Settings, TrainingSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = "vgg_hetconv-digits"
-QUICK = ["--preset", "quick", "--epochs", "1", "--no-report"]
+QUICK = ["--preset", "quick", "--epochs", "1", "--no-report", "--confirm", "0"]
 # Quiet Ray settings for the Ray instances the tests start in-process (the CLI sets its own).
 IN_PROCESS_RAY_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",

@@ -54,7 +54,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.excep
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = "vgg_hetconv-digits"
-QUICK = ["--preset", "quick", "--threads", "1", "--no-report"]
+QUICK = ["--preset", "quick", "--threads", "1", "--no-report", "--confirm", "0"]
 RUN_TIMEOUT = HANG_SECONDS  # per CLI run, only a hang (2 cores shared with other jobs)
 KILL_BUDGET = 4
 

@@ -101,6 +101,11 @@ def run_optuna_search(settings: Settings) -> optuna.Study:
     # search.storage.trial_index) are read once, not once for each study object.
     study = optuna.load_study(study_name=study.study_name, storage=study_storage(study), sampler=sampler)
     context.study = study
+    # The sampler's first ask reads every trial into Optuna's per-process cache, later asks only
+    # the new ones. Read them here, outside the budget lock: asked first under it, that read of
+    # a large study held the lock for seconds per worker (4 workers at 10000 trials: one of them
+    # waited 50 s for its second trial).
+    study.get_trials(deepcopy=False)
     if settings.worker_index is None:  # --workers: the parent wrote it
         write_run_json(context)
     prefix = f"[worker {settings.worker_index}] " if settings.worker_index is not None else ""
