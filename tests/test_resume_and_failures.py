@@ -217,6 +217,7 @@ def plan_of(settings: Settings, space):
 
 def quick_settings(tmp_path: Path, **changes: Any) -> Settings:
     training = TrainingSettings(dataset="digits", epochs=1, batch_size=64, lr=0.1, warmup_epochs=0.5, threads=1)
+    changes = {"confirm": 0, **changes}  # the budget is what these tests count
     return Settings(
         space="vgg_hetconv", width=0.25, training=training, results_dir=str(tmp_path), quiet=True, **changes
     )
@@ -448,8 +449,10 @@ def test_trial_killed_before_its_first_heartbeat_is_failed_eventually(tmp_path, 
 def test_a_trial_finished_by_another_worker_is_counted(tmp_path, monkeypatch):
     """Worker 1's trial is running when worker 0 counts the finished trials (0 of budget 1);
     worker 1 finishes it before worker 0 holds the budget lock. Worker 0 must then find the
-    budget spent, not ask for a second trial."""
-    settings = quick_settings(tmp_path, budget=1)
+    budget spent, not ask for a second trial. Confirmation (on) then leaves worker 1's trial
+    alone: it has no architecture, so it cannot be rebuilt (its repeats were new candidates,
+    trained without end)."""
+    settings = quick_settings(tmp_path, budget=1, confirm=2)
     open_search(settings)  # creates the study, as `--workers` does before starting workers
     other = optuna.load_study(study_name=settings.study, storage=settings.storage_url)
     running = other.ask()  # worker 1's trial
@@ -465,6 +468,7 @@ def test_a_trial_finished_by_another_worker_is_counted(tmp_path, monkeypatch):
     study = run_optuna_search(settings)
     states = [t.state.name for t in study.get_trials()]
     assert count_finished(study) == 1, f"budget 1, finished {count_finished(study)}: {states}"
+    assert len(states) == 1, f"a trial without an architecture was repeated: {states}"
 
 
 def test_a_trial_finished_while_the_budget_is_counted_is_not_missed(tmp_path, monkeypatch):

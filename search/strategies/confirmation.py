@@ -81,6 +81,10 @@ def plan_for(
     order: list[int] = []
     for group in (sorted(front, key=lambda c: (c.runs_count, c.number)), close):
         for c in group:
+            if c.record.config is None:
+                # A trial without an architecture (written by another program) cannot be
+                # rebuilt: its repeats would be new candidates, and it would never get its runs.
+                continue
             need = wanted - c.runs_count - pending.get(c.number, 0)
             if need > 0:
                 missing[c.number] = need
