@@ -32,7 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICK = ["--preset", "quick", "--epochs", "2", "--threads", "1", "--no-baselines"]
+QUICK = ["--preset", "quick", "--epochs", "1", "--threads", "1", "--no-baselines"]
 RUN_TIMEOUT = 900  # generous: only to catch a hang on 2 shared cores
 CONFIRM = 2
 

@@ -423,6 +423,7 @@ FLAGS = {
     "--help",
     "--no-amp",
     "--baselines",
+    "--no-baselines",
     "--no-report",
     "--quiet",
     "--json",

@@ -189,6 +189,7 @@ def _quick_settings(results_dir: Path, **changes) -> Settings:
     quick = dict(PRESETS["quick"])
     width = quick.pop("width")
     training = TrainingSettings(**{**quick, "epochs": changes.pop("epochs", 1)})
+    changes = {"confirm": 0, **changes}  # these tests count the budget's trials
     return Settings(
         width=width,
         training=training,
