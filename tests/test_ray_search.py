@@ -414,6 +414,8 @@ def test_killed_driver_is_resumed_by_the_same_command(tmp_path: Path, ray_tmpdir
         "--no-report",
         "--budget",
         "4",
+        "--confirm",
+        "0",
         "--backend",
         "ray",
         "--max-concurrent",
