@@ -104,6 +104,12 @@ class Configuration:
         return self.record.number
 
     @property
+    def mflops(self) -> float:
+        """Its MFLOPs (the same for every run): recorded with each trial, an objective or not."""
+        cost = self.record.mflops if self.record.mflops is not None else self.record.values.get("mflops")
+        return float(cost) if cost is not None else 0.0
+
+    @property
     def runs_count(self) -> int:
         return len(self.runs)
 

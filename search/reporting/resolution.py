@@ -51,14 +51,14 @@ def _points(comparison: Comparison) -> str:
 
 def _saving(a: Configuration, b: Configuration) -> str:
     """How much cheaper ``a`` is than ``b`` in MFLOPs, in words."""
-    mine, theirs = float(a.record.mflops), float(b.record.mflops)
+    mine, theirs = float(a.mflops), float(b.mflops)
     if theirs <= 0 or mine >= theirs:
         return "at the same MFLOPs" if mine == theirs else "at more MFLOPs"
     return f"at {100 * (1 - mine / theirs):.0f} % fewer MFLOPs"
 
 
 def _name(c: Configuration) -> str:
-    cost = OBJECTIVES["mflops"].format(c.record.mflops)
+    cost = OBJECTIVES["mflops"].format(c.mflops)
     runs = f"{c.runs_count} run{'s' if c.runs_count != 1 else ''}"
     label = f"{baseline_name(c)} " if c.baseline is not None else ""
     return f"{label}#{c.number} ({100 * c.accuracy:.2f} % over {runs}, {cost} MFLOPs)"
@@ -88,7 +88,7 @@ def unresolved_groups(front: list[Configuration], objectives: list[str], noise: 
     differ by no more than the noise): within such a run the more expensive members are not
     shown to be more accurate. Groups of one are left out; with unmeasured noise, nothing is
     resolved and the whole front is one group."""
-    ordered = sorted(front, key=lambda c: (float(c.record.mflops), c.number))
+    ordered = sorted(front, key=lambda c: (float(c.mflops), c.number))
     groups: list[list[Configuration]] = []
     current: list[Configuration] = ordered[:1]
     for previous, member in zip(ordered, ordered[1:]):
@@ -138,11 +138,11 @@ def baseline_verdicts(
     configurations that are not baselines. Empty when the noise is not measured or nothing is
     confirmed: then no claim can be made."""
     challengers = [c for c in confirmed(configs, confirm) if c.baseline is None]
-    baselines = sorted((c for c in configs if c.baseline is not None), key=lambda c: c.record.mflops)
+    baselines = sorted((c for c in configs if c.baseline is not None), key=lambda c: c.mflops)
     if not noise.measured or not challengers:
         return []
     verdicts = []
-    by_cost = sorted(challengers, key=lambda c: (float(c.record.mflops), c.number))
+    by_cost = sorted(challengers, key=lambda c: (float(c.mflops), c.number))
     for b in baselines:
         comparisons = [(c, compare(c, b, objectives, noise)) for c in by_cost]
         beating = [(c, k) for c, k in comparisons if k.dominates_beyond_noise]

@@ -44,7 +44,7 @@ def study_summary(study: optuna.Study) -> StudySummary:
     wanted = runs_wanted(confirm)
     lines = [f"noise: {noise.describe()}"]
     confirmed = sum(1 for c in front if wanted > 1 and c.runs_count >= wanted)
-    counts = [c.runs_count for c in sorted(front, key=lambda c: c.record.mflops)]
+    counts = [c.runs_count for c in sorted(front, key=lambda c: c.mflops)]
     if len(counts) <= MAX_NAMED:
         runs = ", ".join(map(str, counts)) + " runs, cheapest first"
     else:  # a large front: how many have each number of runs
@@ -73,7 +73,7 @@ def study_summary(study: optuna.Study) -> StudySummary:
             "runs": c.runs_count,
             "accuracy": c.accuracy,
             "accuracy_sd": c.accuracy_sd,
-            "mflops": float(c.record.mflops),
+            "mflops": float(c.mflops),
         }
         for c in front
     ]

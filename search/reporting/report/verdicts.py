@@ -40,7 +40,7 @@ def _group_text(group: list[Configuration]) -> str:
     cost = OBJECTIVES["mflops"]
     names = group_names(group)
     listed = ", ".join(names[:-1]) + f" and {names[-1]}"
-    low, high = (cost.format(c.record.mflops) for c in (group[0], group[-1]))
+    low, high = (cost.format(c.mflops) for c in (group[0], group[-1]))
     accuracies = [100 * c.accuracy for c in group]
     return f"{listed} ({low}-{high} MFLOPs; means {min(accuracies):.2f}-{max(accuracies):.2f} %)"
 
