@@ -49,6 +49,22 @@ def _chromium() -> str:
     return path
 
 
+def _describe_as_search(study, space) -> None:
+    """The study attributes a `vgg_hetconv` digits search with `--confirm 2` writes, for a
+    generated study the report reads as one."""
+    for key, value in {
+        "space": space.fingerprint(),
+        "objectives": ["accuracy", "mflops"],
+        "space_name": "vgg_hetconv",
+        "model": "vgg16",
+        "width": 0.25,
+        "dataset": "digits",
+        "confirm": 2,
+        "reference_point": {"accuracy": 0.0, "mflops": 20.0, "params": 1e6},
+    }.items():
+        study.set_user_attr(key, value)
+
+
 @pytest.fixture(scope="module")
 def report_html(tmp_path_factory) -> Path:
     results = tmp_path_factory.mktemp("results")
@@ -114,17 +130,7 @@ def unresolved_html(tmp_path_factory) -> Path:
     storage = f"sqlite:///{folder / 'studies.db'}"
     study = optuna.create_study(storage=storage, study_name="noisy", directions=["maximize", "minimize"])
     space = get_space("vgg_hetconv", width=0.25)
-    for key, value in {
-        "space": space.fingerprint(),
-        "objectives": ["accuracy", "mflops"],
-        "space_name": "vgg_hetconv",
-        "model": "vgg16",
-        "width": 0.25,
-        "dataset": "digits",
-        "confirm": 2,
-        "reference_point": {"accuracy": 0.0, "mflops": 20.0, "params": 1e6},
-    }.items():
-        study.set_user_attr(key, value)
+    _describe_as_search(study, space)
     for value, mflops, accuracies in (
         ("16", 3.7, (0.80, 0.81, 0.82)),
         ("8", 4.8, (0.805, 0.815, 0.825)),
@@ -193,17 +199,7 @@ def large_html(tmp_path_factory) -> Path:
     rng = random.Random(0)
     space = get_space("vgg_hetconv", width=0.25)
     study = optuna.create_study(study_name="large", directions=["maximize", "minimize"])
-    for key, value in {
-        "space": space.fingerprint(),
-        "objectives": ["accuracy", "mflops"],
-        "space_name": "vgg_hetconv",
-        "model": "vgg16",
-        "width": 0.25,
-        "dataset": "digits",
-        "confirm": 2,
-        "reference_point": {"accuracy": 0.0, "mflops": 20.0, "params": 1e6},
-    }.items():
-        study.set_user_attr(key, value)
+    _describe_as_search(study, space)
     trials = []
     baselines = {value: space.uniform(value) for value in ("1", "2", "4", "8", "16")}
     for number in range(LARGE):
