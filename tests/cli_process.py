@@ -135,3 +135,34 @@ class CliRunner:
         for proc in self._procs:
             self.kill(proc)
         shutil.rmtree(self._logs, ignore_errors=True)
+
+
+def background_fixtures(
+    jobs: dict[str, Callable[..., Any]], needed_by: set[str], timeout: float = HANG_SECONDS
+) -> tuple[Any, Any, Any]:
+    """The module fixtures ``runner``, ``background`` and ``_start_background_early`` of a test
+    module whose CLI scenarios (``jobs``: name -> ``job(runner, work_dir)``) run in background
+    threads, two at a time: they start when the module starts if any selected test of
+    ``needed_by`` needs them, so that they overlap with the module's in-process tests.
+    Assign the three to the module's names of the same names."""
+    import pytest
+
+    @pytest.fixture(scope="module", name="runner")
+    def runner_fixture():
+        runner = CliRunner(timeout=timeout)
+        yield runner
+        runner.close()
+
+    @pytest.fixture(scope="module", name="background")
+    def background_fixture(runner, tmp_path_factory) -> dict[str, Future]:
+        return {name: runner.submit(job, runner, tmp_path_factory.mktemp(name)) for name, job in jobs.items()}
+
+    @pytest.fixture(scope="module", autouse=True, name="_start_background_early")
+    def start_early(request) -> None:
+        selected = {
+            getattr(item, "originalname", item.name) for item in request.session.items if item.module is request.module
+        }
+        if selected & needed_by:
+            request.getfixturevalue("background")
+
+    return runner_fixture, background_fixture, start_early

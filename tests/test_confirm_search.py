@@ -19,14 +19,13 @@ import signal
 import sqlite3
 import statistics
 import time
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
 from _studies import load
-from cli_process import CliRunner, run_cli
+from cli_process import CliRunner, background_fixtures, run_cli
 from optuna.trial import FrozenTrial, TrialState
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
@@ -94,25 +93,9 @@ JOBS = {
 }
 
 
-@pytest.fixture(scope="module")
-def runner():
-    r = CliRunner(timeout=RUN_TIMEOUT)
-    yield r
-    r.close()
-
-
-@pytest.fixture(scope="module")
-def background(runner, tmp_path_factory) -> dict[str, Future]:
-    return {name: runner.submit(job, runner, tmp_path_factory.mktemp(name)) for name, job in JOBS.items()}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _start_background_early(request):
-    selected = {
-        getattr(item, "originalname", item.name) for item in request.session.items if item.module is request.module
-    }
-    if selected & {"test_confirmation_after_a_kill", "test_confirmed_front_is_made_of_means"}:
-        request.getfixturevalue("background")
+runner, background, _start_background_early = background_fixtures(
+    JOBS, {"test_confirmation_after_a_kill", "test_confirmed_front_is_made_of_means"}, RUN_TIMEOUT
+)
 
 
 def _key(trial: FrozenTrial) -> str:

@@ -23,7 +23,6 @@ import subprocess
 import time
 import weakref
 from collections.abc import Callable
-from concurrent.futures import Future
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import optuna
 import pytest
 import torch
 from _studies import load, storage_url
-from cli_process import HANG_SECONDS, CliRunner
+from cli_process import HANG_SECONDS, CliRunner, background_fixtures
 from optuna.trial import TrialState
 
 import search.backends.optuna_driver
@@ -181,28 +180,7 @@ BACKGROUND_TESTS = {
 # ------------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def runner():
-    r = CliRunner(timeout=RUN_TIMEOUT)
-    yield r
-    r.close()
-
-
-@pytest.fixture(scope="module")
-def background(runner, tmp_path_factory) -> dict[str, Future]:
-    """The CLI scenarios in background threads, two at a time (the first is the longest)."""
-    return {name: runner.submit(job, runner, tmp_path_factory.mktemp(name)) for name, job in JOBS.items()}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _start_background_early(request):
-    """Start the CLI scenarios when the module starts if any selected test needs them, so that
-    they overlap with the in-process tests."""
-    selected = {
-        getattr(item, "originalname", item.name) for item in request.session.items if item.module is request.module
-    }
-    if selected & BACKGROUND_TESTS:
-        request.getfixturevalue("background")
+runner, background, _start_background_early = background_fixtures(JOBS, BACKGROUND_TESTS, RUN_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
