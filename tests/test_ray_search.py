@@ -48,6 +48,7 @@ IN_PROCESS_RAY_ENV = {
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
     "RAY_DEDUP_LOGS": "0",
     "RAY_AUTH_MODE": "disabled",
+    "RAY_worker_niceness": "0",  # as the CLI's: a niced trial crawls beside a busy process
 }
 # Trial attributes that both backends write (search/evaluation/evaluate.py result_attributes).
 SHARED_TRIAL_ATTRS = {
