@@ -22,7 +22,9 @@ under the same protocol (validation split, same recipe), and for each front:
   model's MFLOPs as the reference point, as in the report).
 
 Rows (one per front member) go to ``--out`` (CSV), a summary per (task, seed, front) to the
-``.summary.csv`` beside it, and a table is printed.
+``.summary.csv`` beside it, the seeds pooled per (task, front) to the ``.pooled.csv``
+(``--pool-only`` recomputes it from the rows, e.g. after seeds run in separate processes were
+appended to one file), and tables are printed.
 
     python bench/confirmation.py --tasks digits:vgg_hetconv --seeds 2 --budget 50 --epochs 5
     python bench/confirmation.py --tasks digits32:vgg_flgc --seeds 2 --budget 16 --epochs 4
@@ -77,6 +79,18 @@ SUMMARY_COLUMNS = (
     "hv_fresh",
     "study_noise_sd",
     "seconds",
+)
+POOLED_COLUMNS = (
+    "task",
+    "front",
+    "seeds",
+    "members",
+    "curse_mean",
+    "fresh_sd",
+    "curse_in_fresh_sd",
+    "hv_recorded_mean",
+    "hv_fresh_mean",
+    "epochs_per_seed",
 )
 # Fresh retrainings use seeds no trial of a search uses (trial seeds are seed * 100003 + number).
 FRESH_SEED_BASE = 1_500_000_000
@@ -276,6 +290,40 @@ def _append(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) ->
         writer.writerows(rows)
 
 
+def pooled(out: Path) -> list[dict[str, Any]]:
+    """Per (task, front), over every seed in the rows CSV ``out`` and its summary: the curse
+    averaged over all members but each front's cheapest, the pooled sd of their fresh runs,
+    and the mean hypervolumes. Written to ``<out>.pooled.csv``."""
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    with out.with_suffix(".summary.csv").open() as handle:
+        summaries = list(csv.DictReader(handle))
+    table = []
+    for task, kind in dict.fromkeys((r["task"], r["front"]) for r in rows):
+        members = [r for r in rows if (r["task"], r["front"]) == (task, kind) and r["cheapest"] != "True"]
+        fronts = [s for s in summaries if (s["task"], s["front"]) == (task, kind)]
+        curse = statistics.fmean(float(r["curse"]) for r in members) if members else float("nan")
+        fresh_sd = _pooled_sd([[float(a) for a in r["fresh_accuracies"].split()] for r in members])
+        table.append(
+            {
+                "task": task,
+                "front": kind,
+                "seeds": " ".join(s["seed"] for s in fronts),
+                "members": len(members),
+                "curse_mean": round(curse, 5),
+                "fresh_sd": round(fresh_sd, 5) if fresh_sd else "",
+                "curse_in_fresh_sd": round(curse / fresh_sd, 3) if fresh_sd else "",
+                "hv_recorded_mean": round(statistics.fmean(float(s["hv_recorded"]) for s in fronts), 5),
+                "hv_fresh_mean": round(statistics.fmean(float(s["hv_fresh"]) for s in fronts), 5),
+                "epochs_per_seed": " ".join(s["epochs"] for s in fronts),
+            }
+        )
+    path = out.with_suffix(".pooled.csv")
+    path.unlink(missing_ok=True)
+    _append(path, POOLED_COLUMNS, table)
+    return table
+
+
 def run_task(args: argparse.Namespace, task: str, seed: int, work: Path) -> list[dict[str, Any]]:
     print(f"{task} seed {seed}: confirmed search, --budget {args.budget} --confirm {args.confirm}", flush=True)
     study, seconds = run_search(settings_for(args, task, seed, args.budget, args.confirm, work))
@@ -314,7 +362,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="keep the studies here and continue them (default: a temporary folder)",
     )
+    p.add_argument("--pool-only", action="store_true", help="only pool the seeds already in --out (its .pooled.csv)")
     args = p.parse_args(argv)
+    if args.pool_only:
+        _print_pooled(pooled(args.out))
+        return 0
     from search.quiet import quiet_libraries
 
     quiet_libraries()
@@ -334,8 +386,19 @@ def main(argv: list[str] | None = None) -> int:
             f"{s['task']:<22}{s['seed']:>5}  {s['front']:<10}{s['members']:>8}{s['curse_mean']:>9}"
             f"{s['fresh_sd']!s:>10}{s['curse_in_fresh_sd']!s:>9}{s['hv_fresh']:>10}{s['epochs']:>8}"
         )
-    print(f"rows: {args.out}, summaries: {args.out.with_suffix('.summary.csv')}")
+    _print_pooled(pooled(args.out))
+    print(f"rows: {args.out}, summaries: {args.out.with_suffix('.summary.csv')}, pooled: ...pooled.csv")
     return 0
+
+
+def _print_pooled(table: list[dict[str, Any]]) -> None:
+    print(f"\nover seeds (members but the cheapest):\n{'task':<22}{'front':<10}{'seeds':>8}{'members':>8}", end="")
+    print(f"{'curse':>9}{'fresh sd':>10}{'curse/sd':>9}{'HV fresh':>10}")
+    for t in table:
+        print(
+            f"{t['task']:<22}{t['front']:<10}{t['seeds']:>8}{t['members']:>8}{t['curse_mean']:>9}"
+            f"{t['fresh_sd']!s:>10}{t['curse_in_fresh_sd']!s:>9}{t['hv_fresh_mean']:>10}"
+        )
 
 
 if __name__ == "__main__":

@@ -383,7 +383,7 @@ def test_fractional_logical_gpus_pack_two_trials_per_gpu(tmp_path: Path, ray_wit
     by_gpu: dict[str, list[tuple[datetime, datetime]]] = {}
     for trial in trials:
         # The GPU shares are logical: Ray gave each trial a GPU id, torch still trains on the CPU.
-        _check_ray_trial(trial, epochs=1)
+        _check_ray_trial(trial, epochs=2)
         gpu_ids = trial.user_attrs["ray_gpu_ids"]
         assert len(gpu_ids) == 1 and gpu_ids[0] in {"0", "1"}, gpu_ids
         by_gpu.setdefault(gpu_ids[0], []).append((trial.datetime_start, trial.datetime_complete))
