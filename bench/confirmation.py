@@ -178,7 +178,7 @@ def front_of(study, task: str, seed: int, kind: str, budget: int, seconds: float
 
     records = load_records(study)
     objectives = study_objectives(study)
-    members = sorted(pareto_configurations(records, objectives), key=lambda c: (c.record.values["mflops"], c.number))
+    members = sorted(pareto_configurations(records, objectives), key=lambda c: (c.mflops, c.number))
     trainings = sum(1 for r in records if r.feasible_complete)
     epochs = sum(int(r.epochs_run or 0) for r in records if r.state in ("COMPLETE", "PRUNED"))
     reference = {k: float(v) for k, v in study.user_attrs["reference_point"].items() if isinstance(v, (int, float))}
@@ -239,7 +239,7 @@ def rows_and_summary(front: Front) -> tuple[list[dict[str, Any]], dict[str, Any]
         curse = c.accuracy - fresh_mean
         if i > 0:
             curses.append(curse)
-        mflops = float(c.record.values["mflops"])
+        mflops = c.mflops
         recorded_points.append((c.accuracy, mflops))
         fresh_points.append((fresh_mean, mflops))
         rows.append(

@@ -51,7 +51,7 @@ def _points(comparison: Comparison) -> str:
 
 def _saving(a: Configuration, b: Configuration) -> str:
     """How much cheaper ``a`` is than ``b`` in MFLOPs, in words."""
-    mine, theirs = float(a.mflops), float(b.mflops)
+    mine, theirs = a.mflops, b.mflops
     if theirs <= 0 or mine >= theirs:
         return "at the same MFLOPs" if mine == theirs else "at more MFLOPs"
     return f"at {100 * (1 - mine / theirs):.0f} % fewer MFLOPs"
@@ -88,7 +88,7 @@ def unresolved_groups(front: list[Configuration], objectives: list[str], noise: 
     differ by no more than the noise): within such a run the more expensive members are not
     shown to be more accurate. Groups of one are left out; with unmeasured noise, nothing is
     resolved and the whole front is one group."""
-    ordered = sorted(front, key=lambda c: (float(c.mflops), c.number))
+    ordered = sorted(front, key=lambda c: (c.mflops, c.number))
     groups: list[list[Configuration]] = []
     current: list[Configuration] = ordered[:1]
     for previous, member in zip(ordered, ordered[1:]):
@@ -142,7 +142,7 @@ def baseline_verdicts(
     if not noise.measured or not challengers:
         return []
     verdicts = []
-    by_cost = sorted(challengers, key=lambda c: (float(c.mflops), c.number))
+    by_cost = sorted(challengers, key=lambda c: (c.mflops, c.number))
     for b in baselines:
         comparisons = [(c, compare(c, b, objectives, noise)) for c in by_cost]
         beating = [(c, k) for c, k in comparisons if k.dominates_beyond_noise]

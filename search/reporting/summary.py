@@ -73,7 +73,7 @@ def study_summary(study: optuna.Study) -> StudySummary:
             "runs": c.runs_count,
             "accuracy": c.accuracy,
             "accuracy_sd": c.accuracy_sd,
-            "mflops": float(c.mflops),
+            "mflops": c.mflops,
         }
         for c in front
     ]
