@@ -138,6 +138,14 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
         "times with new seeds, so that the front is made of means over R+1 runs; 0: single runs (default: 2)",
     )
     g.add_argument(
+        "--race",
+        type=_n("race"),
+        default=3,
+        metavar="K",
+        help="after --confirm, a front member whose lead over the next cheaper member is within the noise gets "
+        "more runs, one at a time, until the lead is resolved or it has R+1+K runs; 0: no racing (default: 3)",
+    )
+    g.add_argument(
         "--strategy",
         default="train-each",
         help="train-each (train every candidate) or one-shot (a weight-sharing supernet scores candidates "
@@ -412,6 +420,7 @@ def settings_from_args(args: argparse.Namespace):
         max_mflops=args.max_mflops,
         baselines=args.baselines,
         confirm=args.confirm,
+        race=args.race,
         preset=args.preset,
         max_failures=args.max_failures,
         quiet=args.quiet,

@@ -10,6 +10,11 @@ a fresh storage, at **equal total training epochs**:
   search's (copied: the same sampler with the same seed and history proposes, and the same
   trial seeds train, the same candidates), so the two spend the same epochs differently after
   the budget: on confirming the front, or on more candidates.
+- with ``--race K`` (the tool's default, 3), the same pair again with racing: ``confirmed-raceK``
+  is the confirmed search continued with ``--race K`` (its unresolved members raced to up to
+  R + 1 + K runs: what the same command with ``--race`` does to a finished study, and what a
+  search with ``--race K`` from the start does after its R + 1 runs), and ``single-raceK`` the
+  single-run search continued to as many trials as that trained in all.
 
 Then every configuration on either front is trained ``--fresh`` more times with new seeds
 under the same protocol (validation split, same recipe), and for each front:
@@ -102,7 +107,7 @@ class Front:
 
     task: str
     seed: int
-    kind: str  # "single" or "confirmed"
+    kind: str  # "single" or "confirmed", "-race<K>" appended for the pair with --race K
     budget: int
     trainings: int  # trials trained to the end (budget trials and confirmation runs)
     epochs: int
@@ -110,10 +115,11 @@ class Front:
     reference: dict[str, float]
     noise_sd: float | None
     seconds: float
+    study: Any
     fresh: dict[str, list[float]] = field(default_factory=dict)  # config key -> fresh accuracies
 
 
-def settings_for(args: argparse.Namespace, task: str, seed: int, budget: int, confirm: int, results: Path):
+def settings_for(args: argparse.Namespace, task: str, seed: int, budget: int, confirm: int, race: int, results: Path):
     """The search of one task: the quick preset's recipe on the task's data set."""
     from bench._recipe import quick_training
     from search.settings import Settings
@@ -128,21 +134,26 @@ def settings_for(args: argparse.Namespace, task: str, seed: int, budget: int, co
         seed=seed,
         results_dir=str(results),
         confirm=confirm,
-        study_name=f"{dataset}-{space}-{seed}-confirm{confirm}-b{budget}",
+        race=race,
+        study_name=f"{dataset}-{space}-{seed}-confirm{confirm}{_race_label(race)}-b{budget}",
         quiet=True,
     )
 
 
-def run_search(settings, start_from=None) -> tuple[Any, float]:
+def _race_label(race: int) -> str:
+    return f"-race{race}" if race else ""
+
+
+def run_search(settings, start_from=None, whole: bool = False) -> tuple[Any, float]:
     """Run (or continue) the search of ``settings``; ``start_from``: a study whose trials before
-    its first confirmation run a new study starts with. Returns the study and the seconds its
-    trials trained."""
+    its first confirmation run (``whole``: all its trials) a new study starts with. Returns the
+    study and the seconds its trials trained."""
     from search.backends.study import open_search
     from search.commands import search
     from search.storage import find_study, open_storage
 
     if start_from is not None and find_study(open_storage(settings.storage_url), settings.study) is None:
-        _copy_budget_trials(start_from, open_search(settings, heartbeat=False).study)
+        _copy_trials(start_from, open_search(settings, heartbeat=False).study, whole)
     search(settings, write_report=False)
     study = find_study(open_storage(settings.storage_url), settings.study)
     assert study is not None
@@ -150,13 +161,15 @@ def run_search(settings, start_from=None) -> tuple[Any, float]:
     return study, seconds
 
 
-def _copy_budget_trials(source, target) -> None:
-    """The trials ``source`` ran before confirmation began, into the new study ``target``, with
-    the same numbers (so trial seeds match)."""
+def _copy_trials(source, target, whole: bool) -> None:
+    """The trials ``source`` ran before confirmation began (``whole``: all of them), into the
+    new study ``target``, with the same numbers (so trial seeds match)."""
     import optuna
 
     trials = source.get_trials(deepcopy=False)
     first_repeat = min((t.number for t in trials if "repeat_of" in t.user_attrs), default=len(trials))
+    if whole:
+        first_repeat = len(trials)
     for t in trials[:first_repeat]:
         if t.state.is_finished():
             copy = optuna.trial.create_trial(
@@ -183,10 +196,10 @@ def front_of(study, task: str, seed: int, kind: str, budget: int, seconds: float
     epochs = sum(int(r.epochs_run or 0) for r in records if r.state in ("COMPLETE", "PRUNED"))
     reference = {k: float(v) for k, v in study.user_attrs["reference_point"].items() if isinstance(v, (int, float))}
     noise = measure_noise(group_configurations(records, objectives))
-    return Front(task, seed, kind, budget, trainings, epochs, members, reference, noise.sd, seconds)
+    return Front(task, seed, kind, budget, trainings, epochs, members, reference, noise.sd, seconds, study)
 
 
-def retrain_fresh(fronts: list[Front], study, count: int, cache: Path) -> None:
+def retrain_fresh(fronts: list[Front], count: int, cache: Path) -> None:
     """Train every configuration of the fronts ``count`` times with new seeds (once per
     configuration, shared by the fronts that hold it; kept in ``cache``, a JSON file, so that a
     rerun trains only what is missing)."""
@@ -197,7 +210,7 @@ def retrain_fresh(fronts: list[Front], study, count: int, cache: Path) -> None:
     from search.reporting.configurations import config_key
     from search.settings import TrainingSettings
 
-    training = TrainingSettings.from_json(study.user_attrs["training"])
+    training = TrainingSettings.from_json(fronts[0].study.user_attrs["training"])
     done: dict[str, list[float]] = json.loads(cache.read_text()) if cache.is_file() else {}
     configs = {config_key(c.record): c for front in fronts for c in front.members}
     for key, config in sorted(configs.items(), key=lambda kv: kv[0] or ""):
@@ -324,16 +337,30 @@ def pooled(out: Path) -> list[dict[str, Any]]:
     return table
 
 
-def run_task(args: argparse.Namespace, task: str, seed: int, work: Path) -> list[dict[str, Any]]:
-    print(f"{task} seed {seed}: confirmed search, --budget {args.budget} --confirm {args.confirm}", flush=True)
-    study, seconds = run_search(settings_for(args, task, seed, args.budget, args.confirm, work))
-    confirmed = front_of(study, task, seed, "confirmed", args.budget, seconds)
+def _pair(args: argparse.Namespace, task: str, seed: int, work: Path, race: int, start=None) -> list[Front]:
+    """The confirmed search with ``--race race`` and the single-run search at its epochs.
+    ``start``: the (confirmed, single) studies without racing, whose trials the two begin with
+    (racing a finished confirmed study is what continuing it with ``--race`` does)."""
+    label = _race_label(race)
+    print(f"{task} seed {seed}: confirmed search, --budget {args.budget} --confirm {args.confirm} --race {race}")
+    settings = settings_for(args, task, seed, args.budget, args.confirm, race, work)
+    study, seconds = run_search(settings, start_from=start and start[0], whole=True)
+    confirmed = front_of(study, task, seed, "confirmed" + label, args.budget, seconds)
     print(f"  trained {confirmed.trainings} in all; single-run search with as many trials", flush=True)
-    single_study, seconds = run_search(settings_for(args, task, seed, confirmed.trainings, 0, work), start_from=study)
-    single = front_of(single_study, task, seed, "single", confirmed.trainings, seconds)
-    retrain_fresh([confirmed, single], study, args.fresh, work / f"fresh-{task.replace(':', '-')}-{seed}.json")
+    settings = settings_for(args, task, seed, confirmed.trainings, 0, 0, work)
+    single_study, seconds = run_search(settings, start_from=start[1] if start else study, whole=bool(start))
+    single = front_of(single_study, task, seed, "single" + label, confirmed.trainings, seconds)
+    return [single, confirmed]
+
+
+def run_task(args: argparse.Namespace, task: str, seed: int, work: Path) -> list[dict[str, Any]]:
+    fronts = _pair(args, task, seed, work, 0)
+    if args.race:
+        studies = [front.study for front in reversed(fronts)]
+        fronts += _pair(args, task, seed, work, args.race, start=(studies[0], studies[1]))
+    retrain_fresh(fronts, args.fresh, work / f"fresh-{task.replace(':', '-')}-{seed}.json")
     summaries = []
-    for front in (single, confirmed):
+    for front in fronts:
         rows, summary = rows_and_summary(front)
         _append(args.out, ROW_COLUMNS, rows)
         summaries.append(summary)
@@ -350,6 +377,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed-start", type=int, default=0, help="first search seed (to extend a run)")
     p.add_argument("--budget", type=int, default=16, help="--budget of the confirmed search")
     p.add_argument("--confirm", type=int, default=2, help="--confirm of the confirmed search")
+    p.add_argument(
+        "--race",
+        type=int,
+        default=3,
+        help="also race: the same pair with --race K, begun from the pair without (0: only --race 0)",
+    )
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--fresh", type=int, default=3, help="fresh retrainings of every front configuration")

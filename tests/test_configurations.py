@@ -25,7 +25,7 @@ from search.reporting.front import hypervolume_over_trials, pareto_records
 from search.reporting.pareto import hypervolume
 from search.reporting.resolution import baseline_verdicts, unresolved_groups
 from search.storage import TrialRecord
-from search.strategies.confirmation import plan_confirmation
+from search.strategies.confirmation import contested, plan_confirmation
 
 OBJECTIVES = ["accuracy", "mflops"]
 
@@ -250,3 +250,37 @@ def test_plan_confirms_configurations_within_the_noise_at_most_as_many_as_the_fr
     assert close[0].number == min(within, key=lambda c: front[0].accuracy - c.accuracy).number
     plan = _runs(records)
     assert set(plan.missing) == {c.number for c in close} and plan.left_out == left_out
+
+
+def _confirmed_runs(start: int, arch: int, accuracies: list[float], mflops: float) -> list[TrialRecord]:
+    return [record(start + i, arch, a, mflops) for i, a in enumerate(accuracies)]
+
+
+# A resolved lead (B over A: 3 points, 2 standard errors are 1.6) and an unresolved one (C over B: 1 point).
+# A configuration's number is its first trial's: A is 0, B 3, C 6.
+RACE_STUDY = (
+    _confirmed_runs(0, 0, [0.80, 0.81, 0.79], 5.0)
+    + _confirmed_runs(3, 1, [0.83, 0.82, 0.84], 10.0)
+    + _confirmed_runs(6, 2, [0.84, 0.85, 0.83], 12.0)
+)
+
+
+def test_racing_gives_one_more_run_to_a_member_whose_lead_is_not_resolved():
+    configs = group_configurations(RACE_STUDY, OBJECTIVES)
+    front = front_configurations(configs, OBJECTIVES)
+    assert [c.number for c in contested(front, OBJECTIVES, measure_noise(configs))] == [6]
+    plan = plan_confirmation(RACE_STUDY, OBJECTIVES, 2, {}, race=3)
+    assert plan.missing == {6: 1} and plan.raced == 1
+    assert plan_confirmation(RACE_STUDY, OBJECTIVES, 2, {}, race=0).next is None  # --race 0: no racing
+    assert plan_confirmation(RACE_STUDY, OBJECTIVES, 2, {6: 1}, race=3).next is None  # one at a time
+    assert plan_confirmation(RACE_STUDY, OBJECTIVES, 0, {}, race=3).next is None  # --confirm 0: single runs
+
+
+def test_racing_stops_at_its_cap_and_when_the_lead_is_resolved():
+    capped = RACE_STUDY + _confirmed_runs(9, 2, [0.84, 0.85, 0.83], 12.0)  # 6 runs = 2 + 1 + 3
+    assert plan_confirmation(capped, OBJECTIVES, 2, {}, race=3).next is None
+    assert plan_confirmation(capped, OBJECTIVES, 2, {}, race=4).missing == {6: 1}
+    # further runs of C come out low: its mean falls below B's and it leaves the front
+    fallen = RACE_STUDY + _confirmed_runs(9, 2, [0.81, 0.815], 12.0)
+    plan = plan_confirmation(fallen, OBJECTIVES, 2, {}, race=3)
+    assert 6 not in plan.missing and plan.next is None

@@ -543,7 +543,7 @@ def test_confirmation_on_ray_survives_a_killed_driver(tmp_path: Path, ray_tmpdir
     queued, no configuration is repeated twice by confirmation."""
     results = tmp_path / "res"
     unconfirmed = [*QUICK, "--threads", "1", "--no-baselines", "--budget", "2", "--results-dir", str(results)]
-    base = [*unconfirmed, "--backend", "ray", "--max-concurrent", "1"]
+    base = [*unconfirmed, "--backend", "ray", "--max-concurrent", "1", "--race", "0"]  # each repeated once
     first, _ = _run_cli([*unconfirmed, "--confirm", "0"], ray_tmpdir, timeout=600)
     assert first.returncode == 0, first.stderr[-4000:]
     budget_trials = {t.number: t for t in _load(results).get_trials()}

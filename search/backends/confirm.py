@@ -41,9 +41,12 @@ class RepeatSlot:
         return None if self.trial is None else int(self.trial.user_attrs[REPEAT_OF])
 
 
-def take_repeat(study: optuna.Study, storage_url: str, objectives: list[str], repeats: int) -> RepeatSlot:
+def take_repeat(
+    study: optuna.Study, storage_url: str, objectives: list[str], repeats: int, race: int = 0
+) -> RepeatSlot:
     """Start the next confirmation run of the study: a queued repeat (the retry of one whose
-    worker died) first, else a new repeat of the configuration the plan names. Confirmation is
+    worker died) first, else a new repeat of the configuration the plan names (``race``: the
+    runs beyond ``repeats + 1`` an unresolved front member may get). Confirmation is
     over when nothing is missing and nothing runs (a running trial may still move the front)."""
     with budget_lock(storage_url, study.study_name):
         fail_stale(study)
@@ -51,7 +54,7 @@ def take_repeat(study: optuna.Study, storage_url: str, objectives: list[str], re
         waiting = [r.number for r in index.open() if r.state == "WAITING" and is_repeat(r)]
         running = [r for r in index.open() if r.state == "RUNNING"]
         pending = Counter(int(r.user_attrs[REPEAT_OF]) for r in index.open() if is_repeat(r))
-        plan = plan_for(configurations_in(index), objectives, repeats, pending)
+        plan = plan_for(configurations_in(index), objectives, repeats, pending, race)
         if not waiting and plan.next is not None:
             first = index.frozen(plan.next)
             study.enqueue_trial(dict(first.params), user_attrs={**carried_attrs(first), REPEAT_OF: plan.next})

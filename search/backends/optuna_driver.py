@@ -171,7 +171,7 @@ def _confirm_front(context: SearchContext, progress: Progress, streaks: Streaks)
     progress.start_confirmation(settings.confirm, settings.training.epochs)
     announced = False
     while True:
-        slot = take_repeat(study, settings.storage_url, objectives, settings.confirm)
+        slot = take_repeat(study, settings.storage_url, objectives, settings.confirm, settings.race)
         if slot.done:
             break
         if slot.trial is None:  # the remaining runs are running in other workers
@@ -182,6 +182,11 @@ def _confirm_front(context: SearchContext, progress: Progress, streaks: Streaks)
                 f"confirming the front: {slot.plan.front_size} configurations on it, "
                 f"~{slot.plan.remaining} runs to give each of them (and those within its noise) "
                 f"{settings.confirm + 1} runs"
+                + (
+                    f" (then up to {settings.race} more for members not resolved from a cheaper one)"
+                    if settings.race
+                    else ""
+                )
             )
             announced = True
         outcome = _run_or_drop(context, slot.trial, progress, repeat=True)

@@ -184,7 +184,9 @@ def _make_searcher(
         def suggest(self, trial_id: str):
             if confirming and trial_id not in ray_searcher_trials(self):
                 study = ray_searcher_study(self)
-                slot = take_repeat(study, settings.storage_url, list(settings.objectives), settings.confirm)
+                slot = take_repeat(
+                    study, settings.storage_url, list(settings.objectives), settings.confirm, settings.race
+                )
                 if slot.trial is None:  # None: ask again once a running repeat has finished
                     return Searcher.FINISHED if slot.done else None
                 ray_searcher_trials(self)[trial_id] = slot.trial
@@ -354,7 +356,7 @@ def run_ray_search(settings: Settings) -> optuna.Study:
         if settings.confirm:
             # Never early-stopped (only a full training is a run); the searcher ends the round.
             progress.start_confirmation(settings.confirm, settings.training.epochs)
-            bound = settings.confirm * max(1, len(study.get_trials(deepcopy=False)))
+            bound = (settings.confirm + settings.race) * max(1, len(study.get_trials(deepcopy=False)))
             fit(_make_searcher(context, progress, done, confirming=True), None, bound)
     finally:
         if started_ray:

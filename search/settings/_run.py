@@ -44,6 +44,7 @@ class Settings:
     max_mflops: float | None = None
     baselines: bool | None = None  # None: queued when they take at most half the budget
     confirm: int = 2  # --confirm R: every front configuration ends with R + 1 runs
+    race: int = 3  # --race K: a member not resolved from the next cheaper one gets up to K runs more
     max_failures: int = 5
     checkpoint_every: int = 0  # save training state every K epochs (0: never)
     latency: str = "measured"  # how the latency objective is obtained: measured or table

@@ -109,6 +109,7 @@ NUMBERS: dict[str, Number] = {
     "max_mflops": Number(float, 0, low_open=True, optional=True),
     "retrain_top": Number(int, 0, INT_MAX),
     "confirm": Number(int, 0, 10),  # more runs per front configuration: 11 runs is more than any noise needs
+    "race": Number(int, 0, 20),  # runs beyond --confirm's for an unresolved member: 31 in all at most
     "supernet_epochs": Number(int, 1, INT_MAX, optional=True),
     "min_epochs": Number(int, 1, INT_MAX),
     "eta": Number(int, 2, INT_MAX),

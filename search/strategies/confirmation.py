@@ -14,12 +14,20 @@ on a task where nothing is resolved (every candidate within a point of each othe
 configuration is within the noise, and confirming them all would cost R trainings per trial
 of the search. The report says how many were left unconfirmed.
 
+**Racing** (``--race K``, SMAC's intensification applied to a front): R + 1 runs shrink a lucky
+member's luck by only sqrt(R + 1), and on a task whose candidates all lie within the noise of
+each other the front's accurate end is still the best of many means. So once every member has
+its R + 1 runs, a member whose lead over the next cheaper member is not resolved by the noise
+(it is on the front only if that lead is real) gets one more run, and the front is recomputed;
+this goes on until every lead is resolved or the member has R + 1 + K runs. Only the costlier
+member of a pair is raced: it is the one whose place depends on its mean being high.
+
 The rule is a pure function of the study's runs and of the repeats already queued or running,
 so any number of workers (and the Ray driver) can ask it under the budget lock and share the
 work without repeating any of it.
 
 Example:
-    >>> plan = ConfirmationPlan(3, {7: 2, 4: 1}, [7, 4], 2, 0)
+    >>> plan = ConfirmationPlan(3, {7: 2, 4: 1}, [7, 4], 2, 0, 0)
     >>> plan.next, plan.remaining
     (7, 3)
 """
@@ -31,13 +39,15 @@ from dataclasses import dataclass
 
 from search.reporting.configurations import (
     Configuration,
+    Noise,
+    compare,
     confirmation_candidates,
     group_configurations,
     measure_noise,
 )
 from search.storage import TrialRecord
 
-__all__ = ["ConfirmationPlan", "plan_confirmation", "plan_for"]
+__all__ = ["ConfirmationPlan", "contested", "plan_confirmation", "plan_for"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,7 @@ class ConfirmationPlan:
     order: list[int]
     front_size: int
     left_out: int  # configurations within the noise of the front beyond the cap: not confirmed
+    raced: int  # front members given a run beyond R + 1 (--race) in this plan
 
     @property
     def next(self) -> int | None:
@@ -62,21 +73,28 @@ class ConfirmationPlan:
 
 
 def plan_confirmation(
-    records: list[TrialRecord], objectives: list[str], repeats: int, pending: Mapping[int, int]
+    records: list[TrialRecord], objectives: list[str], repeats: int, pending: Mapping[int, int], race: int = 0
 ) -> ConfirmationPlan:
     """The runs still missing for every front member (and every configuration within its
     noise) to have ``repeats + 1`` runs, given ``pending`` repeats (configuration number ->
-    repeats queued or running). Front members come first, those with the fewest runs first."""
-    return plan_for(group_configurations(records, objectives), objectives, repeats, pending)
+    repeats queued or running). Front members come first, those with the fewest runs first.
+    Then, with ``race`` > 0, one more run for each front member not resolved from the next
+    cheaper one (at most ``repeats + 1 + race`` runs each)."""
+    return plan_for(group_configurations(records, objectives), objectives, repeats, pending, race)
 
 
 def plan_for(
-    configs: list[Configuration], objectives: list[str], repeats: int, pending: Mapping[int, int]
+    configs: list[Configuration],
+    objectives: list[str],
+    repeats: int,
+    pending: Mapping[int, int],
+    race: int = 0,
 ) -> ConfirmationPlan:
     """:func:`plan_confirmation` of the configurations ``configs`` (grouped already: a running
     search keeps them up to date as its trials finish)."""
     wanted = repeats + 1
-    front, close, left_out = confirmation_candidates(configs, objectives, measure_noise(configs))
+    noise = measure_noise(configs)
+    front, close, left_out = confirmation_candidates(configs, objectives, noise)
     missing: dict[int, int] = {}
     order: list[int] = []
     for group in (sorted(front, key=lambda c: (c.runs_count, c.number)), close):
@@ -89,4 +107,19 @@ def plan_for(
             if need > 0:
                 missing[c.number] = need
                 order.append(c.number)
-    return ConfirmationPlan(wanted, missing, order, len(front), left_out)
+    raced = 0
+    if not order and repeats > 0 and race > 0:
+        for c in sorted(contested(front, objectives, noise), key=lambda c: (c.runs_count, c.number)):
+            if c.record.config is not None and not pending.get(c.number) and c.runs_count < wanted + race:
+                missing[c.number] = 1  # one at a time: the front is recomputed after each run
+                order.append(c.number)
+                raced += 1
+    return ConfirmationPlan(wanted, missing, order, len(front), left_out, raced)
+
+
+def contested(front: list[Configuration], objectives: list[str], noise: Noise) -> list[Configuration]:
+    """Front members whose lead in accuracy over the next cheaper member is not resolved by the
+    noise (all but the cheapest, when the noise is not measured): their place on the front rests
+    on a difference the runs so far cannot tell from luck."""
+    ordered = sorted(front, key=lambda c: (c.mflops, c.number))
+    return [m for cheaper, m in zip(ordered, ordered[1:]) if not compare(m, cheaper, objectives, noise).resolved]
