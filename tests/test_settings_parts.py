@@ -24,7 +24,7 @@ from search.strategies.early_stopping import early_stop_line, stopping_rule
 
 RECORD_FIELDS = (
     "space budget width training tune objectives sampler seed backend results_dir storage study_name max_mflops "
-    "baselines confirm max_failures checkpoint_every latency latency_batch strategy retrain_top supernet_epochs early_stop "
+    "baselines confirm race max_failures checkpoint_every latency latency_batch strategy retrain_top supernet_epochs early_stop "
     "min_epochs eta workers trials_per_gpu worker_index ray_address ray_storage cpus_per_trial gpus_per_trial "
     "max_concurrent ray_retries preset quiet"
 ).split()
