@@ -167,10 +167,10 @@ def _copy_trials(source, target, whole: bool) -> None:
     import optuna
 
     trials = source.get_trials(deepcopy=False)
-    first_repeat = min((t.number for t in trials if "repeat_of" in t.user_attrs), default=len(trials))
-    if whole:
-        first_repeat = len(trials)
-    for t in trials[:first_repeat]:
+    end = len(trials)
+    if not whole:
+        end = min((t.number for t in trials if "repeat_of" in t.user_attrs), default=end)
+    for t in trials[:end]:
         if t.state.is_finished():
             copy = optuna.trial.create_trial(
                 state=t.state,
@@ -344,7 +344,7 @@ def _pair(args: argparse.Namespace, task: str, seed: int, work: Path, race: int,
     label = _race_label(race)
     print(f"{task} seed {seed}: confirmed search, --budget {args.budget} --confirm {args.confirm} --race {race}")
     settings = settings_for(args, task, seed, args.budget, args.confirm, race, work)
-    study, seconds = run_search(settings, start_from=start and start[0], whole=True)
+    study, seconds = run_search(settings, start_from=start[0] if start else None, whole=True)
     confirmed = front_of(study, task, seed, "confirmed" + label, args.budget, seconds)
     print(f"  trained {confirmed.trainings} in all; single-run search with as many trials", flush=True)
     settings = settings_for(args, task, seed, confirmed.trainings, 0, 0, work)
@@ -354,10 +354,9 @@ def _pair(args: argparse.Namespace, task: str, seed: int, work: Path, race: int,
 
 
 def run_task(args: argparse.Namespace, task: str, seed: int, work: Path) -> list[dict[str, Any]]:
-    fronts = _pair(args, task, seed, work, 0)
+    single, confirmed = fronts = _pair(args, task, seed, work, 0)
     if args.race:
-        studies = [front.study for front in reversed(fronts)]
-        fronts += _pair(args, task, seed, work, args.race, start=(studies[0], studies[1]))
+        fronts += _pair(args, task, seed, work, args.race, start=(confirmed.study, single.study))
     retrain_fresh(fronts, args.fresh, work / f"fresh-{task.replace(':', '-')}-{seed}.json")
     summaries = []
     for front in fronts:

@@ -40,11 +40,11 @@ from dataclasses import dataclass
 from search.reporting.configurations import (
     Configuration,
     Noise,
-    compare,
     confirmation_candidates,
     group_configurations,
     measure_noise,
 )
+from search.reporting.resolution import unresolved_groups
 from search.storage import TrialRecord
 
 __all__ = ["ConfirmationPlan", "contested", "plan_confirmation", "plan_for"]
@@ -120,6 +120,6 @@ def plan_for(
 def contested(front: list[Configuration], objectives: list[str], noise: Noise) -> list[Configuration]:
     """Front members whose lead in accuracy over the next cheaper member is not resolved by the
     noise (all but the cheapest, when the noise is not measured): their place on the front rests
-    on a difference the runs so far cannot tell from luck."""
-    ordered = sorted(front, key=lambda c: (c.mflops, c.number))
-    return [m for cheaper, m in zip(ordered, ordered[1:]) if not compare(m, cheaper, objectives, noise).resolved]
+    on a difference the runs so far cannot tell from luck: within each run of members the report
+    calls not resolved from each other, all but its cheapest."""
+    return [m for group in unresolved_groups(front, objectives, noise) for m in group[1:]]
