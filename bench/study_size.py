@@ -35,7 +35,7 @@ so that both face the same machine load. Timings on a shared machine are noisy: 
 within one run. One CSV row per (code, size, what); a table is printed, and a Markdown table and
 a figure are written beside the CSV.
 
-    python bench/study_size.py                                   # 500, 2000, 5000, 10000 trials; about 1.5 h
+    python bench/study_size.py                                   # 500, 2000, 5000, 10000 trials; three sizes took 35 min here
     python bench/study_size.py --sizes 500,5000 --before /tmp/old   # before/after
     python bench/study_size.py --sizes 100,300 --variants optuna1 --base-trials 6 --more 3   # smoke test
 """
@@ -642,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="500,2000,5000,10000", help="trials of the grown studies (comma-separated)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"searches to continue: {', '.join(VARIANTS)}")
     p.add_argument(
-        "--more", type=int, default=4, help="trials each search is continued by (x4 with 4 workers, x2 one-shot)"
+        "--more", type=int, default=10, help="trials each search is continued by (x4 with 4 workers, x2 one-shot)"
     )
     p.add_argument("--base-trials", type=int, default=12, help="trials of the real studies")
     p.add_argument("--epochs", type=int, default=1, help="--epochs of the real study and of the continued searches")

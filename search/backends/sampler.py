@@ -8,16 +8,22 @@ import zlib
 
 import optuna
 
+from search.backends.windowed_tpe import WindowedTPESampler
 from search.settings import Settings
 from search.storage import trial_index
 
-__all__ = ["make_sampler", "sampler_seed", "study_sampler"]
+__all__ = ["TPE_WINDOW", "make_sampler", "sampler_seed", "study_sampler"]
+
+# Trials TPE models per sample: beyond this its cost stops growing with the study (the study's
+# best trials are always among them; see WindowedTPESampler). Searches of up to this many
+# trials sample exactly as Optuna's TPE does.
+TPE_WINDOW = 1000
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     """The sampler ``--sampler name`` names, seeded with ``seed``."""
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
+        return WindowedTPESampler(window=TPE_WINDOW, seed=seed, multivariate=True, n_startup_trials=10)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
     if name == "gp":
