@@ -483,6 +483,10 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except USER_ERRORS as err:
         say(f"error: {err}", secrets)
+        if getattr(err, "ends_process", False):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         return 2
     except SearchAborted as err:
         say(f"error: {err}", secrets)

@@ -123,7 +123,8 @@ def join_ray_cluster(address: str, **init_options: Any) -> None:
     """``ray.init(address=address, **init_options)`` within ``JOIN_SECONDS``, or UserError.
 
     A connection that has not finished by then cannot be stopped: its thread (a daemon) is
-    left behind, which is harmless because the command ends with the error."""
+    left behind, and the error says the process must end at once (``UserError.ends_process``):
+    finalizing Python under that thread aborted the process on a busy machine (exit -6)."""
     import ray
 
     failure: list[BaseException] = []
@@ -141,7 +142,9 @@ def join_ray_cluster(address: str, **init_options: Any) -> None:
         still_connecting = state["abandoned"] = thread.is_alive()  # one answer for both uses
     check = f"check that it is the Ray head node's address and that the cluster runs Ray {ray.__version__} as this machine does"
     if still_connecting:
-        raise UserError(f"--address {address}: no Ray cluster took this driver within {JOIN_SECONDS:.0f} s; {check}")
+        error = UserError(f"--address {address}: no Ray cluster took this driver within {JOIN_SECONDS:.0f} s; {check}")
+        error.ends_process = True  # the abandoned connection thread: see UserError
+        raise error
     if failure:
         reason = (str(failure[0]).strip().splitlines() or [type(failure[0]).__name__])[0]
         raise UserError(f"--address {address}: cannot join the Ray cluster there ({reason[:300]}); {check}")
