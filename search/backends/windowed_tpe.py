@@ -75,6 +75,7 @@ class WindowedTPESampler(optuna.samplers.TPESampler):
         self._pruned: list[FrozenTrial] = []
         self._infeasible: list[FrozenTrial] = []
         self._folded: set[int] = set()  # numbers of the finished trials folded in
+        self._below: list[FrozenTrial] = []  # the study's best, as of the last fold
         self._oldest_open = 0  # with constant_liar: the oldest trial running at the last look
 
     def _sample(
@@ -90,8 +91,7 @@ class WindowedTPESampler(optuna.samplers.TPESampler):
         gamma = self._gamma or (default_gamma if len(study.directions) <= 1 else default_gamma_multiobjective)
         n_below = min(gamma(self._window), self._window - 1)
         self._fold(study, self._unfolded(trials), n_below)
-        # TPE's own split, on every trial that can be among the best: the same best as over all.
-        below, _ = _split_trials(study, self._complete + self._pruned + self._infeasible, n_below)
+        below = self._below
         not_above = {t.number for t in below} | {trial.number}
         above = _last(trials, self._window - len(below), lambda t: t.number not in not_above)
 
@@ -123,10 +123,11 @@ class WindowedTPESampler(optuna.samplers.TPESampler):
         if not new:
             return
         self._folded.update(t.number for t in new)
-        feasible = [t for t in new if _get_infeasible_trial_score(t) <= 0]
-        self._infeasible, _ = _split_infeasible_trials(
-            self._infeasible + [t for t in new if _get_infeasible_trial_score(t) > 0], n_below
-        )
+        feasible: list[FrozenTrial] = []
+        infeasible: list[FrozenTrial] = []
+        for t in new:
+            (infeasible if _get_infeasible_trial_score(t) > 0 else feasible).append(t)
+        self._infeasible, _ = _split_infeasible_trials(self._infeasible + infeasible, n_below)
         pruned = [t for t in feasible if t.state == TrialState.PRUNED]
         if pruned or self._pruned:
             self._pruned, _ = _split_pruned_trials(self._pruned + pruned, study, n_below)
@@ -137,6 +138,8 @@ class WindowedTPESampler(optuna.samplers.TPESampler):
             last = np.sort(ranks)[n_below - 1]
             complete = [t for t, rank in zip(complete, ranks) if rank <= last]
         self._complete = sorted(complete, key=lambda t: t.number)
+        # TPE's own split, on every trial that can be among the best: the same best as over all.
+        self._below, _ = _split_trials(study, self._complete + self._pruned + self._infeasible, n_below)
 
 
 def _last(trials: list[FrozenTrial], n: int, keep: Callable[[FrozenTrial], bool]) -> list[FrozenTrial]:
