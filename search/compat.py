@@ -1,7 +1,8 @@
 """Every use of Optuna's and Ray's private API, in one place.
 
 The tool needs a few things neither library offers publicly: failing a trial that another
-process owns, recording a heartbeat for a trial it runs itself, opening a second study on the
+process owns, recording a heartbeat for a trial it runs itself, finding the running trials that never
+recorded one, opening a second study on the
 storage an open study already holds, reading the Optuna study and trials that Ray Tune's
 ``OptunaSearch`` keeps, finding the cluster Ray's ``address="auto"`` would join, and reading a
 study's trials from an RDB storage without building every trial's full ORM object
@@ -13,6 +14,7 @@ small function here, so that a new Optuna or Ray release breaks this module and 
 
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 from collections.abc import Collection, Sequence
@@ -107,6 +109,51 @@ def ray_auto_address() -> str:
     from ray._private.services import get_ray_address_from_environment
 
     return get_ray_address_from_environment("auto", None)
+
+
+def grace_period(study: optuna.Study) -> float:
+    """How old a running trial's heartbeat may be before the trial is stale (Optuna's rule)."""
+    storage = study_storage(study)
+    backend = rdb_storage(storage) or storage
+    grace = getattr(backend, "grace_period", None)
+    return float(grace if grace is not None else 2 * (heartbeat_interval(study) or 0))
+
+
+def fail_as_stale(study: optuna.Study, trial_id_: int) -> None:
+    """Fail a running trial as Optuna fails a stale one, its stale-trial callback (the retry)
+    included; nothing when another process finished it first."""
+    storage = study_storage(study)
+    try:
+        if not storage.set_trial_state_values(trial_id_, state=TrialState.FAIL):
+            return
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return
+    callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    if callback is not None:
+        callback(study, copy.deepcopy(storage.get_trial(trial_id_)))
+
+
+def running_without_heartbeat(study: optuna.Study) -> list[int]:
+    """The ids of the study's RUNNING trials that have no heartbeat recorded at all (RDB storages
+    only; else none). Optuna's stale check skips them (a trial is stale only once its recorded
+    heartbeat is old), so a worker killed between starting a trial and its first beat left a
+    trial that is running forever."""
+    import sqlalchemy
+
+    rdb = rdb_storage(study_storage(study))
+    if rdb is None:
+        return []
+    from optuna.storages._rdb import models
+
+    with rdb.engine.connect() as connection:
+        rows = connection.execute(
+            sqlalchemy.select(models.TrialModel.trial_id)
+            .outerjoin(models.TrialHeartbeatModel, models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id)
+            .where(models.TrialModel.study_id == study_id(study))
+            .where(models.TrialModel.state == TrialState.RUNNING)
+            .where(models.TrialHeartbeatModel.trial_heartbeat_id.is_(None))
+        )
+        return [int(row[0]) for row in rows]
 
 
 def study_id(study: optuna.Study) -> int:

@@ -49,6 +49,31 @@ def test_optuna_private_api_on_a_real_sqlite_study(tmp_path: Path) -> None:
     assert compat.heartbeat_interval(optuna.create_study()) is None  # in-memory: no heartbeat
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning", "ignore:Heartbeat of storage")
+def test_running_trials_without_a_heartbeat_are_found_and_failed_with_their_retry(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'compat.db'}"
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+    storage = optuna.storages.RDBStorage(
+        url, heartbeat_interval=5, grace_period=7, heartbeat_stale_trial_callback=retry
+    )
+    study = optuna.create_study(study_name="compat", storage=storage)
+    beating, silent = study.ask(), study.ask()
+    study.tell(study.ask(), 1.0)  # finished: not running
+    compat.record_heartbeat(compat.study_storage(study), compat.trial_id(beating))
+    assert compat.running_without_heartbeat(study) == [compat.trial_id(silent)]
+    assert compat.grace_period(study) == 7
+    compat.fail_as_stale(study, compat.trial_id(silent))
+    compat.fail_as_stale(study, compat.trial_id(silent))  # already failed: nothing more
+    assert [t.state for t in study.get_trials()] == [
+        TrialState.RUNNING,
+        TrialState.FAIL,
+        TrialState.COMPLETE,
+        TrialState.WAITING,
+    ]
+    assert compat.running_without_heartbeat(study) == []
+    assert compat.running_without_heartbeat(optuna.create_study()) == []  # in-memory: none
+
+
 def test_ray_optuna_search_keeps_the_attributes_compat_reads() -> None:
     searcher = OptunaSearch(metric="accuracy", mode="max", space={"x": optuna.distributions.IntDistribution(0, 3)})
     searcher.suggest("ray-trial-1")

@@ -38,10 +38,11 @@ import search.backends.optuna_driver
 import search.evaluation.candidate
 import search.evaluation.evaluate
 import search.storage
-from search.backends.budget import take_slot
+from search.backends.budget import Heartbeat, fail_stale, take_slot
 from search.backends.optuna_driver import run_optuna_search
 from search.backends.study import count_finished, open_search, trial_seed
 from search.backends.trial import evaluation_plan
+from search.compat import take_waiting_trial
 from search.errors import SearchAborted
 from search.evaluation.candidate import evaluate_candidate
 from search.evaluation.evaluate import evaluate
@@ -419,6 +420,59 @@ def test_trial_killed_before_its_first_heartbeat_is_failed_eventually(tmp_path, 
     states = {t.number: t.state.name for t in study.get_trials()}
     assert states[orphan.number] == "FAIL", f"the orphaned trial is never failed: {states}"
     assert slot is not None, "a resumed run with budget 1 gets no slot, forever"
+
+
+def test_trial_killed_between_its_start_and_its_first_heartbeat_is_failed_and_retried(tmp_path, monkeypatch):
+    """Killed inside take_slot, after `ask` and before the first beat: the trial has no
+    heartbeat row, and Optuna's stale check (an old heartbeat) never fails it. It held the
+    budget's last slot forever (seen in CI: both workers of a resumed search waited on it)."""
+    monkeypatch.setattr(search.storage, "HEARTBEAT_SECONDS", 1)  # grace 3 s
+    url = storage_url(tmp_path)
+    study = optuna.create_study(storage=open_storage(url, heartbeat=True), study_name="gap")
+    orphan = study.ask()  # ... and the process is killed here
+    orphan.suggest_categorical("x", ["a", "b"])
+    assert take_slot(study, url, 1) is None, "the orphan is failed before it was seen without a beat for the grace"
+    time.sleep(3 + 0.5)
+    slot = take_slot(study, url, 1)
+    trials = study.get_trials()
+    assert trials[orphan.number].state == TrialState.FAIL, (
+        f"the orphan is never failed: {[t.state.name for t in trials]}"
+    )
+    assert slot is not None, "a resumed run with budget 1 gets no slot, forever"
+    assert slot.params == orphan.params, "the slot is not the orphan's retry"
+
+
+def test_repeat_killed_before_its_first_heartbeat_is_queued_again(tmp_path, monkeypatch):
+    """Killed inside take_repeat, after the queued repeat was started and before its first
+    beat: failed once seen without a beat for the grace, and its retry keeps `repeat_of`, so
+    confirmation runs it (it is not a new budget trial)."""
+    monkeypatch.setattr(search.storage, "HEARTBEAT_SECONDS", 1)
+    url = storage_url(tmp_path)
+    study = optuna.create_study(storage=open_storage(url, heartbeat=True), study_name="gap")
+    study.enqueue_trial({}, user_attrs={search.storage.REPEAT_OF: 0})
+    orphan = take_waiting_trial(study, study.get_trials()[0])  # ... and the process is killed here
+    assert orphan is not None
+    fail_stale(study)
+    assert study.get_trials()[0].state == TrialState.RUNNING
+    time.sleep(3 + 0.5)
+    fail_stale(study)
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "WAITING"]
+    assert trials[1].user_attrs[search.storage.REPEAT_OF] == 0
+
+
+def test_a_beating_trial_is_never_failed_by_the_check_for_missing_heartbeats(tmp_path, monkeypatch):
+    monkeypatch.setattr(search.storage, "HEARTBEAT_SECONDS", 1)
+    url = storage_url(tmp_path)
+    study = optuna.create_study(storage=open_storage(url, heartbeat=True), study_name="gap")
+    live = take_slot(study, url, 2)
+    assert live is not None
+    with Heartbeat(study, live):
+        for _ in range(3):
+            fail_stale(study)
+            time.sleep(1.6)
+        fail_stale(study)
+    assert study.get_trials()[0].state == TrialState.RUNNING
 
 
 # ------------------------------------------------------------------------------- budget race (in process)

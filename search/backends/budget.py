@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import hashlib
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,15 @@ from pathlib import Path
 import optuna
 
 from search.backends.study import spent_in
-from search.compat import heartbeat_interval, record_heartbeat, study_storage, trial_id
+from search.compat import (
+    fail_as_stale,
+    grace_period,
+    heartbeat_interval,
+    record_heartbeat,
+    running_without_heartbeat,
+    study_storage,
+    trial_id,
+)
 from search.storage import StorageError, is_repeat, trial_index
 
 __all__ = ["Heartbeat", "budget_lock", "fail_stale", "first_heartbeat", "take_slot"]
@@ -106,10 +115,38 @@ def take_slot(study: optuna.Study, storage_url: str, budget: int) -> optuna.Tria
 
 
 def fail_stale(study: optuna.Study) -> None:
-    """Fail the trials whose worker died (their heartbeat is stale), which queues their retry."""
+    """Fail the trials whose worker died (their heartbeat is stale), which queues their retry.
+
+    A trial whose worker died between starting it and its first heartbeat has no heartbeat to
+    go stale, and Optuna's check never fails it: it ran forever, and the workers waited on it
+    forever (the budget counts it; confirmation waits for it). Such a trial is failed too, once
+    this process has seen it without a heartbeat for the grace period (its own clock: no
+    comparison of clocks or time zones across machines). A live worker records the first beat
+    within milliseconds of the start, under the budget lock this check also holds."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    if heartbeat_interval(study):
+        _fail_never_beaten(study)
+
+
+# (storage object, trial id) -> when this process first saw the running trial without a heartbeat
+_FIRST_SEEN_WITHOUT_BEAT: dict[tuple[int, int], float] = {}
+
+
+def _fail_never_beaten(study: optuna.Study) -> None:
+    storage = study_storage(study)
+    now = time.monotonic()
+    ids = running_without_heartbeat(study)
+    seen = {(id(storage), i): _FIRST_SEEN_WITHOUT_BEAT.get((id(storage), i), now) for i in ids}
+    for key in [k for k in _FIRST_SEEN_WITHOUT_BEAT if k[0] == id(storage)]:
+        del _FIRST_SEEN_WITHOUT_BEAT[key]  # started beating or ended meanwhile
+    _FIRST_SEEN_WITHOUT_BEAT.update(seen)
+    grace = grace_period(study)
+    for (_, orphan), first_seen in seen.items():
+        if now - first_seen >= grace:
+            fail_as_stale(study, orphan)
+            del _FIRST_SEEN_WITHOUT_BEAT[(id(storage), orphan)]
 
 
 def first_heartbeat(study: optuna.Study, trial: optuna.Trial) -> None:
