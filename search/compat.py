@@ -1,13 +1,12 @@
 """Every use of Optuna's and Ray's private API, in one place.
 
 The tool needs a few things neither library offers publicly: failing a trial that another
-process owns, recording a heartbeat for a trial it runs itself, finding the running trials that never
-recorded one, opening a second study on the
-storage an open study already holds, reading the Optuna study and trials that Ray Tune's
-``OptunaSearch`` keeps, finding the cluster Ray's ``address="auto"`` would join, and reading a
-study's trials from an RDB storage without building every trial's full ORM object
-(:func:`read_trial_rows`: a study of thousands of trials is read in a few light queries, and
-only the trials that are new or still open afterwards). Each is one
+process owns, recording a heartbeat for a trial it runs itself, finding the running trials that
+never recorded one, opening a second study on the storage an open study already holds, reading
+the Optuna study and trials that Ray Tune's ``OptunaSearch`` keeps, finding the cluster Ray's
+``address="auto"`` would join, and reading a study's trials from an RDB storage without building
+every trial's full ORM object (:func:`read_trial_rows`: a study of thousands of trials is read
+in a few light queries, and only the trials that are new or still open afterwards). Each is one
 small function here, so that a new Optuna or Ray release breaks this module and its test
 (``tests/test_compat.py``, which also pins the versions known to work) rather than a search.
 """
