@@ -20,6 +20,7 @@ import hashlib
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,23 +131,21 @@ def fail_stale(study: optuna.Study) -> None:
         _fail_never_beaten(study)
 
 
-# (storage object, trial id) -> when this process first saw the running trial without a heartbeat
-_FIRST_SEEN_WITHOUT_BEAT: dict[tuple[int, int], float] = {}
+# For each storage object: the running trials this process saw without a heartbeat, and when
+# it first saw each (weak keys: a closed study's storage leaves nothing behind).
+_FIRST_SEEN_WITHOUT_BEAT: weakref.WeakKeyDictionary[object, dict[int, float]] = weakref.WeakKeyDictionary()
 
 
 def _fail_never_beaten(study: optuna.Study) -> None:
     storage = study_storage(study)
-    now = time.monotonic()
-    ids = running_without_heartbeat(study)
-    seen = {(id(storage), i): _FIRST_SEEN_WITHOUT_BEAT.get((id(storage), i), now) for i in ids}
-    for key in [k for k in _FIRST_SEEN_WITHOUT_BEAT if k[0] == id(storage)]:
-        del _FIRST_SEEN_WITHOUT_BEAT[key]  # started beating or ended meanwhile
-    _FIRST_SEEN_WITHOUT_BEAT.update(seen)
-    grace = grace_period(study)
-    for (_, orphan), first_seen in seen.items():
-        if now - first_seen >= grace:
+    now, grace = time.monotonic(), grace_period(study)
+    earlier = _FIRST_SEEN_WITHOUT_BEAT.get(storage, {})
+    # A trial no longer listed started beating or ended meanwhile: it is forgotten.
+    seen = {i: earlier.get(i, now) for i in running_without_heartbeat(study)}
+    _FIRST_SEEN_WITHOUT_BEAT[storage] = {i: first for i, first in seen.items() if now - first < grace}
+    for orphan, first in seen.items():
+        if now - first >= grace:
             fail_as_stale(study, orphan)
-            del _FIRST_SEEN_WITHOUT_BEAT[(id(storage), orphan)]
 
 
 def first_heartbeat(study: optuna.Study, trial: optuna.Trial) -> None:
